@@ -1,0 +1,102 @@
+"""The site definition: one schema for the local emulated site and for a real datacenter.
+
+A site file is YAML. `load_site` returns a `Site` only when `validate.check` found no ERROR;
+use `aifactory site validate FILE` to see every finding at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROLES = ("head", "gpu", "cpu", "k8s-control")
+POOLS = ("slurm", "kubernetes")
+
+
+@dataclass(frozen=True)
+class Nic:
+    name: str
+    mac: str
+    address: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class Bmc:
+    endpoint: str  # Redfish service root, e.g. https://10.1.0.17 or http://127.0.0.1:8101
+    credentials: str  # reference into the credentials store, never the secret itself
+    system_id: str | None = None  # Redfish System to drive; None: the BMC's only system
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    roles: tuple[str, ...]
+    pool: str | None  # scheduler the machine serves now; only for gpu/cpu workers
+    bmc: Bmc
+    cpus: int
+    memory_gib: int
+    gpu_model: str | None
+    gpu_count: int
+    nics: tuple[Nic, ...]
+
+    @property
+    def address(self) -> str:
+        """The management address (first NIC): ssh, Slurm and Kubernetes talk here."""
+        return str(self.nics[0].address)
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    cidr: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None
+    bridge: str | None  # emulated sites: the host bridge the sandbox creates
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    cluster_name: str
+    partitions: tuple[tuple[str, str], ...]  # (partition name, pool)
+    accounting_enforce: str = "associations,limits,qos,safe"
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    version: str
+    service_cidr: str
+    api_port: int = 6443
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    emulated: bool
+    path: Path
+    networks: tuple[Network, ...]
+    machines: tuple[Machine, ...]
+    slurm: SlurmSettings | None
+    kubernetes: KubernetesSettings | None
+    bundle_url: str | None  # where hosts fetch the toolchain bundle (an air-gapped mirror)
+    ssh_user: str = "root"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def machine(self, name: str) -> Machine:
+        for m in self.machines:
+            if m.name == name:
+                return m
+        raise KeyError(f"site {self.name!r} has no machine {name!r}")
+
+    def in_pool(self, pool: str) -> list[Machine]:
+        return [m for m in self.machines if m.pool == pool]
+
+    def with_role(self, role: str) -> list[Machine]:
+        return [m for m in self.machines if m.has_role(role)]
+
+    @property
+    def management(self) -> Network:
+        return self.networks[0]

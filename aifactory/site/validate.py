@@ -1,0 +1,488 @@
+"""Pre-flight validation of a site file, in the style of Cluster Toolkit's validators.
+
+Every problem becomes a `Finding` (ERROR or WARNING) with the file, the path inside it, the line
+and the reason; all findings are collected before anything runs, so an operator fixes a file in
+one pass. `load_site` raises `SiteInvalid` (carrying the findings) when any ERROR is present, or
+any WARNING when the failure level is "warning".
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aifactory.site.gpus import GPU_MODELS
+from aifactory.site.model import (
+    POOLS,
+    ROLES,
+    Bmc,
+    KubernetesSettings,
+    Machine,
+    Network,
+    Nic,
+    Site,
+    SlurmSettings,
+)
+
+ERROR = "ERROR"
+WARNING = "WARNING"
+# Emulated sites put their hosts here; the sandbox guards this range with an unreachable route,
+# so a typo can never send test traffic to a real network.
+EMULATED_RANGE = ipaddress.ip_network("198.18.0.0/15")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+TOP_KEYS = {"name", "emulated", "networks", "machines", "slurm", "kubernetes", "bundle_url", "ssh_user"}
+MACHINE_KEYS = {"name", "roles", "pool", "bmc", "cpus", "memory_gib", "gpus", "nics"}
+BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls"}
+NIC_KEYS = {"name", "mac", "address"}
+NETWORK_KEYS = {"name", "cidr", "gateway", "bridge"}
+SLURM_KEYS = {"cluster_name", "partitions", "accounting_enforce"}
+KUBE_KEYS = {"version", "service_cidr", "api_port"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    file: str
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{self.level:7} {where}: {self.path or '(top)'}: {self.message}"
+
+
+class SiteInvalid(Exception):
+    def __init__(self, findings: list[Finding]):
+        self.findings = findings
+        errors = sum(f.level == ERROR for f in findings)
+        super().__init__(f"site file has {errors} error(s), {len(findings) - errors} warning(s)")
+
+
+class _Checker:
+    """Walks the raw YAML, records findings, and builds the model where the input allows."""
+
+    def __init__(self, path: Path, lines: dict[str, int]):
+        self.file = str(path)
+        self.lines = lines
+        self.findings: list[Finding] = []
+
+    def add(self, level: str, path: str, message: str) -> None:
+        line, probe = self.lines.get(path), path
+        while line is None and probe:
+            probe = _parent(probe)
+            line = self.lines.get(probe)
+        self.findings.append(Finding(level, self.file, path, line, message))
+
+    def keys(self, obj: dict[str, Any], allowed: set[str], path: str) -> None:
+        for key in obj:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                self.add(ERROR, _join(path, key), f"unknown key {key!r}{extra}")
+
+    def field(self, obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str, required=True):
+        p = _join(path, key)
+        if key not in obj or obj[key] is None:
+            if required:
+                self.add(ERROR, p, "is required")
+            return None
+        value = obj[key]
+        if isinstance(value, bool) and kind is not bool and not (isinstance(kind, tuple) and bool in kind):
+            self.add(ERROR, p, f"must be {_kind_name(kind)}, got a boolean")
+            return None
+        if not isinstance(value, kind):
+            self.add(ERROR, p, f"must be {_kind_name(kind)}, got {type(value).__name__} {value!r}")
+            return None
+        return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _parent(path: str) -> str:
+    m = re.match(r"^(.*?)(\.[^.\[\]]+|\[\d+\])$", path)
+    return m.group(1) if m else ""
+
+
+def _join(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _compose_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            child = _join(path, k.value)
+            lines[child] = k.start_mark.line + 1
+            _compose_lines(v, child, lines)
+            lines[child] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _compose_lines(v, _join(path, i), lines)
+
+
+def read_site_file(path: Path) -> tuple[Any, dict[str, int]]:
+    text = path.read_text()
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[str, int] = {}
+    if node is not None:
+        _compose_lines(node, "", lines)
+    return yaml.safe_load(text), lines
+
+
+def check(path: Path) -> tuple[list[Finding], Site | None]:
+    """Return every finding for the site file and the model (None if any ERROR)."""
+    path = Path(path)
+    try:
+        raw, lines = read_site_file(path)
+    except FileNotFoundError:
+        return [Finding(ERROR, str(path), "", None, "file not found")], None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        return [Finding(ERROR, str(path), "", line, f"not valid YAML: {e}")], None
+    c = _Checker(path, lines)
+    if not isinstance(raw, dict):
+        c.add(ERROR, "", "a site file must be a mapping with name, networks and machines")
+        return c.findings, None
+    site = _check_site(c, raw, path)
+    has_error = any(f.level == ERROR for f in c.findings)
+    return c.findings, None if has_error else site
+
+
+def load_site(path: Path | str, failure_level: str = ERROR) -> Site:
+    findings, site = check(Path(path))
+    failing = {ERROR} if failure_level == ERROR else {ERROR, WARNING}
+    if site is None or any(f.level in failing for f in findings):
+        raise SiteInvalid(findings)
+    return site
+
+
+def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
+    c.keys(raw, TOP_KEYS, "")
+    name = c.field(raw, "name", str, "")
+    if name is not None and not NAME_RE.match(name):
+        c.add(ERROR, "name", f"{name!r} is not a DNS label (lowercase letters, digits, '-')")
+    emulated = c.field(raw, "emulated", bool, "", required=False) or False
+    networks = _check_networks(c, raw.get("networks"), emulated)
+    machines = _check_machines(c, raw.get("machines"), networks, emulated)
+    slurm = _check_slurm(c, raw.get("slurm"), machines)
+    kube = _check_kubernetes(c, raw.get("kubernetes"), machines)
+    bundle_url = c.field(raw, "bundle_url", str, "", required=False)
+    ssh_user = c.field(raw, "ssh_user", str, "", required=False) or "root"
+    if name is None or networks is None or machines is None:
+        return None
+    return Site(
+        name=name,
+        emulated=emulated,
+        path=path.resolve(),
+        networks=tuple(networks),
+        machines=tuple(machines),
+        slurm=slurm,
+        kubernetes=kube,
+        bundle_url=bundle_url,
+        ssh_user=ssh_user,
+    )
+
+
+def _check_networks(c: _Checker, raw: Any, emulated: bool) -> list[Network] | None:
+    if not isinstance(raw, list) or not raw:
+        c.add(ERROR, "networks", "needs a list with at least the management network")
+        return None
+    out: list[Network] = []
+    for i, n in enumerate(raw):
+        p = _join("networks", i)
+        if not isinstance(n, dict):
+            c.add(ERROR, p, "must be a mapping with name and cidr")
+            continue
+        c.keys(n, NETWORK_KEYS, p)
+        name = c.field(n, "name", str, p)
+        cidr_s = c.field(n, "cidr", str, p)
+        gw_s = c.field(n, "gateway", str, p, required=False)
+        bridge = c.field(n, "bridge", str, p, required=False)
+        try:
+            cidr = ipaddress.ip_network(cidr_s) if cidr_s else None
+        except ValueError as e:
+            c.add(ERROR, _join(p, "cidr"), f"not an IPv4 network: {e}")
+            cidr = None
+        gateway = None
+        if gw_s:
+            try:
+                gateway = ipaddress.ip_address(gw_s)
+            except ValueError:
+                c.add(ERROR, _join(p, "gateway"), f"{gw_s!r} is not an IP address")
+            if gateway and cidr and gateway not in cidr:
+                c.add(ERROR, _join(p, "gateway"), f"{gateway} is outside {cidr}")
+        if emulated and cidr and not cidr.subnet_of(EMULATED_RANGE):  # type: ignore[arg-type]
+            c.add(
+                ERROR,
+                _join(p, "cidr"),
+                f"an emulated site must use addresses inside {EMULATED_RANGE}, the range the sandbox guards",
+            )
+        if emulated and i == 0 and not bridge:
+            c.add(ERROR, _join(p, "bridge"), "an emulated site needs the bridge name for its hosts")
+        if bridge and len(bridge) > 15:
+            c.add(ERROR, _join(p, "bridge"), f"{bridge!r} is longer than Linux's 15-character limit")
+        if name and cidr is not None:
+            out.append(Network(name, cidr, gateway, bridge))  # type: ignore[arg-type]
+    return out if len(out) == len(raw) else None
+
+
+def _check_machines(c: _Checker, raw: Any, networks: list[Network] | None, emulated: bool):
+    if not isinstance(raw, list) or not raw:
+        c.add(ERROR, "machines", "needs a non-empty list of machines")
+        return None
+    out: list[Machine] = []
+    for i, m in enumerate(raw):
+        p = _join("machines", i)
+        if not isinstance(m, dict):
+            c.add(ERROR, p, "must be a mapping")
+            continue
+        machine = _check_machine(c, m, p, networks, emulated)
+        if machine:
+            out.append(machine)
+    _check_unique(c, raw, out)
+    return out if len(out) == len(raw) else None
+
+
+def _check_machine(c: _Checker, m: dict[str, Any], p: str, networks, emulated: bool) -> Machine | None:
+    c.keys(m, MACHINE_KEYS, p)
+    name = c.field(m, "name", str, p)
+    if name and not NAME_RE.match(name):
+        c.add(ERROR, _join(p, "name"), f"{name!r} is not a valid hostname (lowercase letters, digits, '-')")
+    roles = c.field(m, "roles", list, p) or []
+    for j, r in enumerate(roles):
+        if r not in ROLES:
+            hint = difflib.get_close_matches(str(r), ROLES, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            c.add(ERROR, _join(_join(p, "roles"), j), f"unknown role {r!r}{extra}; known: {', '.join(ROLES)}")
+    if "roles" in m and not roles:
+        c.add(ERROR, _join(p, "roles"), "needs at least one role")
+    pool = c.field(m, "pool", str, p, required=False)
+    is_worker = any(r in ("gpu", "cpu") for r in roles)
+    if pool is not None and pool not in POOLS:
+        c.add(ERROR, _join(p, "pool"), f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
+    elif is_worker and pool is None:
+        c.add(ERROR, _join(p, "pool"), "a gpu/cpu worker must say which scheduler pool it serves now")
+    elif pool is not None and not is_worker:
+        c.add(ERROR, _join(p, "pool"), "only gpu/cpu workers belong to a pool")
+    cpus = c.field(m, "cpus", int, p)
+    if cpus is not None and cpus < 1:
+        c.add(ERROR, _join(p, "cpus"), f"must be at least 1, got {cpus}")
+    mem = c.field(m, "memory_gib", int, p)
+    if mem is not None and mem < 1:
+        c.add(ERROR, _join(p, "memory_gib"), f"must be at least 1, got {mem}")
+    gpu_model, gpu_count = _check_gpus(c, m.get("gpus"), _join(p, "gpus"), "gpu" in roles)
+    bmc = _check_bmc(c, m.get("bmc"), _join(p, "bmc"), emulated)
+    nics = _check_nics(c, m.get("nics"), _join(p, "nics"), networks)
+    if None in (name, cpus, mem, bmc, nics) or not roles or not set(roles) <= set(ROLES):
+        return None
+    if pool is not None and pool not in POOLS:
+        return None
+    return Machine(name, tuple(roles), pool, bmc, cpus, mem, gpu_model, gpu_count, tuple(nics))  # type: ignore[arg-type]
+
+
+def _check_gpus(c: _Checker, raw: Any, p: str, is_gpu: bool) -> tuple[str | None, int]:
+    if raw is None:
+        if is_gpu:
+            c.add(ERROR, p, "a machine with role gpu needs gpus: {model, count}")
+        return None, 0
+    if not isinstance(raw, dict):
+        c.add(ERROR, p, "must be a mapping {model, count}")
+        return None, 0
+    c.keys(raw, {"model", "count"}, p)
+    model = c.field(raw, "model", str, p)
+    count = c.field(raw, "count", int, p)
+    if model is not None and model not in GPU_MODELS:
+        hint = difflib.get_close_matches(model.lower(), GPU_MODELS, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        c.add(ERROR, _join(p, "model"), f"unknown GPU model {model!r}{extra}; known: {', '.join(GPU_MODELS)}")
+        return None, 0
+    if model is not None and count is not None:
+        allowed = GPU_MODELS[model].counts
+        if count not in allowed:
+            c.add(
+                ERROR,
+                _join(p, "count"),
+                f"{model} servers come with {', '.join(map(str, sorted(allowed)))} GPUs, not {count}",
+            )
+            return None, 0
+    if not is_gpu and count:
+        c.add(WARNING, p, "machine has GPUs but not the gpu role: they will not be scheduled")
+    return model, count or 0
+
+
+def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool) -> Bmc | None:
+    if not isinstance(raw, dict):
+        c.add(ERROR, p, "needs a mapping {endpoint, credentials}")
+        return None
+    c.keys(raw, BMC_KEYS, p)
+    endpoint = c.field(raw, "endpoint", str, p)
+    cred = c.field(raw, "credentials", str, p)
+    system_id = c.field(raw, "system_id", str, p, required=False)
+    verify = c.field(raw, "verify_tls", bool, p, required=False)
+    if endpoint and not re.match(r"^https?://[^/\s]+(:\d+)?/?$", endpoint):
+        c.add(ERROR, _join(p, "endpoint"), f"{endpoint!r} is not a Redfish service root URL (http(s)://host[:port])")
+        return None
+    if endpoint and emulated and not re.match(r"^https?://(127\.\d+\.\d+\.\d+|localhost)(:\d+)?/?$", endpoint):
+        c.add(ERROR, _join(p, "endpoint"), "an emulated site's BMCs must listen on loopback")
+    if endpoint and not emulated and endpoint.startswith("http://"):
+        c.add(WARNING, _join(p, "endpoint"), "plain http to a real BMC sends its credentials unencrypted")
+    if verify is False and not emulated:
+        c.add(WARNING, _join(p, "verify_tls"), "TLS verification is off for a real BMC")
+    if cred is not None and not NAME_RE.match(cred):
+        c.add(ERROR, _join(p, "credentials"), "must be a credentials reference name, not a secret")
+    if endpoint is None or cred is None:
+        return None
+    return Bmc(endpoint.rstrip("/"), cred, system_id, True if verify is None else verify)
+
+
+def _check_nics(c: _Checker, raw: Any, p: str, networks: list[Network] | None) -> list[Nic] | None:
+    if not isinstance(raw, list) or not raw:
+        c.add(ERROR, p, "needs at least one NIC (the first is the management interface)")
+        return None
+    out: list[Nic] = []
+    for i, n in enumerate(raw):
+        q = _join(p, i)
+        if not isinstance(n, dict):
+            c.add(ERROR, q, "must be a mapping {name, mac, address}")
+            continue
+        c.keys(n, NIC_KEYS, q)
+        name = c.field(n, "name", str, q)
+        mac = c.field(n, "mac", str, q)
+        addr_s = c.field(n, "address", str, q)
+        if mac is not None and not MAC_RE.match(mac):
+            c.add(ERROR, _join(q, "mac"), f"{mac!r} is not a MAC address like 02:af:00:00:00:11 (lowercase)")
+            mac = None
+        addr = None
+        if addr_s is not None:
+            try:
+                addr = ipaddress.IPv4Address(addr_s)
+            except ValueError:
+                c.add(ERROR, _join(q, "address"), f"{addr_s!r} is not an IPv4 address")
+        if addr is not None and networks and i == 0:
+            mgmt = networks[0]
+            if addr not in mgmt.cidr:
+                c.add(ERROR, _join(q, "address"), f"{addr} is outside the management network {mgmt.cidr}")
+            elif addr in (mgmt.cidr.network_address, mgmt.cidr.broadcast_address, mgmt.gateway):
+                c.add(ERROR, _join(q, "address"), f"{addr} is the network, broadcast or gateway address")
+        if name and mac and addr:
+            out.append(Nic(name, mac, addr))
+    return out if len(out) == len(raw) else None
+
+
+def _check_unique(c: _Checker, raw: list[Any], machines: list[Machine]) -> None:
+    """Names, addresses, MACs and BMC endpoints must each be unique across the site."""
+
+    def dupes(values: list[tuple[str, str]], what: str) -> None:
+        seen: dict[str, str] = {}
+        for path, v in values:
+            if v in seen:
+                c.add(ERROR, path, f"duplicate {what} {v!r} (also at {seen[v]})")
+            else:
+                seen[v] = path
+
+    names, addrs, macs, bmcs = [], [], [], []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            continue
+        p = _join("machines", i)
+        if isinstance(m.get("name"), str):
+            names.append((_join(p, "name"), m["name"]))
+        for j, n in enumerate(m.get("nics") or []):
+            if isinstance(n, dict):
+                if n.get("address"):
+                    addrs.append((_join(_join(_join(p, "nics"), j), "address"), str(n["address"])))
+                if n.get("mac"):
+                    macs.append((_join(_join(_join(p, "nics"), j), "mac"), str(n["mac"]).lower()))
+        bmc = m.get("bmc")
+        if isinstance(bmc, dict) and isinstance(bmc.get("endpoint"), str):
+            key = bmc["endpoint"].rstrip("/") + "#" + str(bmc.get("system_id") or "")
+            bmcs.append((_join(_join(p, "bmc"), "endpoint"), key))
+    dupes(names, "machine name")
+    dupes(addrs, "address")
+    dupes(macs, "MAC address")
+    dupes([(p, v.split("#")[0] + (f" system {v.split('#')[1]}" if v.split("#")[1] else "")) for p, v in bmcs], "BMC")
+    roles = Counter(r for m in machines for r in m.roles)
+    if machines and len(machines) == len(raw):
+        if roles["head"] == 0 and any(m.pool == "slurm" for m in machines):
+            c.add(ERROR, "machines", "the slurm pool needs a machine with role head (slurmctld, slurmdbd)")
+        if roles["head"] > 1:
+            c.add(WARNING, "machines", "more than one head: only the first runs slurmctld/slurmdbd")
+        if roles["k8s-control"] == 0 and any(m.pool == "kubernetes" for m in machines):
+            c.add(ERROR, "machines", "the kubernetes pool needs a machine with role k8s-control")
+        if roles["k8s-control"] > 1 and roles["k8s-control"] % 2 == 0:
+            c.add(WARNING, "machines", "an even number of k8s-control machines gives etcd no extra fault tolerance")
+
+
+def _check_slurm(c: _Checker, raw: Any, machines: list[Machine] | None) -> SlurmSettings | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        c.add(ERROR, "slurm", "must be a mapping")
+        return None
+    c.keys(raw, SLURM_KEYS, "slurm")
+    cluster = c.field(raw, "cluster_name", str, "slurm")
+    parts_raw = c.field(raw, "partitions", list, "slurm") or []
+    enforce = c.field(raw, "accounting_enforce", str, "slurm", required=False)
+    parts: list[tuple[str, str]] = []
+    for i, part in enumerate(parts_raw):
+        p = _join("slurm.partitions", i)
+        if not isinstance(part, dict):
+            c.add(ERROR, p, "must be a mapping {name, pool}")
+            continue
+        c.keys(part, {"name", "pool"}, p)
+        pname = c.field(part, "name", str, p)
+        pool = c.field(part, "pool", str, p)
+        if pool is not None and pool != "slurm":
+            c.add(ERROR, _join(p, "pool"), f"Slurm partitions serve the slurm pool, not {pool!r}")
+        if pname and pool:
+            parts.append((pname, pool))
+    if machines is not None and not any(m.pool == "slurm" for m in machines):
+        c.add(ERROR, "slurm", "the slurm pool has no machines: give at least one gpu/cpu worker pool: slurm")
+    if enforce is not None and "limits" not in enforce.split(","):
+        c.add(WARNING, "slurm.accounting_enforce", "without 'limits' tenant GPU quotas are not enforced")
+    if cluster is None:
+        return None
+    return SlurmSettings(cluster, tuple(parts), enforce or SlurmSettings.accounting_enforce)
+
+
+def _check_kubernetes(c: _Checker, raw: Any, machines: list[Machine] | None) -> KubernetesSettings | None:
+    if raw is None:
+        if machines and any(m.pool == "kubernetes" for m in machines):
+            c.add(ERROR, "kubernetes", "machines are in the kubernetes pool but the site has no kubernetes section")
+        return None
+    if not isinstance(raw, dict):
+        c.add(ERROR, "kubernetes", "must be a mapping")
+        return None
+    c.keys(raw, KUBE_KEYS, "kubernetes")
+    version = c.field(raw, "version", str, "kubernetes")
+    svc = c.field(raw, "service_cidr", str, "kubernetes")
+    port = c.field(raw, "api_port", int, "kubernetes", required=False)
+    if version and not re.match(r"^v\d+\.\d+\.\d+$", version):
+        c.add(ERROR, "kubernetes.version", f"{version!r} is not a version like v1.37.2")
+    if svc:
+        try:
+            ipaddress.ip_network(svc)
+        except ValueError as e:
+            c.add(ERROR, "kubernetes.service_cidr", f"not a network: {e}")
+    if machines is not None and not any(m.pool == "kubernetes" for m in machines):
+        c.add(WARNING, "kubernetes", "the kubernetes pool has no machines: the control plane will have no nodes")
+    if version is None or svc is None:
+        return None
+    return KubernetesSettings(version, svc, port or 6443)

@@ -1,0 +1,289 @@
+"""The binaries no package registry ships, built from pinned Go modules in `toolchain/`.
+
+Each Go module under toolchain/ pins one upstream project (go.mod + go.sum are the pins). A binary
+is rebuilt only when its stamp changes: the stamp hashes the module's go.mod/go.sum, the build
+flags and the Go version. Binaries land in `~/.cache/aifactory/bin` (outside the repo); the same
+directory, copied to an air-gapped site, is its offline install bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aifactory import paths
+
+TOOLCHAIN = paths.REPO / "toolchain"
+K8S_VERSION = "v1.37.2"
+PULUMI_VERSION = "v3.274.1"
+LANGUAGE_HOST_VERSION = "v3.79.0"
+KUBERNETES_PROVIDER_VERSION = "4.25.0"
+KWOK_VERSION = "v0.8.0"
+ETCD_VERSION = "v3.7.0"
+
+_K8S_LDFLAGS = [
+    f"-X k8s.io/component-base/version.gitVersion={K8S_VERSION}",
+    "-X k8s.io/component-base/version.gitMajor=1",
+    f"-X k8s.io/component-base/version.gitMinor={K8S_VERSION.split('.')[1]}",
+    "-X k8s.io/component-base/version.gitTreeState=clean",
+]
+_PULUMI_VERSION_VAR = "github.com/pulumi/pulumi/sdk/v3/go/common/version.Version"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Binary:
+    name: str
+    module: str  # folder under toolchain/
+    package: str  # Go package to build, relative to that module's build list
+    version: str
+    ldflags: tuple[str, ...] = ()
+    version_args: tuple[str, ...] = ("--version",)
+    prepare: Callable[[Binary, Progress], None] | None = field(default=None, compare=False)
+
+    @property
+    def path(self) -> Path:
+        return paths.bin_dir() / self.name
+
+
+def _module_dir(module: str, go_module: str) -> Path:
+    """Where the Go module cache holds `go_module` at the version `module` pins."""
+    out = _go(["mod", "download", "-json", go_module], TOOLCHAIN / module, capture=True)
+    return Path(json.loads(out)["Dir"])
+
+
+def _stamp_kubernetes_schema(binary: Binary, progress: Progress) -> None:
+    """The provider embeds its schema stamped with its version (upstream does this in `make`)."""
+    src = _module_dir(binary.module, "github.com/pulumi/pulumi-kubernetes/provider/v4") / (
+        "cmd/pulumi-resource-kubernetes"
+    )
+    dst = TOOLCHAIN / binary.module
+    schema = json.loads((src / "schema.json").read_text())
+    schema["version"] = binary.version
+    (dst / "schema-embed.json").write_text(json.dumps(schema, separators=(",", ":")))
+    mapping = json.loads((src / "terraform-mapping.json").read_text())
+    (dst / "terraform-mapping-embed.json").write_text(json.dumps(mapping, separators=(",", ":")))
+
+
+BINARIES: tuple[Binary, ...] = (
+    Binary(
+        "pulumi",
+        "pulumi",
+        "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi",
+        PULUMI_VERSION,
+        (f"-X {_PULUMI_VERSION_VAR}={PULUMI_VERSION}",),
+        ("version",),
+    ),
+    Binary(
+        "pulumi-language-python",
+        "pulumi-language-python",
+        "github.com/pulumi/pulumi/sdk/v3/python/cmd/pulumi-language-python",
+        LANGUAGE_HOST_VERSION,
+        (f"-X {_PULUMI_VERSION_VAR}={LANGUAGE_HOST_VERSION}",),
+        ("-version",),
+    ),
+    Binary(
+        "pulumi-resource-kubernetes",
+        "pulumi-kubernetes",
+        ".",
+        KUBERNETES_PROVIDER_VERSION,
+        (f"-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version={KUBERNETES_PROVIDER_VERSION}",),
+        ("-version",),
+        prepare=_stamp_kubernetes_schema,
+    ),
+    Binary("etcd", "kubernetes", "go.etcd.io/etcd/server/v3", ETCD_VERSION),
+    Binary("kube-apiserver", "kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver", K8S_VERSION, tuple(_K8S_LDFLAGS)),
+    Binary(
+        "kube-controller-manager",
+        "kubernetes",
+        "k8s.io/kubernetes/cmd/kube-controller-manager",
+        K8S_VERSION,
+        tuple(_K8S_LDFLAGS),
+    ),
+    Binary("kube-scheduler", "kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler", K8S_VERSION, tuple(_K8S_LDFLAGS)),
+    Binary("kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
+)
+BY_NAME = {b.name: b for b in BINARIES}
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # go.sum is committed: builds never rewrite the pins, and a tampered module fails loudly.
+    env["GOFLAGS"] = "-mod=readonly"
+    env.setdefault("CGO_ENABLED", "0")
+    return env
+
+
+def _go(args: list[str], cwd: Path, capture: bool = False) -> str:
+    proc = subprocess.run(
+        ["go", *args], cwd=cwd, env=_go_env(), text=True, capture_output=True, check=False
+    )
+    if proc.returncode != 0:
+        raise ToolchainError(f"go {' '.join(args)} failed in {cwd}:\n{_tail(proc.stderr)}")
+    return proc.stdout
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class ToolchainError(RuntimeError):
+    pass
+
+
+def go_version() -> str:
+    try:
+        return subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ToolchainError(f"the Go toolchain is needed to build the binaries: {e}") from e
+
+
+def stamp(binary: Binary, gover: str) -> str:
+    h = hashlib.sha256()
+    for f in ("go.mod", "go.sum", "main.go"):
+        p = TOOLCHAIN / binary.module / f
+        if p.exists():
+            h.update(p.read_bytes())
+    h.update(json.dumps([binary.package, binary.version, list(binary.ldflags), gover]).encode())
+    return h.hexdigest()[:16]
+
+
+def _stamp_file(binary: Binary) -> Path:
+    return paths.bin_dir() / ".stamps" / f"{binary.name}.json"
+
+
+def state(binary: Binary, gover: str) -> str:
+    """'ok', 'missing' or 'stale' (a pin changed since it was built)."""
+    if not binary.path.exists():
+        return "missing"
+    try:
+        recorded = json.loads(_stamp_file(binary).read_text())
+    except (OSError, ValueError):
+        return "stale"
+    return "ok" if recorded.get("stamp") == stamp(binary, gover) else "stale"
+
+
+def _with_heartbeat(what: str, progress: Progress, fn: Callable[[], None]) -> float:
+    start = time.monotonic()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(30):
+            progress(f"  ... still building {what} ({time.monotonic() - start:.0f}s)")
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+    return time.monotonic() - start
+
+
+def build(names: list[str] | None = None, force: bool = False, progress: Progress = print) -> list[str]:
+    """Build what is missing or stale; return the names built."""
+    gover = go_version()
+    wanted = [BY_NAME[n] for n in names] if names else list(BINARIES)
+    todo = [b for b in wanted if force or state(b, gover) != "ok"]
+    if not todo:
+        progress(f"toolchain: all {len(wanted)} binaries up to date in {paths.bin_dir()}")
+        return []
+    paths.bin_dir().mkdir(parents=True, exist_ok=True)
+    (paths.bin_dir() / ".stamps").mkdir(exist_ok=True)
+    progress(f"toolchain: building {len(todo)} of {len(wanted)} binaries with {gover} (cold: 20-40 min on 2 cores)")
+    for i, b in enumerate(todo, 1):
+        progress(f"[{i}/{len(todo)}] {b.name} {b.version} (toolchain/{b.module})")
+        if b.prepare:
+            b.prepare(b, progress)
+        tmp = b.path.with_name(f".{b.name}.tmp")
+        flags = ["-trimpath", "-ldflags", " ".join(("-s", "-w", *b.ldflags))]
+
+        def run(b: Binary = b, tmp: Path = tmp, flags: list[str] = flags) -> None:
+            _go(["build", *flags, "-o", str(tmp), b.package], TOOLCHAIN / b.module)
+
+        secs = _with_heartbeat(b.name, progress, run)
+        tmp.replace(b.path)
+        _stamp_file(b).write_text(
+            json.dumps({"stamp": stamp(b, gover), "version": b.version, "seconds": round(secs, 1)})
+        )
+        progress(f"  built {b.path} in {secs:.0f}s")
+    install_pulumi_plugins(progress)
+    return [b.name for b in todo]
+
+
+def install_pulumi_plugins(progress: Progress = print) -> None:
+    """Register the language host and the Kubernetes provider with the Pulumi CLI.
+
+    The language host needs its exec shim beside it; the shim comes from the same SDK release as
+    the Python `pulumi` package (it is argument-compatible with this older host).
+    """
+    bin_dir = paths.bin_dir()
+    shim_src = _module_dir("pulumi", "github.com/pulumi/pulumi/sdk/v3") / "python/cmd/pulumi-language-python-exec"
+    shim = bin_dir / "pulumi-language-python-exec"
+    shutil.copyfile(shim_src, shim)
+    shim.chmod(0o755)
+    bundle = bin_dir / ".language-python.tar.gz"
+    with tarfile.open(bundle, "w:gz") as tar:
+        tar.add(bin_dir / "pulumi-language-python", "pulumi-language-python")
+        tar.add(shim, "pulumi-language-python-exec")
+    env = pulumi_env()
+    for kind, name, version, file in (
+        ("language", "python", LANGUAGE_HOST_VERSION, bundle),
+        ("resource", "kubernetes", "v" + KUBERNETES_PROVIDER_VERSION, bin_dir / "pulumi-resource-kubernetes"),
+    ):
+        subprocess.run(
+            [str(bin_dir / "pulumi"), "plugin", "install", kind, name, version, "--file", str(file), "--reinstall"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        progress(f"  pulumi plugin {kind} {name} {version} installed")
+
+
+def pulumi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for running the Pulumi CLI offline: our binaries first on PATH, no SaaS."""
+    env = dict(os.environ)
+    env["PATH"] = f"{paths.bin_dir()}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PULUMI_SKIP_UPDATE_CHECK", "true")
+    env.setdefault("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK", "true")
+    env.setdefault("PULUMI_DIY_BACKEND_NO_LEGACY_WARNING", "true")
+    env.update(extra or {})
+    return env
+
+
+def reported_version(binary: Binary) -> str:
+    try:
+        proc = subprocess.run(
+            [str(binary.path), *binary.version_args], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"(cannot run: {e})"
+    out = (proc.stdout or proc.stderr).strip().splitlines()
+    return out[0] if out else f"(exit {proc.returncode})"
+
+
+def status_rows() -> list[dict[str, str]]:
+    gover = go_version()
+    rows = []
+    for b in BINARIES:
+        st = state(b, gover)
+        rows.append(
+            {
+                "binary": b.name,
+                "pinned": b.version,
+                "state": st,
+                "reports": reported_version(b) if st != "missing" else "-",
+                "path": str(b.path),
+            }
+        )
+    return rows
