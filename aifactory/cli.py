@@ -70,12 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _site_arg(up)
-    up.add_argument("--power-on", action="store_true", help="power every machine on through its BMC and wait for ssh")
-    st = site_sub.add_parser("status", help="one table: every BMC's power state and every host's health")
+    up.add_argument(
+        "--power-on", action="store_true", help="power every machine on through its BMC and wait for ssh"
+    )
+    st = site_sub.add_parser(
+        "status",
+        help="one table: every BMC's power state and every host's health",
+        description="Ask every BMC for its power state (Redfish) and every powered-on host for its health "
+        "(ssh, systemctl is-system-running). Exit 1 if any machine is unhealthy.",
+    )
     _site_arg(st)
     st.add_argument("--json", action="store_true", help="print the rows as JSON")
     down = site_sub.add_parser(
-        "down", help="stop everything of the emulated site: no process, mount, cgroup, bridge or route left"
+        "down",
+        help="stop everything of the emulated site: no process, mount, cgroup, bridge or route left",
+        description="Power every host off, stop the BMCs and the mirror, unmount the host disks, remove the "
+        "cgroups, bridge and guard route and the site's state; then check that nothing is left. "
+        "Caches (toolchain binaries, host image) are kept.",
     )
     _site_arg(down)
 
@@ -90,10 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     tc_sub = tc.add_subparsers(dest="toolchain_command", required=True, metavar="ACTION")
-    b = tc_sub.add_parser("build", help="build missing or stale binaries (cold: 20-40 min on 2 cores)")
+    b = tc_sub.add_parser(
+        "build",
+        help="build missing or stale binaries (cold: 20-40 min on 2 cores)",
+        description="Build every binary whose pin (go.mod/go.sum, flags, Go version) changed since it was "
+        "built, with progress, then register the language host and Kubernetes provider with Pulumi.",
+    )
     b.add_argument("names", nargs="*", help="only these binaries (default: all)")
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    tc_sub.add_parser("status", help="pinned and reported version, state and path of each binary")
+    tc_sub.add_parser(
+        "status",
+        help="pinned and reported version, state and path of each binary",
+        description="One row per binary: pinned version, state (ok, missing, stale), the version the binary "
+        "itself reports, and its path. Exit 1 unless all are ok.",
+    )
     return parser
 
 
@@ -146,9 +167,9 @@ def _site(args) -> int:
             print(f"{verdict}: {summary}; {errors} error(s), {warnings} warning(s)")
         return EXIT_USAGE if failed else EXIT_OK
 
+    site = load_site_or_exit(args.site)
     from sandbox import localsite
 
-    site = load_site_or_exit(args.site)
     if args.site_command == "up":
         return localsite.up(site, power_on=args.power_on)
     if args.site_command == "status":

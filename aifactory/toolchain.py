@@ -97,12 +97,21 @@ BINARIES: tuple[Binary, ...] = (
         "pulumi-kubernetes",
         ".",
         KUBERNETES_PROVIDER_VERSION,
-        (f"-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version={KUBERNETES_PROVIDER_VERSION}",),
+        (
+            "-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version="
+            + KUBERNETES_PROVIDER_VERSION,
+        ),
         ("-version",),
         prepare=_stamp_kubernetes_schema,
     ),
     Binary("etcd", "kubernetes", "go.etcd.io/etcd/server/v3", ETCD_VERSION),
-    Binary("kube-apiserver", "kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver", K8S_VERSION, tuple(_K8S_LDFLAGS)),
+    Binary(
+        "kube-apiserver",
+        "kubernetes",
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        K8S_VERSION,
+        tuple(_K8S_LDFLAGS),
+    ),
     Binary(
         "kube-controller-manager",
         "kubernetes",
@@ -110,7 +119,13 @@ BINARIES: tuple[Binary, ...] = (
         K8S_VERSION,
         tuple(_K8S_LDFLAGS),
     ),
-    Binary("kube-scheduler", "kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler", K8S_VERSION, tuple(_K8S_LDFLAGS)),
+    Binary(
+        "kube-scheduler",
+        "kubernetes",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
+        K8S_VERSION,
+        tuple(_K8S_LDFLAGS),
+    ),
     Binary("kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
 )
 BY_NAME = {b.name: b for b in BINARIES}
@@ -125,9 +140,7 @@ def _go_env() -> dict[str, str]:
 
 
 def _go(args: list[str], cwd: Path, capture: bool = False) -> str:
-    proc = subprocess.run(
-        ["go", *args], cwd=cwd, env=_go_env(), text=True, capture_output=True, check=False
-    )
+    proc = subprocess.run(["go", *args], cwd=cwd, env=_go_env(), text=True, capture_output=True, check=False)
     if proc.returncode != 0:
         raise ToolchainError(f"go {' '.join(args)} failed in {cwd}:\n{_tail(proc.stderr)}")
     return proc.stdout
@@ -143,7 +156,9 @@ class ToolchainError(RuntimeError):
 
 def go_version() -> str:
     try:
-        return subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["go", "env", "GOVERSION"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as e:
         raise ToolchainError(f"the Go toolchain is needed to build the binaries: {e}") from e
 
@@ -156,6 +171,27 @@ def stamp(binary: Binary, gover: str) -> str:
             h.update(p.read_bytes())
     h.update(json.dumps([binary.package, binary.version, list(binary.ldflags), gover]).encode())
     return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest() -> dict[str, dict[str, str]]:
+    """Name -> {version, sha256} of every built binary: what an offline bundle ships."""
+    out = {}
+    for b in BINARIES:
+        try:
+            rec = json.loads(_stamp_file(b).read_text())
+        except (OSError, ValueError):
+            continue
+        if b.path.exists() and "sha256" in rec:
+            out[b.name] = {"version": b.version, "sha256": rec["sha256"]}
+    return out
 
 
 def _stamp_file(binary: Binary) -> Path:
@@ -200,7 +236,9 @@ def build(names: list[str] | None = None, force: bool = False, progress: Progres
         return []
     paths.bin_dir().mkdir(parents=True, exist_ok=True)
     (paths.bin_dir() / ".stamps").mkdir(exist_ok=True)
-    progress(f"toolchain: building {len(todo)} of {len(wanted)} binaries with {gover} (cold: 20-40 min on 2 cores)")
+    progress(
+        f"toolchain: building {len(todo)} of {len(wanted)} binaries with {gover} (cold: 20-40 min on 2 cores)"
+    )
     for i, b in enumerate(todo, 1):
         progress(f"[{i}/{len(todo)}] {b.name} {b.version} (toolchain/{b.module})")
         if b.prepare:
@@ -214,7 +252,14 @@ def build(names: list[str] | None = None, force: bool = False, progress: Progres
         secs = _with_heartbeat(b.name, progress, run)
         tmp.replace(b.path)
         _stamp_file(b).write_text(
-            json.dumps({"stamp": stamp(b, gover), "version": b.version, "seconds": round(secs, 1)})
+            json.dumps(
+                {
+                    "stamp": stamp(b, gover),
+                    "version": b.version,
+                    "seconds": round(secs, 1),
+                    "sha256": _sha256(b.path),
+                }
+            )
         )
         progress(f"  built {b.path} in {secs:.0f}s")
     install_pulumi_plugins(progress)
@@ -228,7 +273,9 @@ def install_pulumi_plugins(progress: Progress = print) -> None:
     the Python `pulumi` package (it is argument-compatible with this older host).
     """
     bin_dir = paths.bin_dir()
-    shim_src = _module_dir("pulumi", "github.com/pulumi/pulumi/sdk/v3") / "python/cmd/pulumi-language-python-exec"
+    shim_src = (
+        _module_dir("pulumi", "github.com/pulumi/pulumi/sdk/v3") / "python/cmd/pulumi-language-python-exec"
+    )
     shim = bin_dir / "pulumi-language-python-exec"
     shutil.copyfile(shim_src, shim)
     shim.chmod(0o755)
@@ -242,7 +289,17 @@ def install_pulumi_plugins(progress: Progress = print) -> None:
         ("resource", "kubernetes", "v" + KUBERNETES_PROVIDER_VERSION, bin_dir / "pulumi-resource-kubernetes"),
     ):
         subprocess.run(
-            [str(bin_dir / "pulumi"), "plugin", "install", kind, name, version, "--file", str(file), "--reinstall"],
+            [
+                str(bin_dir / "pulumi"),
+                "plugin",
+                "install",
+                kind,
+                name,
+                version,
+                "--file",
+                str(file),
+                "--reinstall",
+            ],
             env=env,
             check=True,
             capture_output=True,

@@ -337,9 +337,17 @@ def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool) -> Bmc | None:
     system_id = c.field(raw, "system_id", str, p, required=False)
     verify = c.field(raw, "verify_tls", bool, p, required=False)
     if endpoint and not re.match(r"^https?://[^/\s]+(:\d+)?/?$", endpoint):
-        c.add(ERROR, _join(p, "endpoint"), f"{endpoint!r} is not a Redfish service root URL (http(s)://host[:port])")
+        c.add(
+            ERROR,
+            _join(p, "endpoint"),
+            f"{endpoint!r} is not a Redfish service root URL (http(s)://host[:port])",
+        )
         return None
-    if endpoint and emulated and not re.match(r"^https?://(127\.\d+\.\d+\.\d+|localhost)(:\d+)?/?$", endpoint):
+    if (
+        endpoint
+        and emulated
+        and not re.match(r"^https?://(127\.\d+\.\d+\.\d+|localhost)(:\d+)?/?$", endpoint)
+    ):
         c.add(ERROR, _join(p, "endpoint"), "an emulated site's BMCs must listen on loopback")
     if endpoint and not emulated and endpoint.startswith("http://"):
         c.add(WARNING, _join(p, "endpoint"), "plain http to a real BMC sends its credentials unencrypted")
@@ -417,7 +425,10 @@ def _check_unique(c: _Checker, raw: list[Any], machines: list[Machine]) -> None:
     dupes(names, "machine name")
     dupes(addrs, "address")
     dupes(macs, "MAC address")
-    dupes([(p, v.split("#")[0] + (f" system {v.split('#')[1]}" if v.split("#")[1] else "")) for p, v in bmcs], "BMC")
+    dupes(
+        [(p, v.split("#")[0] + (f" system {v.split('#')[1]}" if v.split("#")[1] else "")) for p, v in bmcs],
+        "BMC",
+    )
     roles = Counter(r for m in machines for r in m.roles)
     if machines and len(machines) == len(raw):
         if roles["head"] == 0 and any(m.pool == "slurm" for m in machines):
@@ -427,7 +438,11 @@ def _check_unique(c: _Checker, raw: list[Any], machines: list[Machine]) -> None:
         if roles["k8s-control"] == 0 and any(m.pool == "kubernetes" for m in machines):
             c.add(ERROR, "machines", "the kubernetes pool needs a machine with role k8s-control")
         if roles["k8s-control"] > 1 and roles["k8s-control"] % 2 == 0:
-            c.add(WARNING, "machines", "an even number of k8s-control machines gives etcd no extra fault tolerance")
+            c.add(
+                WARNING,
+                "machines",
+                "an even number of k8s-control machines gives etcd no extra fault tolerance",
+            )
 
 
 def _check_slurm(c: _Checker, raw: Any, machines: list[Machine] | None) -> SlurmSettings | None:
@@ -465,7 +480,11 @@ def _check_slurm(c: _Checker, raw: Any, machines: list[Machine] | None) -> Slurm
 def _check_kubernetes(c: _Checker, raw: Any, machines: list[Machine] | None) -> KubernetesSettings | None:
     if raw is None:
         if machines and any(m.pool == "kubernetes" for m in machines):
-            c.add(ERROR, "kubernetes", "machines are in the kubernetes pool but the site has no kubernetes section")
+            c.add(
+                ERROR,
+                "kubernetes",
+                "machines are in the kubernetes pool but the site has no kubernetes section",
+            )
         return None
     if not isinstance(raw, dict):
         c.add(ERROR, "kubernetes", "must be a mapping")
@@ -482,7 +501,9 @@ def _check_kubernetes(c: _Checker, raw: Any, machines: list[Machine] | None) -> 
         except ValueError as e:
             c.add(ERROR, "kubernetes.service_cidr", f"not a network: {e}")
     if machines is not None and not any(m.pool == "kubernetes" for m in machines):
-        c.add(WARNING, "kubernetes", "the kubernetes pool has no machines: the control plane will have no nodes")
+        c.add(
+            WARNING, "kubernetes", "the kubernetes pool has no machines: the control plane will have no nodes"
+        )
     if version is None or svc is None:
         return None
     return KubernetesSettings(version, svc, port or 6443)

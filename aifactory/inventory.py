@@ -1,0 +1,54 @@
+"""The Ansible inventory of a site, derived from the site file (never edited by hand).
+
+Groups follow roles and pools (head, gpu, k8s_control, slurm_pool, kubernetes_pool); host
+variables carry what the roles template from: GPU model and count, CPUs, memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aifactory.site.model import Site
+
+
+def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
+    groups: dict[str, dict[str, Any]] = {}
+
+    def add(group: str, host: str) -> None:
+        groups.setdefault(group, {"hosts": {}})["hosts"][host] = None
+
+    hostvars: dict[str, Any] = {}
+    for m in site.machines:
+        hostvars[m.name] = {
+            "ansible_host": m.address,
+            "cpus": m.cpus,
+            "memory_gib": m.memory_gib,
+            "gpu_model": m.gpu_model,
+            "gpu_count": m.gpu_count,
+            "pool": m.pool,
+        }
+        for role in m.roles:
+            add(role.replace("-", "_"), m.name)
+        if m.pool:
+            add(f"{m.pool}_pool", m.name)
+    all_vars: dict[str, Any] = {
+        "site_name": site.name,
+        "site_file": str(site.path),
+        "site_emulated": site.emulated,
+        "ansible_user": site.ssh_user,
+        "ansible_python_interpreter": "/usr/bin/python3",
+    }
+    if site.bundle_url:
+        all_vars["bundle_url"] = site.bundle_url
+    if ssh_config:
+        all_vars["ansible_ssh_common_args"] = f"-F {ssh_config}"
+    return {"all": {"hosts": hostvars, "vars": all_vars, "children": groups}}
+
+
+def write(site: Site, path: Path, ssh_config: Path | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(render(site, ssh_config), sort_keys=False))
+    return path

@@ -1,0 +1,185 @@
+"""The emulated BMCs of a site: one Redfish BMC (sushy-emulator, `sandbox.bmc_server`) per machine.
+
+Each listens on the loopback host:port of `machine.bmc.endpoint` and keeps its files in
+`<state_dir>/bmc/<machine>/`: config.py (the emulator's --config), htpasswd, state/ (its SQLite
+store, one per BMC so systems never leak between sites or runs), bmc.log and bmc.pid.
+See `sandbox.redfish_driver` for what the BMC reports and how power changes reach the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import bcrypt
+import requests
+import sushy
+from sushy import auth as sushy_auth
+
+from aifactory.site.model import Machine, Site
+from sandbox import daemons
+
+
+class BmcError(RuntimeError):
+    pass
+
+
+def bmc_dir(state_dir: Path, machine_name: str) -> Path:
+    return Path(state_dir) / "bmc" / machine_name
+
+
+def _listen(machine: Machine) -> tuple[str, int]:
+    url = urlsplit(machine.bmc.endpoint)
+    try:
+        loopback = ipaddress.ip_address(url.hostname or "").is_loopback
+    except ValueError:
+        loopback = False
+    if url.scheme != "http" or not loopback or not url.port:
+        raise BmcError(f"{machine.name}: an emulated BMC needs http://<loopback IP>:<port>: {url.geturl()}")
+    return url.hostname, url.port  # type: ignore[return-value]
+
+
+def _system_uuid(site: Site, machine: Machine) -> str:
+    # The emulator's System Id is the UUID: stable per site and machine, or the one the site names.
+    name = f"aifactory:{site.name}/{machine.name}"
+    return machine.bmc.system_id or str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+def _config(site: Site, machine: Machine, d: Path, hook: list[str]) -> str:
+    host, port = _listen(machine)
+    system = {
+        "uuid": _system_uuid(site, machine),
+        "name": machine.name,
+        "power_state": "Off",
+        "nics": [{"mac": nic.mac, "ip": str(nic.address)} for nic in machine.nics],
+        "cpus": machine.cpus,
+        "memory_gib": machine.memory_gib,
+        "gpu_model": machine.gpu_model,
+        "gpu_count": machine.gpu_count,
+    }
+    settings = {
+        "SUSHY_EMULATOR_LISTEN_IP": host,
+        "SUSHY_EMULATOR_LISTEN_PORT": port,
+        "SUSHY_EMULATOR_FAKE_DRIVER": True,
+        "SUSHY_EMULATOR_FAKE_SYSTEMS": [system],
+        "SUSHY_EMULATOR_STATE_DIR": str(d / "state"),
+        "SUSHY_EMULATOR_AUTH_FILE": str(d / "htpasswd"),
+        "SUSHY_AIFACTORY_POWER_HOOK": list(hook),
+    }
+    return "".join(f"{key} = {value!r}\n" for key, value in settings.items())
+
+
+def _answers(endpoint: str, timeout: float = 2) -> bool:
+    try:
+        return requests.get(f"{endpoint}/redfish/v1/", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+def start_bmcs(
+    site: Site, state_dir: Path, username: str, password: str, hook: list[str], timeout: float = 30
+) -> None:
+    """Start the BMCs of the site that are not running, then wait until every service root answers."""
+    if not site.emulated:
+        raise BmcError(f"site {site.name!r} is not emulated: its BMCs are real")
+    # A running BMC is left alone (answering or still starting: the wait below tells). Check every
+    # endpoint before starting any, so a conflict leaves nothing half started.
+    to_start = [m for m in site.machines if not daemons.pid_of(bmc_dir(state_dir, m.name) / "bmc.pid")]
+    for machine in to_start:
+        host, port = _listen(machine)
+        if _port_taken(host, port):
+            raise BmcError(f"BMC of {machine.name}: {host}:{port} is taken by a process that is not its BMC")
+    for machine in to_start:
+        d = bmc_dir(state_dir, machine.name)
+        d.mkdir(parents=True, exist_ok=True)
+        # The emulator accepts only bcrypt. Cost 4 (the minimum): it checks the hash on every request,
+        # and the default cost would add ~0.3 s to each on a loaded machine; this is a loopback test BMC.
+        digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        htpasswd = d / "htpasswd"
+        htpasswd.touch(mode=0o600)
+        htpasswd.write_text(f"{username}:{digest}\n")
+        (d / "config.py").write_text(_config(site, machine, d, hook))
+        argv = [sys.executable, "-m", "sandbox.bmc_server", "--config", str(d / "config.py")]
+        daemons.start(argv, d / "bmc.pid", d / "bmc.log")
+
+    deadline = time.monotonic() + timeout
+    pending = list(site.machines)
+    while pending:
+        for machine in list(pending):
+            d = bmc_dir(state_dir, machine.name)
+            if _answers(machine.bmc.endpoint):
+                pending.remove(machine)
+            elif not daemons.pid_of(d / "bmc.pid"):
+                raise BmcError(
+                    f"BMC of {machine.name} exited; {d / 'bmc.log'} ends:\n{daemons.tail(d / 'bmc.log')}"
+                )
+        if pending and time.monotonic() > deadline:
+            d = bmc_dir(state_dir, pending[0].name)
+            raise BmcError(
+                f"BMC of {pending[0].name} ({pending[0].bmc.endpoint}) did not answer within {timeout:.0f} s;"
+                f" {d / 'bmc.log'} ends:\n{daemons.tail(d / 'bmc.log')}"
+            )
+        time.sleep(0.2)
+
+
+def stop_bmcs(state_dir: Path, timeout: float = 10) -> None:
+    """Stop every BMC with a pid file under state_dir (SIGTERM, then SIGKILL after timeout)."""
+    for pid_file in sorted((Path(state_dir) / "bmc").glob("*/bmc.pid")):
+        pid = daemons.pid_of(pid_file)
+        daemons.stop(pid_file, timeout)
+        if pid:
+            # Reap it if this process started it, so it does not linger as a zombie.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def system(machine: Machine, username: str, password: str, timeout: float = 10):
+    """The machine's `sushy` System resource (basic auth: the emulator has no SessionService)."""
+    root = sushy.Sushy(
+        machine.bmc.endpoint,
+        auth=sushy_auth.BasicAuth(username, password),
+        verify=machine.bmc.verify_tls,
+        read_timeout=timeout,
+        connect_timeout=timeout,
+        server_side_retries=0,
+    )
+    system_id = machine.bmc.system_id
+    return root.get_system(f"/redfish/v1/Systems/{system_id}" if system_id else None)
+
+
+def power_states(site: Site, username: str, password: str, timeout: float = 3) -> dict[str, str]:
+    """Each machine's power state ("On", "Off", ... or "unreachable: <reason>"), BMCs queried in parallel."""
+
+    def one(machine: Machine) -> str:
+        try:
+            return system(machine, username, password, timeout).power_state.value
+        except Exception as e:  # any failure is a status to show, not an error to raise
+            return f"unreachable: {e}"
+
+    with ThreadPoolExecutor(max_workers=max(1, len(site.machines))) as pool:
+        return dict(zip([m.name for m in site.machines], pool.map(one, site.machines), strict=True))
+
+
+def set_power(machine: Machine, username: str, password: str, reset_type: str, timeout: float = 10) -> None:
+    """Send a ComputerSystem.Reset ("On", "ForceOff", "GracefulShutdown", ...) to the machine's BMC."""
+    system(machine, username, password, timeout).reset_system(sushy.ResetType(reset_type))
+
+
+def running_pids(state_dir: Path) -> list[int]:
+    """Pids of this site's BMC processes still alive (empty after `stop_bmcs`)."""
+    pids = (daemons.pid_of(p) for p in (Path(state_dir) / "bmc").glob("*/bmc.pid"))
+    return [p for p in pids if p]

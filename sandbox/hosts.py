@@ -1,0 +1,209 @@
+"""Emulated machines: one systemd-nspawn host per machine, booted and stopped by its BMC.
+
+Each host is an overlayfs over the shared image (its disk, kept across power cycles until
+`site down`), with its own hostname, machine-id, ssh host keys and static address on the bridge.
+A small supervisor loop restarts nspawn when the host reboots (nspawn exits 133), so Ansible's
+reboot module works. Processes live in their own cgroups under `aifactory/<site>/<host>`, which is
+also how `down` proves nothing is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aifactory import paths
+from aifactory.site.model import Machine, Site
+from sandbox.daemons import pid_of
+
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+NSPAWN_REBOOT = 133
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    base: Path
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def upper(self) -> Path:
+        return self.base / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.base / "work"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.base / "supervisor.pid"
+
+    @property
+    def nspawn_pid(self) -> Path:
+        return self.base / "nspawn.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "console.log"
+
+
+def host_paths(site: Site, name: str) -> HostPaths:
+    return HostPaths(paths.site_state_dir(site.name) / "hosts" / name)
+
+
+def cgroup_dirs(site: Site, name: str | None = None) -> list[Path]:
+    rel = Path("aifactory") / site.name / (name or "")
+    return [root / rel for root in CGROUP_ROOTS if root.exists()]
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def prepare(site: Site, machine: Machine, image: Path, ssh_pub: str, host_key_dir: Path) -> None:
+    """Mount the host's disk and write what makes it this machine (idempotent)."""
+    hp = host_paths(site, machine.name)
+    for d in (hp.root, hp.upper, hp.work):
+        d.mkdir(parents=True, exist_ok=True)
+    if not is_mounted(hp.root):
+        opts = f"lowerdir={image},upperdir={hp.upper},workdir={hp.work}"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(hp.root)], check=True)
+    etc = hp.root / "etc"
+    (etc / "hostname").write_text(machine.name + "\n")
+    mid = etc / "machine-id"
+    if not mid.exists() or not mid.read_text().strip():
+        mid.write_text(secrets.token_hex(16) + "\n")
+    hosts = ["127.0.0.1 localhost", f"127.0.1.1 {machine.name}"]
+    hosts += [f"{m.address} {m.name}" for m in site.machines]
+    (etc / "hosts").write_text("\n".join(hosts) + "\n")
+    net = site.management
+    (etc / "systemd/network/10-host0.network").write_text(
+        f"[Match]\nName=host0\n\n[Network]\nAddress={machine.address}/{net.cidr.prefixlen}\n"
+        "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+    )
+    # Host keys come from the site's key dir so known_hosts can be written without asking the hosts.
+    for kind in ("ed25519",):
+        src = host_key_dir / f"{machine.name}_ssh_host_{kind}_key"
+        for suffix in ("", ".pub"):
+            dst = etc / "ssh" / f"ssh_host_{kind}_key{suffix}"
+            dst.write_bytes(Path(str(src) + suffix).read_bytes())
+            dst.chmod(0o600 if not suffix else 0o644)
+    ssh_dir = hp.root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(ssh_pub)
+    (ssh_dir / "authorized_keys").chmod(0o600)
+
+
+def is_running(site: Site, name: str) -> bool:
+    return pid_of(host_paths(site, name).supervisor_pid) is not None
+
+
+def power_on(site: Site, machine: Machine) -> bool:
+    """Boot the host if it is not running; return True if it was started now."""
+    hp = host_paths(site, machine.name)
+    if is_running(site, machine.name):
+        return False
+    if not is_mounted(hp.root):
+        raise RuntimeError(f"{machine.name}: its disk is not prepared; run `aifactory site up` first")
+    dirs = cgroup_dirs(site, machine.name)
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    nspawn = [
+        "systemd-nspawn",
+        "--boot",
+        f"--directory={hp.root}",
+        f"--machine={machine.name}",
+        "--register=no",
+        "--keep-unit",
+        f"--network-bridge={site.management.bridge}",
+        "--console=passive",
+        # Slurm's simulated GPUs are character devices made inside the host (platform notes).
+        "--capability=CAP_MKNOD",
+    ]
+    # nspawn exits 133 when the host reboots: start it again, as a machine would power-cycle.
+    join = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}; " for d in dirs)
+    script = join + (
+        f"while :; do {shlex.join(nspawn)} </dev/null & echo $! > {shlex.quote(str(hp.nspawn_pid))}; "
+        f"wait $!; rc=$?; [ $rc -eq {NSPAWN_REBOOT} ] || break; done; rm -f {shlex.quote(str(hp.nspawn_pid))}"
+    )
+    log = open(hp.log, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    hp.supervisor_pid.write_text(str(proc.pid))
+    return True
+
+
+def power_off(site: Site, machine: Machine, force: bool = False, timeout: float = 20) -> None:
+    """Orderly poweroff (SIGTERM to nspawn); force, or a host that does not stop in time, is killed."""
+    hp = host_paths(site, machine.name)
+    sup = pid_of(hp.supervisor_pid)
+    if sup is None:
+        return
+    nspawn = pid_of(hp.nspawn_pid)
+    if nspawn and not force:
+        # nspawn turns SIGTERM into an orderly poweroff; it then exits 0 and the supervisor ends.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(nspawn, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_of(hp.supervisor_pid):
+            time.sleep(0.2)
+    if pid_of(hp.supervisor_pid):
+        kill_cgroup(cgroup_dirs(site, machine.name))
+    hp.supervisor_pid.unlink(missing_ok=True)
+    hp.nspawn_pid.unlink(missing_ok=True)
+
+
+def cgroup_pids(dirs: list[Path]) -> set[int]:
+    pids: set[int] = set()
+    for d in dirs:
+        if d.exists():
+            for procs in d.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def kill_cgroup(dirs: list[Path], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (pids := cgroup_pids(dirs)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    if pids:
+        raise RuntimeError(f"processes {sorted(pids)} in {dirs[0]} survived SIGKILL")
+
+
+def remove_cgroups(dirs: list[Path]) -> None:
+    for d in dirs:
+        if d.exists():
+            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def unmount(site: Site, name: str) -> None:
+    hp = host_paths(site, name)
+    if is_mounted(hp.root):
+        subprocess.run(["umount", str(hp.root)], check=True)

@@ -1,0 +1,126 @@
+"""The sushy-tools system driver behind the local site's emulated BMCs.
+
+`AifactoryDriver` is sushy-tools' fake driver plus what a GPU server's BMC shows:
+
+- Inventory, from extra keys of each `SUSHY_EMULATOR_FAKE_SYSTEMS` entry: `cpus`, `memory_gib`,
+  `gpu_model`, `gpu_count`. The System reports `ProcessorSummary.Count` = cpus and
+  `MemorySummary.TotalSystemMemoryGiB` = memory_gib. Its Processors collection holds one CPU package
+  (TotalCores = TotalThreads = cpus) and one Processor per GPU with `ProcessorType: "GPU"`,
+  `Model: <gpu_model>`, `Manufacturer: "NVIDIA"`, the way HGX baseboard BMCs list GPUs. With the
+  `sushy` client: `system.processors.summary.count` is the CPU count (GPU entries carry no thread
+  count, so they do not inflate it) and the GPUs are the members whose
+  `processor_type == sushy.ProcessorType.GPU`. The stock `processor.json` template hard-codes
+  "CPU", hence `PROCESSOR_TEMPLATE`, which `sandbox.bmc_server` installs.
+- Power: a change takes effect at once (the stock driver applies it after a random 1-11 s), and each
+  real transition runs the config's `SUSHY_AIFACTORY_POWER_HOOK` (argv list) as
+  `HOOK... <system name> on|off`. Restarts (ForceRestart, GracefulRestart, PowerCycle) of a running
+  system are an off then an on. Hooks run one at a time, in order, on a worker thread, so the HTTP
+  request does not wait for them and an "off" never overtakes the "on" before it; their output goes
+  to the emulator's log, and a failure or a timeout (`SUSHY_AIFACTORY_POWER_HOOK_TIMEOUT`, s) is
+  logged there as an error.
+
+sushy-tools has no plug-in point for system drivers; `sandbox.bmc_server` swaps this class in.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import threading
+
+from sushy_tools import error
+from sushy_tools.emulator.resources.systems import fakedriver
+
+INVENTORY_KEYS = ("cpus", "memory_gib", "gpu_model", "gpu_count", "nics")
+_POWER_STEPS = {
+    "On": ("On",),
+    "ForceOn": ("On",),
+    "ForceOff": ("Off",),
+    "GracefulShutdown": ("Off",),
+    "ForceRestart": ("Off", "On"),
+    "GracefulRestart": ("Off", "On"),
+    "PowerCycle": ("Off", "On"),
+}
+
+# The stock processor.json with the type, cores and threads taken from the driver's processor dicts.
+PROCESSOR_TEMPLATE = """{
+    "@odata.type": "#Processor.v1_0_7.Processor",
+    "Id": {{ processor['id']|string|tojson }},
+    "Name": {{ processor.get('type', 'CPU')|tojson }},
+    "Socket": {{ processor['socket']|string|tojson }},
+    "ProcessorType": {{ processor.get('type', 'CPU')|tojson }},
+    {%- if processor.get('type', 'CPU') == 'CPU' %}
+    "ProcessorArchitecture": "x86",
+    "InstructionSet": "x86-64",
+    {%- endif %}
+    "Manufacturer": {{ processor['vendor']|string|tojson }},
+    "Model": {{ processor['model']|string|tojson }},
+    {%- if processor.get('cores') %}
+    "TotalCores": {{ processor['cores']|int }},
+    "TotalThreads": {{ processor['threads']|int }},
+    {%- endif %}
+    "Status": {"State": "Enabled", "Health": "OK"},
+    "@odata.context": "/redfish/v1/$metadata#Processor.Processor",
+    "@odata.id": {{ "/redfish/v1/Systems/%s/Processors/%s"|format(identity, processor['id'])|tojson }}
+}
+"""
+
+
+class AifactoryDriver(fakedriver.FakeDriver):
+    def __init__(self):
+        super().__init__()
+        # The stored systems outlive a BMC restart (power state must); inventory follows the config.
+        for system in self._config["SUSHY_EMULATOR_FAKE_SYSTEMS"]:
+            stored = self._systems[system["uuid"]]
+            stored.update({k: system[k] for k in INVENTORY_KEYS if k in system})
+            self._systems[system["uuid"]] = stored
+        self._power_lock = threading.Lock()  # the dev server is threaded; keep read-modify-write whole
+        self._hook_queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        threading.Thread(target=self._run_hooks, name="power-hook", daemon=True).start()
+
+    def get_total_memory(self, identity):
+        return self._get(identity).get("memory_gib")
+
+    def get_total_cpus(self, identity):
+        return self._get(identity).get("cpus")
+
+    def get_processors(self, identity):
+        system = self._get(identity)
+        cpus, gpu_model = system.get("cpus"), system.get("gpu_model")
+        processors = [
+            {"id": f"GPU{i}", "socket": f"GPU {i}", "type": "GPU", "vendor": "NVIDIA", "model": gpu_model}
+            for i in range(system.get("gpu_count") or 0)
+        ]
+        if cpus:
+            cpu = {"id": "CPU0", "socket": "CPU 0", "type": "CPU", "vendor": "Emulated", "model": "x86-64"}
+            processors.insert(0, {**cpu, "cores": cpus, "threads": cpus})
+        return processors
+
+    def set_power_state(self, identity, state):
+        steps = _POWER_STEPS.get(state)
+        if steps is None:
+            raise error.NotSupportedError(f"Power state {state} is not supported")
+        with self._power_lock:
+            system = self._get(identity)
+            for target in steps:
+                if system["power_state"] != target:
+                    self._update(system, power_state=target, pending_power=None)
+                    self._hook_queue.put((system["name"], target.lower()))
+
+    def _run_hooks(self):
+        hook = self._config.get("SUSHY_AIFACTORY_POWER_HOOK")
+        timeout = self._config.get("SUSHY_AIFACTORY_POWER_HOOK_TIMEOUT", 300)
+        while True:
+            name, power = self._hook_queue.get()
+            if not hook:
+                continue
+            argv = [*hook, name, power]
+            try:
+                rc = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=timeout, check=False).returncode
+            except (OSError, subprocess.SubprocessError) as e:
+                self._logger.error("power hook %s failed: %s", argv, e)
+                continue
+            if rc:
+                self._logger.error("power hook %s exited with status %d", argv, rc)
+            else:
+                self._logger.info("power hook %s done", argv)

@@ -1,0 +1,133 @@
+"""The emulated BMCs (sandbox.bmc): real sushy-emulator processes on loopback, read through `sushy`.
+
+The tests share one pair of BMCs on fixed ports (8191-8192) and run in file order: the last one
+stops them. Run them in one process (not spread over xdist workers).
+"""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import sushy
+
+from aifactory.site.validate import load_site
+from sandbox import bmc, daemons
+
+pytestmark = pytest.mark.site
+
+USER, PASSWORD = "admin", "bmc-test-secret"
+
+SITE = """
+name: bmctest
+emulated: true
+networks:
+  - {name: mgmt, cidr: 198.18.0.0/24, gateway: 198.18.0.1, bridge: afbr0}
+machines:
+  - name: head-01
+    roles: [head]
+    bmc: {endpoint: "http://127.0.0.1:8191", credentials: test-bmc}
+    cpus: 4
+    memory_gib: 16
+    nics: [{name: host0, mac: "02:af:00:00:01:0b", address: 198.18.0.11}]
+  - name: gpu-01
+    roles: [gpu]
+    pool: slurm
+    bmc: {endpoint: "http://127.0.0.1:8192", credentials: test-bmc}
+    cpus: 32
+    memory_gib: 256
+    gpus: {model: h100, count: 8}
+    nics: [{name: host0, mac: "02:af:00:00:01:0c", address: 198.18.0.12}]
+"""
+
+
+@pytest.fixture(scope="module")
+def bmcs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bmc")
+    (tmp / "site.yaml").write_text(SITE)
+    site = load_site(tmp / "site.yaml")
+    calls = tmp / "hook-calls"
+    hook = tmp / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$1 $2" >> {calls}\n')
+    hook.chmod(0o755)
+    state = tmp / "state"
+    bmc.start_bmcs(site, state, USER, PASSWORD, [str(hook)])
+    try:
+        yield site, state, calls
+    finally:
+        bmc.stop_bmcs(state)
+
+
+def _pids(site, state) -> dict[str, int | None]:
+    return {m.name: daemons.pid_of(bmc.bmc_dir(state, m.name) / "bmc.pid") for m in site.machines}
+
+
+def _wait_for_line(path: Path, line: str, timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if line in lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_service_root_is_public_systems_need_credentials(bmcs):
+    site, _, _ = bmcs
+    for machine in site.machines:
+        base = f"{machine.bmc.endpoint}/redfish/v1"
+        assert requests.get(f"{base}/", timeout=10).status_code == 200
+        assert requests.get(f"{base}/Systems", timeout=10).status_code == 401
+        assert requests.get(f"{base}/Systems", auth=(USER, "wrong"), timeout=10).status_code == 401
+        assert requests.get(f"{base}/Systems", auth=(USER, PASSWORD), timeout=10).status_code == 200
+
+
+def test_inventory_matches_the_site(bmcs):
+    site, _, _ = bmcs
+    for machine in site.machines:
+        system = bmc.system(machine, USER, PASSWORD)
+        assert system.name == machine.name
+        assert system.memory_summary.size_gib == machine.memory_gib
+        assert system.processors.summary.count == machine.cpus
+        gpus = [p for p in system.processors.get_members() if p.processor_type == sushy.ProcessorType.GPU]
+        assert len(gpus) == machine.gpu_count
+        assert {g.model for g in gpus} == ({machine.gpu_model} if machine.gpu_count else set())
+        assert [n.mac_address for n in system.ethernet_interfaces.get_members()] == [
+            nic.mac for nic in machine.nics
+        ]
+
+
+def test_power_on_and_off_run_the_hook(bmcs):
+    site, _, calls = bmcs
+    gpu = site.machine("gpu-01")
+    assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "Off"}
+
+    bmc.set_power(gpu, USER, PASSWORD, "On")
+    # Applied at once, not after the stock driver's random delay.
+    assert bmc.system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
+    assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "On"}
+    assert _wait_for_line(calls, "gpu-01 on") == ["gpu-01 on"]
+
+    bmc.set_power(gpu, USER, PASSWORD, "On")  # no transition, no hook
+    bmc.set_power(gpu, USER, PASSWORD, "ForceOff")
+    assert bmc.system(gpu, USER, PASSWORD).power_state == sushy.PowerState.OFF
+    assert _wait_for_line(calls, "gpu-01 off") == ["gpu-01 on", "gpu-01 off"]
+    assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "Off"}
+
+
+def test_start_again_leaves_running_bmcs_alone(bmcs):
+    site, state, _ = bmcs
+    before = _pids(site, state)
+    bmc.start_bmcs(site, state, USER, PASSWORD, ["/bin/false"])
+    assert _pids(site, state) == before
+
+
+def test_stop_leaves_no_process(bmcs):
+    site, state, _ = bmcs
+    pids = _pids(site, state)
+    assert all(pids.values())
+    bmc.stop_bmcs(state)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids.values())
+    assert not list((state / "bmc").glob("*/bmc.pid"))
+    states = bmc.power_states(site, USER, PASSWORD, timeout=1)
+    assert all(s.startswith("unreachable: ") for s in states.values()), states

@@ -1,0 +1,44 @@
+"""The built toolchain runs: Kubernetes control plane, Pulumi CLI and plugins, kwok."""
+
+import json
+import subprocess
+
+import pytest
+
+from aifactory import toolchain
+from tests.toolchain.conftest import wait_ready
+
+pytestmark = pytest.mark.toolchain
+
+
+def test_apiserver_on_etcd_serves_the_kubernetes_client(loopback_control_plane):
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(str(loopback_control_plane)))
+    wait_ready(lambda: api.list_namespace(), timeout=90)
+    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="smoke")))
+    assert "smoke" in [n.metadata.name for n in api.list_namespace().items]
+    version = client.VersionApi(api.api_client).get_code()
+    assert version.git_version == toolchain.K8S_VERSION
+
+
+def test_pulumi_reports_pinned_versions_and_plugins(built):
+    built("pulumi", "pulumi-language-python", "pulumi-resource-kubernetes")
+    env = toolchain.pulumi_env()
+    pulumi = str(toolchain.BY_NAME["pulumi"].path)
+    out = subprocess.run([pulumi, "version"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == toolchain.PULUMI_VERSION
+    plugins = json.loads(
+        subprocess.run([pulumi, "plugin", "ls", "--json"], env=env, capture_output=True, text=True, check=True).stdout
+    )
+    found = {(p["kind"], p["name"]): p["version"] for p in plugins}
+    assert found[("language", "python")] == toolchain.LANGUAGE_HOST_VERSION.lstrip("v")
+    assert found[("resource", "kubernetes")] == toolchain.KUBERNETES_PROVIDER_VERSION
+
+
+def test_binaries_report_their_pinned_versions(built):
+    built("kwok", "etcd", "kube-controller-manager", "kube-scheduler")
+    assert toolchain.KWOK_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["kwok"])
+    assert toolchain.ETCD_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["etcd"])
+    for name in ("kube-controller-manager", "kube-scheduler", "kube-apiserver"):
+        assert toolchain.reported_version(toolchain.BY_NAME[name]) == f"Kubernetes {toolchain.K8S_VERSION}"

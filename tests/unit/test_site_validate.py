@@ -1,0 +1,141 @@
+import textwrap
+
+import pytest
+import yaml
+
+from aifactory.site.validate import ERROR, WARNING, SiteInvalid, check, load_site
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
+
+LOCAL = REPO / "sites" / "local.yaml"
+
+
+def mutate(write_site, fn):
+    """The local site file with one change applied."""
+    data = yaml.safe_load(LOCAL.read_text())
+    fn(data)
+    return write_site(yaml.safe_dump(data, sort_keys=False))
+
+
+def messages(path):
+    findings, _ = check(path)
+    return [(f.level, f.path, f.message) for f in findings]
+
+
+def test_shipped_sites_are_valid():
+    for name in ("local.yaml", "example-groningen.yaml"):
+        findings, site = check(REPO / "sites" / name)
+        assert findings == [], findings
+        assert site is not None
+    local = load_site(LOCAL)
+    assert local.emulated
+    assert [m.name for m in local.with_role("head")] == ["head-01"]
+    assert len(local.in_pool("slurm")) == 4 and len(local.in_pool("kubernetes")) == 2
+    assert all(m.gpu_model == "h100" and m.gpu_count == 8 for m in local.with_role("gpu"))
+    real = load_site(REPO / "sites" / "example-groningen.yaml")
+    assert len(real.with_role("gpu")) == 64 and not real.emulated
+
+
+def test_duplicate_address_names_both_places(write_site):
+    p = mutate(write_site, lambda d: d["machines"][2]["nics"][0].update(address="198.18.0.11"))
+    (level, path, msg), *_ = [m for m in messages(p) if "duplicate address" in m[2]]
+    assert level == ERROR and path == "machines[2].nics[0].address"
+    assert "machines[0].nics[0].address" in msg
+
+
+def test_impossible_gpu_count(write_site):
+    p = mutate(write_site, lambda d: d["machines"][1]["gpus"].update(count=9))
+    assert (ERROR, "machines[1].gpus.count", "h100 servers come with 1, 2, 4, 8 GPUs, not 9") in messages(p)
+
+
+def test_unknown_role_suggests_the_right_one(write_site):
+    p = mutate(write_site, lambda d: d["machines"][1].update(roles=["gpus"]))
+    found = [m for m in messages(p) if m[1] == "machines[1].roles[0]"]
+    assert found and "did you mean 'gpu'" in found[0][2]
+
+
+def test_pool_with_no_machines(write_site):
+    def all_kubernetes(d):
+        for m in d["machines"][1:]:
+            m["pool"] = "kubernetes"
+
+    p = mutate(write_site, all_kubernetes)
+    assert any(lvl == ERROR and path == "slurm" and "no machines" in msg for lvl, path, msg in messages(p))
+
+
+def test_slurm_pool_needs_a_head(write_site):
+    p = mutate(write_site, lambda d: d["machines"][0].update(roles=["k8s-control"]))
+    assert (
+        ERROR,
+        "machines",
+        "the slurm pool needs a machine with role head (slurmctld, slurmdbd)",
+    ) in messages(p)
+
+
+def test_emulated_site_must_stay_in_the_guarded_range(write_site):
+    def move(d):
+        d["networks"][0]["cidr"] = "10.1.0.0/24"
+        d["networks"][0]["gateway"] = "10.1.0.1"
+
+    p = mutate(write_site, move)
+    assert any("198.18.0.0/15" in msg for _, path, msg in messages(p) if path == "networks[0].cidr")
+
+
+def test_every_finding_is_listed_with_line_numbers(write_site):
+    p = write_site(
+        textwrap.dedent(
+            """\
+            name: x
+            emulated: false
+            networks: [{name: mgmt, cidr: 10.0.0.0/24}]
+            machines:
+              - name: a
+                roles: [gpu]
+                pool: slurm
+                bmc: {endpoint: "ftp://bmc", credentials: c}
+                cpus: two
+                memory_gib: 8
+                gpus: {model: h100, count: 8}
+                nics: [{name: eno1, mac: "02:00:00:00:00:01", address: 10.0.0.9}]
+                colour: red
+            """
+        )
+    )
+    findings, site = check(p)
+    assert site is None
+    by_path = {f.path: f for f in findings}
+    assert by_path["machines[0].cpus"].line == 9
+    assert "must be an integer" in by_path["machines[0].cpus"].message
+    assert by_path["machines[0].colour"].line == 13
+    assert "Redfish service root" in by_path["machines[0].bmc.endpoint"].message
+    with pytest.raises(SiteInvalid) as e:
+        load_site(p)
+    assert len(e.value.findings) == len(findings) == 3
+
+
+def test_warnings_fail_only_at_warning_level(write_site):
+    p = mutate(write_site, lambda d: d["slurm"].update(accounting_enforce="associations"))
+    findings, site = check(p)
+    assert [f.level for f in findings] == [WARNING] and site is not None
+    load_site(p)  # default level: warnings pass
+    with pytest.raises(SiteInvalid):
+        load_site(p, failure_level=WARNING)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("", "must be a mapping"),
+        ("name: [unclosed", "not valid YAML"),
+        ("- a\n- b\n", "must be a mapping"),
+    ],
+)
+def test_not_a_site_at_all(write_site, text, expected):
+    findings, site = check(write_site(text))
+    assert site is None and expected in findings[0].message
+
+
+def test_missing_file(tmp_path):
+    findings, _ = check(tmp_path / "nope.yaml")
+    assert findings[0].message == "file not found"

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from aifactory import toolchain
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIFACTORY_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_every_binary_is_pinned_by_a_module_with_go_sum():
+    for b in toolchain.BINARIES:
+        mod = toolchain.TOOLCHAIN / b.module
+        assert (mod / "go.mod").exists() and (mod / "go.sum").exists(), b.name
+    assert set(toolchain.BY_NAME) == {
+        "pulumi",
+        "pulumi-language-python",
+        "pulumi-resource-kubernetes",
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    }
+
+
+def test_state_follows_the_stamp(cache):
+    b = toolchain.BY_NAME["kwok"]
+    assert toolchain.state(b, "go1.26.8") == "missing"
+    (cache / "bin" / ".stamps").mkdir(parents=True)
+    b.path.write_text("binary")
+    assert toolchain.state(b, "go1.26.8") == "stale"  # no stamp: built by something else
+    (cache / "bin" / ".stamps" / "kwok.json").write_text(
+        json.dumps({"stamp": toolchain.stamp(b, "go1.26.8")})
+    )
+    assert toolchain.state(b, "go1.26.8") == "ok"
+    # A new Go release (or a changed pin) changes the stamp: rebuild.
+    assert toolchain.state(b, "go1.27.0") == "stale"
+
+
+def test_stamp_changes_with_the_pins(tmp_path, monkeypatch):
+    b = toolchain.BY_NAME["kwok"]
+    fake = tmp_path / "toolchain"
+    (fake / "kwok").mkdir(parents=True)
+    (fake / "kwok" / "go.mod").write_text("module x\nrequire sigs.k8s.io/kwok v0.8.0\n")
+    monkeypatch.setattr(toolchain, "TOOLCHAIN", fake)
+    before = toolchain.stamp(b, "go1.26.8")
+    (fake / "kwok" / "go.mod").write_text("module x\nrequire sigs.k8s.io/kwok v0.9.0\n")
+    assert toolchain.stamp(b, "go1.26.8") != before
+
+
+def test_manifest_lists_only_built_binaries_with_sums(cache):
+    b = toolchain.BY_NAME["etcd"]
+    (cache / "bin" / ".stamps").mkdir(parents=True)
+    b.path.write_text("x")
+    (cache / "bin" / ".stamps" / "etcd.json").write_text(json.dumps({"stamp": "s", "sha256": "ab"}))
+    assert toolchain.manifest() == {"etcd": {"version": toolchain.ETCD_VERSION, "sha256": "ab"}}
