@@ -43,6 +43,14 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
     }
     if site.bundle_url:
         all_vars["bundle_url"] = site.bundle_url
+    if site.slurm:
+        all_vars["slurm_cluster_name"] = site.slurm.cluster_name
+        all_vars["slurm_partitions"] = [{"name": n, "pool": p} for n, p in site.slurm.partitions]
+        all_vars["slurm_accounting_enforce"] = site.slurm.accounting_enforce
+    if site.kubernetes:
+        all_vars["kubernetes_version"] = site.kubernetes.version
+        all_vars["kubernetes_service_cidr"] = site.kubernetes.service_cidr
+        all_vars["kubernetes_api_port"] = site.kubernetes.api_port
     if ssh_config:
         all_vars["ansible_ssh_common_args"] = f"-F {ssh_config}"
     return {"all": {"hosts": hostvars, "vars": all_vars, "children": groups}}

@@ -201,6 +201,7 @@ def remove_cgroups(dirs: list[Path]) -> None:
                     sub.rmdir()
             with contextlib.suppress(OSError):
                 d.rmdir()
+                d.parent.rmdir()  # the shared aifactory/ parent, once no site uses it
 
 
 def unmount(site: Site, name: str) -> None:
