@@ -123,7 +123,8 @@ def power_on(site: Site, machine: Machine) -> bool:
         "systemd-nspawn",
         "--boot",
         f"--directory={hp.root}",
-        f"--machine={machine.name}",
+        # nspawn names veth links and runtime dirs after the machine: unique across sites.
+        f"--machine={site.name}-{machine.name}",
         "--register=no",
         "--keep-unit",
         f"--network-bridge={site.management.bridge}",
