@@ -33,10 +33,12 @@ def loopback_control_plane(tmp_path):
     _skip_unless_built("etcd", "kube-apiserver")
     bin_dir = paths.bin_dir()
     client, peer, secure = free_port(), free_port(), free_port()
-    subprocess.run(["openssl", "genrsa", "-out", tmp_path / "sa.key", "2048"], check=True, capture_output=True)
+    key = tmp_path / "sa.key"
+    subprocess.run(["openssl", "genrsa", "-out", key, "2048"], check=True, capture_output=True)
     subprocess.run(
         ["openssl", "rsa", "-in", tmp_path / "sa.key", "-pubout", "-out", tmp_path / "sa.pub"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     token = os.urandom(16).hex()
     (tmp_path / "tokens.csv").write_text(f"{token},admin,admin-uid,system:masters\n")
@@ -48,25 +50,38 @@ def loopback_control_plane(tmp_path):
         logs.append(log)
         procs.append(subprocess.Popen([str(bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT))
 
-    start("etcd", [
-        f"--data-dir={tmp_path / 'etcd'}",
-        f"--listen-client-urls=http://127.0.0.1:{client}", f"--advertise-client-urls=http://127.0.0.1:{client}",
-        f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-cluster=default=http://127.0.0.1:{peer}",
-    ])
-    start("kube-apiserver", [
-        f"--etcd-servers=http://127.0.0.1:{client}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={secure}",
-        f"--cert-dir={tmp_path / 'certs'}", f"--token-auth-file={tmp_path / 'tokens.csv'}",
-        "--authorization-mode=RBAC", "--service-cluster-ip-range=10.96.0.0/16",
-        "--service-account-issuer=https://kubernetes.default.svc",
-        f"--service-account-key-file={tmp_path / 'sa.pub'}",
-        f"--service-account-signing-key-file={tmp_path / 'sa.key'}",
-    ])
+    start(
+        "etcd",
+        [
+            f"--data-dir={tmp_path / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{client}",
+            f"--advertise-client-urls=http://127.0.0.1:{client}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer}",
+        ],
+    )
+    start(
+        "kube-apiserver",
+        [
+            f"--etcd-servers=http://127.0.0.1:{client}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={secure}",
+            f"--cert-dir={tmp_path / 'certs'}",
+            f"--token-auth-file={tmp_path / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={tmp_path / 'sa.pub'}",
+            f"--service-account-signing-key-file={tmp_path / 'sa.key'}",
+        ],
+    )
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: smoke\n"
-        f"clusters: [{{name: smoke, cluster: {{server: 'https://127.0.0.1:{secure}', insecure-skip-tls-verify: true}}}}]\n"
+        "clusters: [{name: smoke, cluster: "
+        f"{{server: 'https://127.0.0.1:{secure}', insecure-skip-tls-verify: true}}}}]\n"
         f"users: [{{name: admin, user: {{token: {token}}}}}]\n"
         "contexts: [{name: smoke, context: {cluster: smoke, user: admin}}]\n"
     )
@@ -90,7 +105,7 @@ def wait_ready(fn, timeout=60):
     while time.monotonic() < deadline:
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - retried until the deadline, then reported
+        except Exception as e:  # retried until the deadline, then reported
             last = e
             time.sleep(0.5)
     raise AssertionError(f"not ready after {timeout}s: {last}")

@@ -26,11 +26,12 @@ def test_pulumi_reports_pinned_versions_and_plugins(built):
     built("pulumi", "pulumi-language-python", "pulumi-resource-kubernetes")
     env = toolchain.pulumi_env()
     pulumi = str(toolchain.BY_NAME["pulumi"].path)
-    out = subprocess.run([pulumi, "version"], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == toolchain.PULUMI_VERSION
-    plugins = json.loads(
-        subprocess.run([pulumi, "plugin", "ls", "--json"], env=env, capture_output=True, text=True, check=True).stdout
-    )
+
+    def run(*args):
+        return subprocess.run([pulumi, *args], env=env, capture_output=True, text=True, check=True).stdout
+
+    assert run("version").strip() == toolchain.PULUMI_VERSION
+    plugins = json.loads(run("plugin", "ls", "--json"))
     found = {(p["kind"], p["name"]): p["version"] for p in plugins}
     assert found[("language", "python")] == toolchain.LANGUAGE_HOST_VERSION.lstrip("v")
     assert found[("resource", "kubernetes")] == toolchain.KUBERNETES_PROVIDER_VERSION
