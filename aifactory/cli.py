@@ -90,6 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _site_arg(down)
 
+    cf = sub.add_parser(
+        "configure",
+        help="run the playbooks on the site's machines (GPU stack, Slurm, Kubernetes) with progress",
+        description=(
+            "Configure the site's machines with Ansible (through ansible-runner): GPU drivers and tools, "
+            "munge + Slurm with accounting on the head and the slurm pool, the Kubernetes control plane "
+            "on k8s-control machines and worker preparation on the kubernetes pool (kwok nodes on emulated "
+            "sites). Prints one line per task and a per-host summary; exit 1 naming the failed task and host."
+        ),
+    )
+    _site_arg(cf)
+    cf.add_argument("--limit", help="only these hosts or groups (Ansible pattern, e.g. gpu-01 or slurm_pool)")
+    cf.add_argument("--check", action="store_true", help="dry run: report what would change, change nothing")
+    cf.add_argument(
+        "--playbook", default="site.yml", help="playbook under playbooks/ (default: site.yml, everything)"
+    )
+
     tc = sub.add_parser(
         "toolchain",
         help="build or show the binaries no registry ships (Pulumi, Kubernetes, etcd, kwok)",
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             return _site(args)
         if args.command == "toolchain":
             return _toolchain(args)
+        if args.command == "configure":
+            return _configure(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
@@ -179,6 +198,26 @@ def _site(args) -> int:
     if args.site_command == "down":
         return localsite.down(site)
     return EXIT_USAGE
+
+
+def _configure(args) -> int:
+    from aifactory import configure
+
+    site = load_site_or_exit(args.site)
+    if not (configure.PLAYBOOKS / args.playbook).exists():
+        print(f"no playbook {args.playbook!r} under {configure.PLAYBOOKS}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = configure.run_playbook(site, args.playbook, limit=args.limit, check=args.check)
+    except configure.PlaybookFailed as e:
+        print(table(e.result.rows()))
+        print(f"configure FAILED: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(table(result.rows()))
+    for line in result.unverified:
+        print(line)
+    print(f"configure: {args.playbook} ok in {result.seconds:.0f}s, {result.changed} change(s)")
+    return EXIT_OK
 
 
 def _toolchain(args) -> int:

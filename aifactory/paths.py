@@ -30,3 +30,8 @@ def credentials_dir() -> Path:
     return Path(
         os.environ.get("AIFACTORY_CREDENTIALS_DIR", Path.home() / ".config" / "aifactory" / "credentials")
     )
+
+
+def ssh_config(site_name: str) -> Path:
+    """The ssh config the local site writes for its hosts (real sites use the operator's own)."""
+    return site_state_dir(site_name) / "ssh" / "config"

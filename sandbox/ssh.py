@@ -18,7 +18,7 @@ def ssh_dir(site: Site) -> Path:
 
 
 def config_path(site: Site) -> Path:
-    return ssh_dir(site) / "config"
+    return paths.ssh_config(site.name)
 
 
 def ensure_keys(site: Site) -> tuple[str, Path]:

@@ -14,6 +14,7 @@ SUBCOMMANDS = [
     ["site", "up"],
     ["site", "status"],
     ["site", "down"],
+    ["configure"],
     ["toolchain"],
     ["toolchain", "build"],
     ["toolchain", "status"],

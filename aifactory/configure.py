@@ -1,0 +1,144 @@
+"""Run the project's playbooks against a site through ansible-runner, with live progress.
+
+Used by `aifactory configure` and by the Pulumi program. Progress is one line per task start and a
+line per failed or unreachable host; at the end a per-host summary (ok/changed/failed/...). A failure
+raises `PlaybookFailed` naming the task, the host and Ansible's message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from aifactory import inventory, paths
+from aifactory.site.model import Site
+
+PLAYBOOKS = paths.REPO / "playbooks"
+Progress = Callable[[str], None]
+
+
+@dataclass
+class HostFailure:
+    host: str
+    task: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.host}: task '{self.task}' failed: {self.message}"
+
+
+@dataclass
+class PlaybookResult:
+    playbook: str
+    status: str
+    seconds: float
+    stats: dict[str, dict[str, int]]  # host -> {ok, changed, failures, unreachable, skipped}
+    failures: list[HostFailure] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)  # what roles configured but could not check
+
+    @property
+    def changed(self) -> int:
+        return sum(s.get("changed", 0) for s in self.stats.values())
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"host": h, **s} for h, s in sorted(self.stats.items())]
+
+
+class PlaybookFailed(RuntimeError):
+    def __init__(self, result: PlaybookResult):
+        self.result = result
+        lines = [str(f) for f in result.failures] or [f"ansible-runner ended with status {result.status}"]
+        super().__init__(f"{result.playbook}: " + "; ".join(lines))
+
+
+def inventory_for(site: Site) -> Path:
+    """(Re)write the site's inventory from the site file; emulated sites get their ssh config."""
+    cfg = paths.ssh_config(site.name)
+    return inventory.write(
+        site, paths.site_state_dir(site.name) / "inventory.yml", cfg if cfg.exists() else None
+    )
+
+
+def _message(res: dict[str, Any]) -> str:
+    msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+    if not msg and res.get("results"):  # loops: the first failed item
+        failed = [r for r in res["results"] if r.get("failed")]
+        msg = _message(failed[0]) if failed else ""
+    return str(msg).strip().splitlines()[-1][:400] if str(msg).strip() else "(no message)"
+
+
+def run_playbook(
+    site: Site,
+    playbook: str,
+    limit: str | None = None,
+    check: bool = False,
+    extravars: dict[str, Any] | None = None,
+    progress: Progress = print,
+) -> PlaybookResult:
+    inv = inventory_for(site)
+    data_dir = paths.site_state_dir(site.name) / "ansible"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    failures: list[HostFailure] = []
+    unverified: list[str] = []
+    counts = {"tasks": 0}
+
+    def on_event(event: dict[str, Any]) -> bool:
+        kind, data = event.get("event"), event.get("event_data", {})
+        if kind == "playbook_on_task_start":
+            counts["tasks"] += 1
+            progress(f"  [{counts['tasks']:3d}] {data.get('task', '?')}")
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            f = HostFailure(data.get("host", "?"), data.get("task", "?"), _message(data.get("res", {})))
+            failures.append(f)
+            progress(f"        FAILED {f}")
+        elif kind == "runner_on_ok" and str(data.get("res", {}).get("msg", "")).startswith("UNVERIFIED"):
+            unverified.append(data["res"]["msg"])
+        return True
+
+    start = time.monotonic()
+    progress(
+        f"configure: {playbook} on {site.name}"
+        + (f" (limit {limit})" if limit else "")
+        + (" [check]" if check else "")
+    )
+    r = ansible_runner.run(
+        private_data_dir=str(data_dir),
+        project_dir=str(PLAYBOOKS),
+        playbook=str(PLAYBOOKS / playbook),
+        inventory=str(inv),
+        limit=limit,
+        extravars=extravars or {},
+        cmdline="--check --diff" if check else None,
+        envvars={
+            "ANSIBLE_ROLES_PATH": str(PLAYBOOKS / "roles"),
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_FORKS": "16",
+            "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+            # ansible-playbook lives beside this interpreter (the venv), which may not be on PATH.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        event_handler=on_event,
+        quiet=True,
+        rotate_artifacts=5,
+    )
+    stats = r.stats or {}
+    per_host: dict[str, dict[str, int]] = {}
+    for key in ("ok", "changed", "failures", "unreachable", "skipped"):
+        for host, n in (stats.get(key) or {}).items():
+            per_host.setdefault(host, {k: 0 for k in ("ok", "changed", "failures", "unreachable", "skipped")})
+            per_host[host][key] = n
+    result = PlaybookResult(playbook, r.status, time.monotonic() - start, per_host, failures, unverified)
+    if r.status != "successful" or failures:
+        if not failures:
+            tail = r.stdout.read().strip().splitlines()[-5:] if r.stdout else []
+            failures.append(HostFailure("controller", playbook, " | ".join(tail) or r.status))
+        raise PlaybookFailed(result)
+    return result
