@@ -107,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--playbook", default="site.yml", help="playbook under playbooks/ (default: site.yml, everything)"
     )
 
+    dp = sub.add_parser(
+        "deploy",
+        help="pulumi up the site: power machines on via Redfish, configure them, populate Kubernetes",
+        description=(
+            "Run the Pulumi program (Pulumi.yaml, infra/) for a stack with the toolchain's Pulumi CLI, the "
+            "local file state backend and the passphrase secrets provider (no SaaS account). Stack 'local' "
+            "targets sites/local.yaml. Pulumi prints its own live progress and summary."
+        ),
+    )
+    dp.add_argument("--stack", default="local", help="stack name; Pulumi.<stack>.yaml names the site file")
+    mode = dp.add_mutually_exclusive_group()
+    mode.add_argument("--preview", action="store_true", help="dry run: show what would change")
+    mode.add_argument(
+        "--refresh", action="store_true", help="read the real state (e.g. BMC power) into the stack"
+    )
+    mode.add_argument(
+        "--destroy", action="store_true", help="power every machine off and remove what was deployed"
+    )
+    dp.add_argument("pulumi_args", nargs="*", help="extra arguments for pulumi, after --")
+
     tc = sub.add_parser(
         "toolchain",
         help="build or show the binaries no registry ships (Pulumi, Kubernetes, etcd, kwok)",
@@ -137,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Progress lines of long commands must show up at once, also when piped to a log.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         if args.command == "site":
             return _site(args)
@@ -144,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             return _toolchain(args)
         if args.command == "configure":
             return _configure(args)
+        if args.command == "deploy":
+            return _deploy(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
@@ -218,6 +243,17 @@ def _configure(args) -> int:
         print(line)
     print(f"configure: {args.playbook} ok in {result.seconds:.0f}s, {result.changed} change(s)")
     return EXIT_OK
+
+
+def _deploy(args) -> int:
+    from aifactory import deploy, toolchain
+
+    action = "preview" if args.preview else "refresh" if args.refresh else "destroy" if args.destroy else "up"
+    try:
+        return EXIT_OK if deploy.run(args.stack, action, extra=args.pulumi_args) == 0 else EXIT_FAILED
+    except (ValueError, toolchain.ToolchainError) as e:
+        print(f"deploy: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _toolchain(args) -> int:

@@ -129,6 +129,7 @@ BINARIES: tuple[Binary, ...] = (
     Binary("kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
 )
 BY_NAME = {b.name: b for b in BINARIES}
+PULUMI_PLUGIN_PARTS = ("pulumi", "pulumi-language-python", "pulumi-resource-kubernetes")
 
 
 def _go_env() -> dict[str, str]:
@@ -262,7 +263,9 @@ def build(names: list[str] | None = None, force: bool = False, progress: Progres
             )
         )
         progress(f"  built {b.path} in {secs:.0f}s")
-    install_pulumi_plugins(progress)
+    built = {b.name for b in todo}
+    if set(PULUMI_PLUGIN_PARTS) & built and all(BY_NAME[n].path.exists() for n in PULUMI_PLUGIN_PARTS):
+        install_pulumi_plugins(progress)
     return [b.name for b in todo]
 
 

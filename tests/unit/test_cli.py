@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     ["site", "status"],
     ["site", "down"],
     ["configure"],
+    ["deploy"],
     ["toolchain"],
     ["toolchain", "build"],
     ["toolchain", "status"],

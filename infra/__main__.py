@@ -1,0 +1,63 @@
+"""The aifactory Pulumi program: `pulumi up --stack local` deploys sites/local.yaml end to end.
+
+Stack configuration (Pulumi.<stack>.yaml):
+  aifactory:site              site file, relative to the project root (required)
+  aifactory:configure         run Ansible after power-on (default true)
+  aifactory:bmcTimeout        seconds per BMC request (default 10)
+  aifactory:bmcRetries        retries of a BMC that does not answer (default 2)
+  aifactory:bootTimeout       seconds from power-on to ssh (default 180)
+  aifactory:shutdownTimeout   seconds of graceful shutdown before forcing off (default 60)
+  aifactory:devicePluginImage NVIDIA device plugin image on the site's registry (real sites)
+BMC credentials come from the credentials store by the references in the site file and are
+secrets from the moment they are read.
+"""
+
+import sys
+from pathlib import Path
+
+import pulumi
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the program runs from infra/; the packages live at the root
+    sys.path.insert(0, str(REPO))
+
+from aifactory import credentials  # noqa: E402
+from aifactory.site.validate import SiteInvalid, load_site  # noqa: E402
+from infra.machine import Timeouts  # noqa: E402
+from infra.site import AiFactorySite, AiFactorySiteArgs  # noqa: E402
+
+config = pulumi.Config("aifactory")
+site_file = REPO / config.require("site")
+try:
+    site = load_site(site_file)
+except SiteInvalid as e:
+    raise pulumi.RunError(f"{site_file}: " + "; ".join(str(f) for f in e.findings)) from None
+
+creds = {}
+for ref in sorted({m.bmc.credentials for m in site.machines}):
+    try:
+        c = credentials.load(ref)
+    except credentials.MissingCredentials as e:
+        raise pulumi.RunError(str(e)) from None
+    creds[ref] = (c.username, pulumi.Output.secret(c.password))
+
+retries = config.get_int("bmcRetries")
+timeouts = Timeouts(
+    bmc_timeout=config.get_float("bmcTimeout") or 10,
+    bmc_retries=2 if retries is None else retries,
+    boot_timeout=config.get_float("bootTimeout") or 180,
+    shutdown_timeout=config.get_float("shutdownTimeout") or 60,
+)
+AiFactorySite(
+    site.name,
+    AiFactorySiteArgs(
+        site,
+        creds,
+        timeouts,
+        configure=config.get_bool("configure") is not False,
+        device_plugin_image=config.get("devicePluginImage"),
+    ),
+)
+pulumi.export("site", site.name)
+pulumi.export("machines", [m.name for m in site.machines])
+pulumi.export("gpus", sum(m.gpu_count for m in site.machines))

@@ -1,0 +1,124 @@
+"""`KubernetesLayer`: what Pulumi puts into the cluster Ansible built.
+
+A pulumi-kubernetes provider from the kubeconfig the control-plane role fetched, then: priority
+classes for GPU work, pool labels and GPU taints on the kubernetes-pool nodes (server-side apply
+patches, so Ansible/kwok keep owning the Node objects), and on real sites the NVIDIA device plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from aifactory.site.model import Site
+
+PRIORITY_CLASSES = {
+    # name: (value, description)
+    "aifactory-gpu-production": (100000, "Tenant services and inference: preempts batch GPU work"),
+    "aifactory-gpu-batch": (10000, "Training and batch GPU jobs"),
+    "aifactory-gpu-opportunistic": (100, "Backfill: first to be preempted"),
+}
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+
+
+@dataclass(frozen=True)
+class KubernetesLayerArgs:
+    site: Site
+    kubeconfig: pulumi.Input[str]  # contents; a secret (it holds the admin client key)
+    device_plugin_image: str | None = None  # real sites: from the site's registry mirror
+
+
+class KubernetesLayer(pulumi.ComponentResource):
+    def __init__(self, name: str, args: KubernetesLayerArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("aifactory:infra:KubernetesLayer", name, None, opts)
+        self.provider = k8s.Provider(
+            f"{name}-provider",
+            kubeconfig=args.kubeconfig,
+            enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        child = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        self.priority_classes = [
+            k8s.scheduling.v1.PriorityClass(
+                pc,
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=pc, labels={"app.kubernetes.io/managed-by": "aifactory"}
+                ),
+                value=value,
+                description=desc,
+                global_default=False,
+                opts=child,
+            )
+            for pc, (value, desc) in PRIORITY_CLASSES.items()
+        ]
+        self.node_patches = [
+            k8s.core.v1.NodePatch(
+                f"node-{m.name}",
+                metadata=k8s.meta.v1.ObjectMetaPatchArgs(
+                    name=m.name,
+                    labels={
+                        "aifactory.io/pool": "kubernetes",
+                        "aifactory.io/gpu-model": m.gpu_model or "none",
+                        "nvidia.com/gpu.count": str(m.gpu_count),
+                    },
+                    annotations={"pulumi.com/patchForce": "true"},
+                ),
+                spec=k8s.core.v1.NodeSpecPatchArgs(taints=[k8s.core.v1.TaintPatchArgs(**GPU_TAINT)])
+                if m.gpu_count
+                else None,
+                opts=child,
+            )
+            for m in args.site.in_pool("kubernetes")
+        ]
+        self.device_plugin = None
+        if not args.site.emulated and args.device_plugin_image:
+            self.device_plugin = _device_plugin(args.device_plugin_image, child)
+        self.register_outputs(
+            {
+                "priority_classes": list(PRIORITY_CLASSES),
+                "gpu_nodes": [m.name for m in args.site.in_pool("kubernetes")],
+            }
+        )
+
+
+def _device_plugin(image: str, opts: pulumi.ResourceOptions) -> k8s.apps.v1.DaemonSet:
+    """NVIDIA's device plugin, advertising nvidia.com/gpu on real GPU nodes (kwok does it when emulated)."""
+    labels = {"app.kubernetes.io/name": "nvidia-device-plugin"}
+    return k8s.apps.v1.DaemonSet(
+        "nvidia-device-plugin",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name="nvidia-device-plugin", namespace="kube-system"),
+        spec=k8s.apps.v1.DaemonSetSpecArgs(
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                spec=k8s.core.v1.PodSpecArgs(
+                    priority_class_name="system-node-critical",
+                    node_selector={"aifactory.io/pool": "kubernetes"},
+                    tolerations=[k8s.core.v1.TolerationArgs(key="nvidia.com/gpu", operator="Exists")],
+                    containers=[
+                        k8s.core.v1.ContainerArgs(
+                            name="device-plugin",
+                            image=image,
+                            security_context=k8s.core.v1.SecurityContextArgs(privileged=True),
+                            volume_mounts=[
+                                k8s.core.v1.VolumeMountArgs(
+                                    name="dp", mount_path="/var/lib/kubelet/device-plugins"
+                                )
+                            ],
+                        )
+                    ],
+                    volumes=[
+                        k8s.core.v1.VolumeArgs(
+                            name="dp",
+                            host_path=k8s.core.v1.HostPathVolumeSourceArgs(
+                                path="/var/lib/kubelet/device-plugins"
+                            ),
+                        )
+                    ],
+                ),
+            ),
+        ),
+        opts=opts,
+    )
