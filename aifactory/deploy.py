@@ -60,12 +60,15 @@ def ensure_stack(stack: str) -> None:
         pulumi("stack", "init", stack, "--secrets-provider", "passphrase", capture=True)
 
 
-def run(stack: str, action: str, yes: bool = True, extra: list[str] | None = None) -> int:
+def run(
+    stack: str, action: str, yes: bool = True, extra: list[str] | None = None, config_file: Path | None = None
+) -> int:
     """action: up, preview, refresh or destroy. Pulumi prints its own live progress."""
-    if not (paths.REPO / f"Pulumi.{stack}.yaml").exists():
-        raise ValueError(f"no stack file Pulumi.{stack}.yaml in {paths.REPO}")
+    config = config_file or paths.REPO / f"Pulumi.{stack}.yaml"
+    if not config.exists():
+        raise ValueError(f"no stack configuration {config}")
     ensure_stack(stack)
-    args = [action, "--stack", stack, *(extra or [])]
+    args = [action, "--stack", stack, "--config-file", str(config), *(extra or [])]
     if yes and action in ("up", "refresh", "destroy"):
         args += ["--yes", "--skip-preview"] if action != "refresh" else ["--yes"]
     return pulumi(*args, check=False).returncode

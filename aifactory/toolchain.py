@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -136,6 +137,7 @@ def _go_env() -> dict[str, str]:
     env = dict(os.environ)
     # go.sum is committed: builds never rewrite the pins, and a tampered module fails loudly.
     env["GOFLAGS"] = "-mod=readonly"
+    # Static binaries: the bundle must run on any site host, whatever its libc.
     env.setdefault("CGO_ENABLED", "0")
     return env
 
@@ -170,7 +172,8 @@ def stamp(binary: Binary, gover: str) -> str:
         p = TOOLCHAIN / binary.module / f
         if p.exists():
             h.update(p.read_bytes())
-    h.update(json.dumps([binary.package, binary.version, list(binary.ldflags), gover]).encode())
+    cgo = _go_env()["CGO_ENABLED"]
+    h.update(json.dumps([binary.package, binary.version, list(binary.ldflags), gover, cgo]).encode())
     return h.hexdigest()[:16]
 
 
@@ -313,8 +316,14 @@ def install_pulumi_plugins(progress: Progress = print) -> None:
 def pulumi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for running the Pulumi CLI offline: our binaries first on PATH, no SaaS."""
     env = dict(os.environ)
-    env["PATH"] = f"{paths.bin_dir()}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PULUMI_SKIP_UPDATE_CHECK", "true")
+    # The program and dynamic providers run in this interpreter's venv (Pulumi.yaml says .venv; the
+    # pinned language host predates the engine's way of passing that option, so PATH carries it).
+    venv_bin = Path(sys.executable).parent
+    env["PATH"] = os.pathsep.join([str(paths.bin_dir()), str(venv_bin), env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = str(venv_bin.parent)
+    # Offline by design: never reach for get.pulumi.com (updates, plugin downloads, templates).
+    env["PULUMI_SKIP_UPDATE_CHECK"] = "true"
+    env["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] = "true"
     env.setdefault("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK", "true")
     env.setdefault("PULUMI_DIY_BACKEND_NO_LEGACY_WARNING", "true")
     env.update(extra or {})

@@ -80,8 +80,9 @@ def _observed(system) -> dict[str, Any]:
 def _check_inventory(props: dict[str, Any], seen: dict[str, Any]) -> None:
     wrong = []
     for key in ("cpus", "memory_gib", "gpu_count"):
-        if seen.get(key) is not None and seen[key] != props[key]:
-            wrong.append(f"{key}: site file says {props[key]}, BMC reports {seen[key]}")
+        want = int(props[key])  # numbers cross the engine as floats
+        if seen.get(key) is not None and seen[key] != want:
+            wrong.append(f"{key}: site file says {want}, BMC reports {seen[key]}")
     model = props.get("gpu_model")
     if seen.get("gpu_count") and model and seen.get("gpu_model") and model not in seen["gpu_model"]:
         wrong.append(f"gpu_model: site file says {model}, BMC reports {seen['gpu_model']}")

@@ -61,7 +61,7 @@ def write_config(site: Site) -> None:
         "  StrictHostKeyChecking yes",
         # One connection per host, reused: 15 testinfra checks take 1 s instead of 13 s.
         "  ControlMaster auto",
-        f"  ControlPath {d}/cm-%C",
+        f"  ControlPath {d}/cm-%h",  # not %C: its 40 hex overflow the unix socket path limit
         "  ControlPersist 120s",
         "  ConnectTimeout 5",
         "  BatchMode yes",

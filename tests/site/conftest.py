@@ -12,26 +12,28 @@ import yaml
 from aifactory.site.validate import load_site
 from tests.conftest import REPO
 
-BRIDGE, NET, PORT_OFFSET = "aftest0", "198.19.0", 100
-
 
 def _skip_unless_root():
     if os.geteuid() != 0:
         pytest.skip("site tests need root: bridge, overlay mounts and systemd-nspawn")
 
 
-def citest_yaml() -> str:
+def site_yaml(name: str, index: int, machines: int | None = None) -> str:
+    """sites/local.yaml on bridge aftest<index>, range 198.19.<index>.0/24, BMC ports 8201+100*index."""
+    net = f"198.19.{index}"
     data = yaml.safe_load((REPO / "sites" / "local.yaml").read_text())
-    data["name"] = "citest"
-    data["bundle_url"] = f"http://{NET}.1:8089/bundle"
-    data["networks"][0].update(cidr=f"{NET}.0/24", gateway=f"{NET}.1", bridge=BRIDGE)
-    for m in data["machines"]:
-        nic = m["nics"][0]
-        nic["address"] = nic["address"].replace("198.18.0", NET)
-        nic["mac"] = nic["mac"].replace("02:af", "02:ae")
-        port = int(m["bmc"]["endpoint"].rsplit(":", 1)[1]) + PORT_OFFSET
-        m["bmc"]["endpoint"] = f"http://127.0.0.1:{port}"
+    data["name"] = name
+    data["bundle_url"] = f"http://{net}.1:{8089 + index}/bundle"
+    data["networks"][0].update(cidr=f"{net}.0/24", gateway=f"{net}.1", bridge=f"aftest{index}")
+    data["machines"] = data["machines"][:machines]
+    for i, m in enumerate(data["machines"]):
+        m["nics"][0].update(address=f"{net}.{11 + i}", mac=f"02:ae:00:00:{index:02x}:{11 + i:02x}")
+        m["bmc"]["endpoint"] = f"http://127.0.0.1:{8201 + 100 * index + i}"
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def citest_yaml() -> str:
+    return site_yaml("citest", 0)
 
 
 @pytest.fixture(scope="session")

@@ -83,18 +83,10 @@ def test_status_command_prints_one_table(site_up, capsys):
 
 def test_down_leaves_nothing(tmp_path):
     """A small second site through its whole life: up, a host booted by its BMC, down."""
-    from tests.site.conftest import citest_yaml
+    from tests.site.conftest import site_yaml
 
-    data = yaml.safe_load(citest_yaml())
-    data["name"] = "cimini"
-    data["bundle_url"] = "http://198.19.1.1:8090/bundle"
-    data["networks"][0].update(cidr="198.19.1.0/24", gateway="198.19.1.1", bridge="aftest1")
-    data["machines"] = data["machines"][:2]
-    for i, m in enumerate(data["machines"]):
-        m["nics"][0]["address"] = f"198.19.1.{11 + i}"
-        m["bmc"]["endpoint"] = f"http://127.0.0.1:{8301 + i}"
     path = tmp_path / "cimini.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(site_yaml("cimini", 1, machines=2))
     site = load_site(path)
     assert localsite.up(site) == 0
     try:
