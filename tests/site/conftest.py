@@ -13,7 +13,7 @@ from aifactory.site.validate import load_site
 from tests.conftest import REPO
 
 
-def _skip_unless_root():
+def skip_unless_root():
     if os.geteuid() != 0:
         pytest.skip("site tests need root: bridge, overlay mounts and systemd-nspawn")
 
@@ -46,10 +46,47 @@ def citest_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def site_up(citest_file):
     """The citest site, up for the whole session (hosts powered off), taken down at the end."""
-    _skip_unless_root()
+    skip_unless_root()
     from sandbox import localsite
 
     site = load_site(citest_file)
     assert localsite.up(site) == 0, "site up failed (see output above)"
     yield site
     assert localsite.down(site) == 0
+
+
+@pytest.fixture(scope="session")
+def deployed_site(site_up, tmp_path_factory):
+    """citest deployed from nothing by `pulumi up`: Redfish power-on, Ansible, Kubernetes objects.
+
+    Yields (site, stack template). At the end `pulumi destroy` must power everything off.
+    """
+    from aifactory import deploy, toolchain
+    from sandbox import hosts
+
+    missing = [b.name for b in toolchain.BINARIES if not b.path.exists()]
+    if missing:
+        pytest.skip(f"toolchain not built ({', '.join(missing)}): run `aifactory toolchain build`")
+    tmp = tmp_path_factory.mktemp("deploy")
+    template = tmp / "citest-stack.yaml"
+    template.write_text(
+        yaml.safe_dump({"config": {"aifactory:site": str(site_up.path), "aifactory:bootTimeout": "90"}})
+    )
+    mp = pytest.MonkeyPatch()
+    (tmp / "state").mkdir()
+    mp.setenv("PULUMI_BACKEND_URL", f"file://{tmp / 'state'}")
+    assert deploy.run("citest", "up", template=template) == 0, "pulumi up of the citest site failed"
+    yield site_up, template
+    try:
+        assert deploy.run("citest", "destroy", template=template) == 0
+        assert not any(hosts.is_running(site_up, m.name) for m in site_up.machines)
+    finally:
+        deploy.pulumi("stack", "rm", "citest", "--yes", "--force", capture=True, check=False)
+        (REPO / "Pulumi.citest.yaml").unlink(missing_ok=True)
+        mp.undo()
+
+
+@pytest.fixture(scope="session")
+def configured_site(deployed_site):
+    """The citest site as `pulumi up` left it: Slurm and Kubernetes configured by the playbooks."""
+    return deployed_site[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -172,7 +173,13 @@ def test_workers_prepared(configured_site, workers):
         host = _host(configured_site, m.name)
         containerd = host.service("containerd")
         assert containerd.is_enabled and containerd.is_running, f"{m.name}: containerd"
-        assert "SystemdCgroup = true" in host.file("/etc/containerd/config.toml").content_string
+        # The effective configuration, not just the file: containerd 1.6 lets an imported file replace
+        # the whole CRI table.
+        dump = host.check_output("containerd config dump")
+        assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in dump
+        assert re.search(r"runtimes\.runc\.options\]\s+SystemdCgroup = true", dump)
+        if m.gpu_count:
+            assert 'default_runtime_name = "nvidia"' in dump
         kubelet_conf = yaml.safe_load(host.file("/var/lib/kubelet/config.yaml").content_string)
         assert kubelet_conf["kind"] == "KubeletConfiguration" and kubelet_conf["cgroupDriver"] == "systemd"
         key = host.file("/var/lib/kubelet/pki/kubelet-client.key")

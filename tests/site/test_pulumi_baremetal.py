@@ -14,6 +14,7 @@ import yaml
 from aifactory import credentials, deploy, paths, toolchain
 from aifactory.site.validate import load_site
 from sandbox import bmc, hosts, localsite
+from tests.conftest import REPO
 from tests.site.conftest import site_yaml
 
 pytestmark = [pytest.mark.site, pytest.mark.toolchain]
@@ -50,14 +51,16 @@ def bm(tmp_path_factory):
     site = load_site(site_file)
     assert localsite.up(site) == 0
     yield site, config, tmp
-    deploy.run(STACK, "destroy", config_file=config)
+    deploy.run(STACK, "destroy", template=config)
+    deploy.pulumi("stack", "rm", STACK, "--yes", "--force", capture=True)
+    (REPO / f"Pulumi.{STACK}.yaml").unlink(missing_ok=True)
     localsite.down(site)
     mp.undo()
 
 
 def pulumi_run(bm, action, *extra):
     _, config, _ = bm
-    return deploy.run(STACK, action, config_file=config, extra=list(extra))
+    return deploy.run(STACK, action, template=config, extra=list(extra))
 
 
 def power(site, name):

@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 import testinfra
 
 from aifactory.site.model import Machine, Site, SlurmSettings
-from aifactory.site.validate import load_site
 from sandbox import ssh
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.site
-
-
-# TEMP fixture: assumes sites/local.yaml is up and already configured (playbooks/slurm.yml has
-# run). To be replaced by the shared `configured_site` fixture.
-@pytest.fixture(scope="module")
-def configured_site() -> Iterator[Site]:
-    site = load_site(REPO / "sites" / "local.yaml")
-    if not ssh.config_path(site).exists():
-        pytest.skip(f"site {site.name} is not up (no {ssh.config_path(site)})")
-    yield site
 
 
 @pytest.fixture(scope="module")
