@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
             "targets sites/local.yaml. Pulumi prints its own live progress and summary."
         ),
     )
-    dp.add_argument("--stack", default="local", help="stack name; Pulumi.<stack>.yaml names the site file")
+    dp.add_argument("--stack", default="local", help="stack name; stacks/<stack>.yaml names the site file")
     mode = dp.add_mutually_exclusive_group()
     mode.add_argument("--preview", action="store_true", help="dry run: show what would change")
     mode.add_argument(
@@ -215,7 +215,7 @@ def _site(args) -> int:
     from sandbox import localsite
 
     if args.site_command == "up":
-        return localsite.up(site, power_on=args.power_on)
+        return localsite.up(site, power_on=args.power_on, bmc_only=args.bmc_only)
     if args.site_command == "status":
         rows = localsite.status(site)
         print(json.dumps(rows, indent=2) if args.json else table(rows))

@@ -8,6 +8,7 @@ Stack configuration (Pulumi.<stack>.yaml):
   aifactory:bootTimeout       seconds from power-on to ssh (default 180)
   aifactory:shutdownTimeout   seconds of graceful shutdown before forcing off (default 60)
   aifactory:devicePluginImage NVIDIA device plugin image on the site's registry (real sites)
+  aifactory:waitForSsh        wait for ssh after power-on (default true; false for BMC-only emulation)
 BMC credentials come from the credentials store by the references in the site file and are
 secrets from the moment they are read.
 """
@@ -47,6 +48,7 @@ timeouts = Timeouts(
     bmc_retries=2 if retries is None else retries,
     boot_timeout=config.get_float("bootTimeout") or 180,
     shutdown_timeout=config.get_float("shutdownTimeout") or 60,
+    wait_ssh=config.get_bool("waitForSsh") is not False,
 )
 AiFactorySite(
     site.name,

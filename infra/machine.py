@@ -16,6 +16,7 @@ class Timeouts:
     bmc_retries: int = 2
     boot_timeout: float = 180  # power-on until ssh answers
     shutdown_timeout: float = 60  # graceful shutdown before forcing off
+    wait_ssh: bool = True  # off only for BMC-only emulation (no hosts behind the BMCs)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class BareMetalMachine(pulumi.ComponentResource):
                 "bmc_retries": t.bmc_retries,
                 "boot_timeout": t.boot_timeout,
                 "shutdown_timeout": t.shutdown_timeout,
+                "wait_ssh": t.wait_ssh,
             },
             pulumi.ResourceOptions(parent=self, additional_secret_outputs=["password"]),
         )

@@ -116,7 +116,8 @@ def _power_on(props: dict[str, Any]) -> dict[str, Any]:
         except sushy_exc.SushyError as e:
             raise RedfishError(f"{props['name']}: BMC refused one-time PXE boot: {e}") from None
         system.reset_system(sushy.RESET_ON)
-    _wait_ssh(props)
+    if props.get("wait_ssh", True):
+        _wait_ssh(props)
     system.refresh()
     return {**props, "power_state": str(system.power_state.value), "observed": seen}
 

@@ -78,8 +78,12 @@ def _bmc_credentials(site: Site) -> credentials.Credentials:
     return credentials.ensure(refs.pop())
 
 
-def up(site: Site, power_on: bool = False, progress: Progress = print) -> int:
+def up(site: Site, power_on: bool = False, progress: Progress = print, bmc_only: bool = False) -> int:
+    """bmc_only: emulate the BMCs alone (no hosts, power changes do nothing): Redfish-layer scale tests."""
     try:
+        if bmc_only:
+            _up_bmcs(site, progress)
+            return 0
         _up(site, power_on, progress)
     except SiteError as e:
         progress(f"site up FAILED: {e}")
@@ -93,6 +97,19 @@ def _step(progress: Progress, what: str, fn: Callable[[], object]) -> object:
     result = fn()
     progress(f"  {what} ({time.monotonic() - start:.1f}s)")
     return result
+
+
+def _up_bmcs(site: Site, progress: Progress) -> None:
+    _preflight(site)
+    creds = _bmc_credentials(site)
+    try:
+        _step(
+            progress,
+            f"{len(site.machines)} Redfish BMCs answering (no hosts)",
+            lambda: bmc.start_bmcs(site, bmc_state_dir(site), creds.username, creds.password, ["true"]),
+        )
+    except RuntimeError as e:
+        raise SiteError(str(e)) from e
 
 
 def _up(site: Site, power_on: bool, progress: Progress) -> None:

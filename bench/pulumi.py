@@ -1,0 +1,147 @@
+"""Benchmark of the Pulumi program. Prints figures and ratios; asserts nothing.
+
+  .venv/bin/python bench/pulumi.py [--machines 64] [--local]
+
+- a site of N machines with BMCs emulated and no hosts (`site up --bmc-only`, stack with
+  configure=false and waitForSsh=false): `pulumi up` from nothing and a no-change `pulumi preview`;
+- the engine's floor: the same resource tree whose provider does nothing (bench/floor), and the
+  ratio of our no-change preview to it;
+- with --local, the seven-machine local-site shape deployed in full (power-on, Ansible, Kubernetes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from aifactory import deploy, toolchain  # noqa: E402
+from aifactory.site.validate import load_site  # noqa: E402
+from sandbox import localsite  # noqa: E402
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.monotonic()
+    result = fn()
+    return time.monotonic() - start, result
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def site_file(tmp: Path, name: str, index: int, machines: int) -> Path:
+    """The local site's shape, or N machines (a head and GPU workers) on their own bridge and range."""
+    data = yaml.safe_load((REPO / "sites" / "local.yaml").read_text())
+    net = f"198.19.{index}"
+    data.update(name=name, bundle_url=f"http://{net}.1:{8089 + index}/bundle")
+    data["networks"][0].update(cidr=f"{net}.0/24", gateway=f"{net}.1", bridge=f"afbench{index}")
+    head, gpu = data["machines"][0], data["machines"][1]
+    if machines <= len(data["machines"]):
+        data["machines"] = data["machines"][:machines]
+    else:
+        workers = [
+            {**gpu, "name": f"gpu-{i:03d}", "pool": "slurm" if i % 8 else "kubernetes"}
+            for i in range(1, machines)
+        ]
+        data["machines"] = [head, *workers]
+    for i, m in enumerate(data["machines"]):
+        m["nics"] = [
+            {**m["nics"][0], "address": f"{net}.{11 + i}", "mac": f"02:ad:00:00:{index:02x}:{11 + i:02x}"}
+        ]
+        m["bmc"] = {**m["bmc"], "endpoint": f"http://127.0.0.1:{9001 + 100 * (index - 5) + i}"}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def stack_template(tmp: Path, site: Path, **config: str) -> Path:
+    path = tmp / f"{site.stem}-stack.yaml"
+    cfg = {"aifactory:site": str(site), **{f"aifactory:{k}": v for k, v in config.items()}}
+    path.write_text(yaml.safe_dump({"config": cfg}))
+    return path
+
+
+def pulumi_times(stack: str, template: Path) -> dict[str, float]:
+    up, rc = timed(lambda: deploy.run(stack, "up", template=template))
+    assert rc == 0, f"pulumi up of {stack} failed"
+    preview, rc = timed(
+        lambda: deploy.run(stack, "preview", template=template, extra=["--expect-no-changes"])
+    )
+    assert rc == 0, f"{stack}: preview found changes"
+    down, _ = timed(lambda: deploy.run(stack, "destroy", template=template))
+    deploy.pulumi("stack", "rm", stack, "--yes", "--force", capture=True, check=False)
+    (REPO / f"Pulumi.{stack}.yaml").unlink(missing_ok=True)
+    return {
+        "up_from_nothing_s": round(up, 1),
+        "no_change_preview_s": round(preview, 1),
+        "destroy_s": round(down, 1),
+    }
+
+
+def floor_preview(machines: int) -> float:
+    floor = REPO / "bench" / "floor"
+    env = deploy.env()
+    exe = str(toolchain.BY_NAME["pulumi"].path)
+
+    def pulumi(*args: str) -> None:
+        subprocess.run([exe, *args, "--non-interactive"], cwd=floor, env=env, check=True, capture_output=True)
+
+    pulumi("stack", "init", "floor", "--secrets-provider", "passphrase")
+    try:
+        pulumi("config", "set", "machines", str(machines), "--stack", "floor")
+        pulumi("up", "--stack", "floor", "--yes", "--skip-preview")
+        secs, _ = timed(lambda: pulumi("preview", "--stack", "floor", "--expect-no-changes"))
+        pulumi("destroy", "--stack", "floor", "--yes", "--skip-preview")
+    finally:
+        pulumi("stack", "rm", "floor", "--yes", "--force")
+        (floor / "Pulumi.floor.yaml").unlink(missing_ok=True)
+    return secs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--machines", type=int, default=64)
+    ap.add_argument("--local", action="store_true", help="also deploy the seven-machine site in full")
+    args = ap.parse_args()
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        os.environ["PULUMI_BACKEND_URL"] = f"file://{tmp / 'state'}"
+        (tmp / "state").mkdir()
+        big = load_site(site_file(tmp, "benchbmc", 5, args.machines))
+        assert localsite.up(big, progress=quiet, bmc_only=True) == 0
+        try:
+            tpl = stack_template(tmp, big.path, configure="false", waitForSsh="false", bmcTimeout="30")
+            ours = pulumi_times("benchbmc", tpl)
+        finally:
+            localsite.down(big, progress=quiet)
+        floor = floor_preview(args.machines)
+        figures[f"bmc_only_{args.machines}_machines"] = ours
+        figures["floor_no_change_preview_s"] = round(floor, 1)
+        figures["preview_to_floor_ratio"] = round(ours["no_change_preview_s"] / floor, 2)
+        if args.local:
+            local = load_site(site_file(tmp, "benchlocal", 6, 7))
+            assert localsite.up(local, progress=quiet) == 0
+            try:
+                figures["local_site_7_machines"] = pulumi_times(
+                    "benchlocal", stack_template(tmp, local.path, bootTimeout="90")
+                )
+            finally:
+                localsite.down(local, progress=quiet)
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
