@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from aifactory import deploy, toolchain  # noqa: E402
 from aifactory.site.validate import load_site  # noqa: E402
 from sandbox import localsite  # noqa: E402
+from sandbox.scratch import write_scratch_site  # noqa: E402
 
 
 def timed(fn) -> tuple[float, object]:
@@ -38,31 +39,6 @@ def timed(fn) -> tuple[float, object]:
 
 def quiet(_: str) -> None:
     pass
-
-
-def site_file(tmp: Path, name: str, index: int, machines: int) -> Path:
-    """The local site's shape, or N machines (a head and GPU workers) on their own bridge and range."""
-    data = yaml.safe_load((REPO / "sites" / "local.yaml").read_text())
-    net = f"198.19.{index}"
-    data.update(name=name, bundle_url=f"http://{net}.1:{8089 + index}/bundle")
-    data["networks"][0].update(cidr=f"{net}.0/24", gateway=f"{net}.1", bridge=f"afbench{index}")
-    head, gpu = data["machines"][0], data["machines"][1]
-    if machines <= len(data["machines"]):
-        data["machines"] = data["machines"][:machines]
-    else:
-        workers = [
-            {**gpu, "name": f"gpu-{i:03d}", "pool": "slurm" if i % 8 else "kubernetes"}
-            for i in range(1, machines)
-        ]
-        data["machines"] = [head, *workers]
-    for i, m in enumerate(data["machines"]):
-        m["nics"] = [
-            {**m["nics"][0], "address": f"{net}.{11 + i}", "mac": f"02:ad:00:00:{index:02x}:{11 + i:02x}"}
-        ]
-        m["bmc"] = {**m["bmc"], "endpoint": f"http://127.0.0.1:{9001 + 100 * (index - 5) + i}"}
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def stack_template(tmp: Path, site: Path, **config: str) -> Path:
@@ -119,7 +95,7 @@ def main() -> int:
         tmp = Path(t)
         os.environ["PULUMI_BACKEND_URL"] = f"file://{tmp / 'state'}"
         (tmp / "state").mkdir()
-        big = load_site(site_file(tmp, "benchbmc", 5, args.machines))
+        big = load_site(write_scratch_site(tmp, "benchbmc", 5, args.machines))
         assert localsite.up(big, progress=quiet, bmc_only=True) == 0
         try:
             tpl = stack_template(tmp, big.path, configure="false", waitForSsh="false", bmcTimeout="30")
@@ -131,7 +107,7 @@ def main() -> int:
         figures["floor_no_change_preview_s"] = round(floor, 1)
         figures["preview_to_floor_ratio"] = round(ours["no_change_preview_s"] / floor, 2)
         if args.local:
-            local = load_site(site_file(tmp, "benchlocal", 6, 7))
+            local = load_site(write_scratch_site(tmp, "benchlocal", 6))
             assert localsite.up(local, progress=quiet) == 0
             try:
                 figures["local_site_7_machines"] = pulumi_times(

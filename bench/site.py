@@ -1,6 +1,6 @@
 """Benchmark of the local site and its toolchain. Prints figures and ratios; asserts nothing.
 
-  .venv/bin/python bench/site.py [--site sites/local.yaml]
+  .venv/bin/python bench/site.py [--site FILE]   (default: a scratch copy of the local site)
 
 Figures: cold toolchain build (as recorded by the last real build of each binary), warm toolchain
 check, `site up` from no state and again (warm), BMC power-on to ssh per host, and the memory of
@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(REPO))
 from aifactory import credentials, paths, toolchain  # noqa: E402
 from aifactory.site.validate import load_site  # noqa: E402
 from sandbox import bmc, daemons, hosts, localsite  # noqa: E402
+from sandbox.scratch import write_scratch_site  # noqa: E402
 
 
 def timed(fn):
@@ -36,9 +38,9 @@ def quiet(_: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--site", type=Path, default=REPO / "sites" / "local.yaml")
+    ap.add_argument("--site", type=Path, help="site file (default: a scratch copy of sites/local.yaml)")
     args = ap.parse_args()
-    site = load_site(args.site)
+    site = load_site(args.site or write_scratch_site(Path(tempfile.mkdtemp()), "benchsite", 7))
     figures: dict[str, object] = {}
 
     recorded = {}

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from aifactory.site.validate import load_site
+from sandbox.scratch import scratch_site
 from tests.conftest import REPO
 
 
@@ -19,17 +20,7 @@ def skip_unless_root():
 
 
 def site_yaml(name: str, index: int, machines: int | None = None) -> str:
-    """sites/local.yaml on bridge aftest<index>, range 198.19.<index>.0/24, BMC ports 8201+100*index."""
-    net = f"198.19.{index}"
-    data = yaml.safe_load((REPO / "sites" / "local.yaml").read_text())
-    data["name"] = name
-    data["bundle_url"] = f"http://{net}.1:{8089 + index}/bundle"
-    data["networks"][0].update(cidr=f"{net}.0/24", gateway=f"{net}.1", bridge=f"aftest{index}")
-    data["machines"] = data["machines"][:machines]
-    for i, m in enumerate(data["machines"]):
-        m["nics"][0].update(address=f"{net}.{11 + i}", mac=f"02:ae:00:00:{index:02x}:{11 + i:02x}")
-        m["bmc"]["endpoint"] = f"http://127.0.0.1:{8201 + 100 * index + i}"
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.safe_dump(scratch_site(name, index, machines), sort_keys=False)
 
 
 def citest_yaml() -> str:
