@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import image
+from sandbox import hosts, image
 
 pytestmark = pytest.mark.site
 
@@ -156,44 +156,12 @@ def test_sources_keep_only_the_debian_archive(tmp_path: Path) -> None:
 # -- one boot ---------------------------------------------------------------------------------------
 
 
-def _mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
 def _children(pid: int) -> list[int]:
     kids: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
             kids += [int(k) for k in (task / "children").read_text().split()]
     return kids
-
-
-def _cgroup_pids(dirs: list[Path]) -> set[int]:
-    pids: set[int] = set()
-    for d in dirs:
-        for procs in d.rglob("cgroup.procs") if d.exists() else ():
-            with contextlib.suppress(OSError):
-                pids.update(int(p) for p in procs.read_text().split())
-    return pids
-
-
-def _remove_cgroups(dirs: list[Path]) -> None:
-    deadline = time.monotonic() + 10
-    while (pids := _cgroup_pids(dirs)) and time.monotonic() < deadline:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    for d in dirs:
-        if d.exists():
-            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    sub.rmdir()
-            with contextlib.suppress(OSError):
-                d.rmdir()
-            with contextlib.suppress(OSError):
-                d.parent.rmdir()  # the shared test parent, once empty
 
 
 def _inside(init: int, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -280,11 +248,12 @@ def test_image_boots_clean_in_nspawn(root: Path, tmp_path: Path) -> None:
             nspawn.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 nspawn.wait(timeout=10)
-        _remove_cgroups(cgroups)
-        if _mounted(merged) and subprocess.run(["umount", str(merged)], check=False).returncode:
+        hosts.kill_cgroup(cgroups)
+        hosts.remove_cgroups(cgroups)
+        if hosts.is_mounted(merged) and subprocess.run(["umount", str(merged)], check=False).returncode:
             subprocess.run(["umount", "--lazy", str(merged)], check=False)
-    assert not _mounted(merged)
-    assert not _cgroup_pids(cgroups)
+    assert not hosts.is_mounted(merged)
+    assert not hosts.cgroup_pids(cgroups)
 
 
 def test_failed_build_raises_with_the_tail_of_its_output(tmp_path: Path) -> None:
