@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -237,6 +236,7 @@ def build(names: list[str] | None = None, force: bool = False, progress: Progres
     todo = [b for b in wanted if force or state(b, gover) != "ok"]
     if not todo:
         progress(f"toolchain: all {len(wanted)} binaries up to date in {paths.bin_dir()}")
+        _ensure_pulumi_plugins(set(), progress)
         return []
     paths.bin_dir().mkdir(parents=True, exist_ok=True)
     (paths.bin_dir() / ".stamps").mkdir(exist_ok=True)
@@ -267,50 +267,60 @@ def build(names: list[str] | None = None, force: bool = False, progress: Progres
         )
         progress(f"  built {b.path} in {secs:.0f}s")
     built = {b.name for b in todo}
-    if set(PULUMI_PLUGIN_PARTS) & built and all(BY_NAME[n].path.exists() for n in PULUMI_PLUGIN_PARTS):
-        install_pulumi_plugins(progress)
+    _ensure_pulumi_plugins(built, progress)
     return [b.name for b in todo]
 
 
-def install_pulumi_plugins(progress: Progress = print) -> None:
-    """Register the language host and the Kubernetes provider with the Pulumi CLI.
+def _ensure_pulumi_plugins(built: set[str], progress: Progress) -> None:
+    if all(BY_NAME[n].path.exists() for n in PULUMI_PLUGIN_PARTS) and (
+        set(PULUMI_PLUGIN_PARTS) & built or not pulumi_plugins_installed()
+    ):
+        install_pulumi_plugins(progress)
 
-    The language host needs its exec shim beside it; the shim comes from the same SDK release as
-    the Python `pulumi` package (it is argument-compatible with this older host).
+
+def pulumi_plugins_installed() -> bool:
+    home = Path(os.environ.get("PULUMI_HOME", Path.home() / ".pulumi"))
+    shims = ("pulumi-language-python-exec", "pulumi-resource-pulumi-python")
+    return (
+        all((paths.bin_dir() / s).exists() for s in shims)
+        and (home / "plugins" / f"resource-kubernetes-v{KUBERNETES_PROVIDER_VERSION}").is_dir()
+    )
+
+
+def install_pulumi_plugins(progress: Progress = print) -> None:
+    """Put the Python language host's companions beside the CLI and register the Kubernetes provider.
+
+    The CLI treats the Python language host and the dynamic-provider host as bundled plugins: it finds
+    them next to its own binary, not in ~/.pulumi/plugins. Their shell shims come from the same SDK
+    release as the Python `pulumi` package (argument-compatible with the pinned language host).
     """
     bin_dir = paths.bin_dir()
-    shim_src = (
-        _module_dir("pulumi", "github.com/pulumi/pulumi/sdk/v3") / "python/cmd/pulumi-language-python-exec"
-    )
-    shim = bin_dir / "pulumi-language-python-exec"
-    shutil.copyfile(shim_src, shim)
-    shim.chmod(0o755)
-    bundle = bin_dir / ".language-python.tar.gz"
-    with tarfile.open(bundle, "w:gz") as tar:
-        tar.add(bin_dir / "pulumi-language-python", "pulumi-language-python")
-        tar.add(shim, "pulumi-language-python-exec")
-    env = pulumi_env()
-    for kind, name, version, file in (
-        ("language", "python", LANGUAGE_HOST_VERSION, bundle),
-        ("resource", "kubernetes", "v" + KUBERNETES_PROVIDER_VERSION, bin_dir / "pulumi-resource-kubernetes"),
+    sdk_python = _module_dir("pulumi", "github.com/pulumi/pulumi/sdk/v3") / "python"
+    for shim in (
+        sdk_python / "cmd/pulumi-language-python-exec",
+        sdk_python / "dist/pulumi-resource-pulumi-python",
     ):
-        subprocess.run(
-            [
-                str(bin_dir / "pulumi"),
-                "plugin",
-                "install",
-                kind,
-                name,
-                version,
-                "--file",
-                str(file),
-                "--reinstall",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        progress(f"  pulumi plugin {kind} {name} {version} installed")
+        shutil.copyfile(shim, bin_dir / shim.name)
+        (bin_dir / shim.name).chmod(0o755)
+    progress(f"  python language host and dynamic-provider host ready in {bin_dir}")
+    version = "v" + KUBERNETES_PROVIDER_VERSION
+    subprocess.run(
+        [
+            str(bin_dir / "pulumi"),
+            "plugin",
+            "install",
+            "resource",
+            "kubernetes",
+            version,
+            "--file",
+            str(bin_dir / "pulumi-resource-kubernetes"),
+            "--reinstall",
+        ],
+        env=pulumi_env(),
+        check=True,
+        capture_output=True,
+    )
+    progress(f"  pulumi plugin resource kubernetes {version} installed")
 
 
 def pulumi_env(extra: dict[str, str] | None = None) -> dict[str, str]:

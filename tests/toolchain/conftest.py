@@ -42,13 +42,13 @@ def loopback_control_plane(tmp_path):
     )
     token = os.urandom(16).hex()
     (tmp_path / "tokens.csv").write_text(f"{token},admin,admin-uid,system:masters\n")
-    procs = []
+    procs = {}
     logs = []
 
     def start(name, args):
         log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed at teardown
         logs.append(log)
-        procs.append(subprocess.Popen([str(bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT))
+        procs[name] = subprocess.Popen([str(bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT)
 
     start(
         "etcd",
@@ -68,6 +68,8 @@ def loopback_control_plane(tmp_path):
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={secure}",
+            # a loopback advertise address is refused by the default endpoint reconciler
+            "--endpoint-reconciler-type=none",
             f"--cert-dir={tmp_path / 'certs'}",
             f"--token-auth-file={tmp_path / 'tokens.csv'}",
             "--authorization-mode=RBAC",
@@ -86,9 +88,10 @@ def loopback_control_plane(tmp_path):
         "contexts: [{name: smoke, context: {cluster: smoke, user: admin}}]\n"
     )
     try:
+        _wait_listening(secure, procs, tmp_path)
         yield kubeconfig
     finally:
-        for p in reversed(procs):
+        for p in reversed(procs.values()):
             p.terminate()
             try:
                 p.wait(15)
@@ -97,6 +100,20 @@ def loopback_control_plane(tmp_path):
         for log in logs:
             log.close()
         shutil.rmtree(tmp_path / "etcd", ignore_errors=True)
+
+
+def _wait_listening(port, procs, logdir, timeout=90):
+    """Wait for the apiserver port; fail at once, with its log, if a process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited with {proc.returncode}:\n{log_tail(logdir / f'{name}.log')}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"kube-apiserver not listening after {timeout}s:\n{log_tail(logdir / 'kube-apiserver.log')}")
 
 
 def wait_ready(fn, timeout=60):
