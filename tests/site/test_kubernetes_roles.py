@@ -14,7 +14,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,26 +25,14 @@ from kubernetes.client.rest import ApiException
 
 from aifactory import paths
 from aifactory.site.model import Site
-from aifactory.site.validate import load_site
 from sandbox import mirror, ssh
 
 pytestmark = pytest.mark.site
 
-REPO = Path(__file__).resolve().parents[2]
 
 CONTROL_SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CONTROL_BINARIES = CONTROL_SERVICES
 PKI = "/etc/kubernetes/pki"
-
-
-# TEMP fixture: loads sites/local.yaml and assumes the site is up and playbooks/kubernetes.yml has
-# run (`aifactory site up`, then ansible-playbook); to be replaced by the shared fixture.
-@pytest.fixture(scope="module")
-def configured_site() -> Iterator[Site]:
-    site = load_site(REPO / "sites" / "local.yaml")
-    if not (paths.site_state_dir(site.name) / "kubeconfig").exists():
-        pytest.skip("the local site has not been configured (no kubeconfig)")
-    yield site
 
 
 def _host(site: Site, name: str):
