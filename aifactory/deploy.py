@@ -12,6 +12,8 @@ import secrets
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from aifactory import paths, toolchain
 
 
@@ -60,15 +62,34 @@ def ensure_stack(stack: str) -> None:
         pulumi("stack", "init", stack, "--secrets-provider", "passphrase", capture=True)
 
 
+def stack_file(stack: str, template: Path | None = None) -> Path:
+    """Write Pulumi.<stack>.yaml from the tracked template (stacks/<stack>.yaml) plus this machine's salt.
+
+    The passphrase provider keeps its salt in the stack file; it belongs to this machine's state
+    and passphrase, so the effective file is generated (and git-ignored) while the template is tracked.
+    """
+    template = template or paths.REPO / "stacks" / f"{stack}.yaml"
+    if not template.exists():
+        raise ValueError(f"no stack template {template} (stacks/<stack>.yaml)")
+    effective = paths.REPO / f"Pulumi.{stack}.yaml"
+    data = yaml.safe_load(template.read_text()) or {}
+    if effective.exists():
+        salt = (yaml.safe_load(effective.read_text()) or {}).get("encryptionsalt")
+        if salt:
+            data["encryptionsalt"] = salt
+    effective.write_text(
+        f"# generated from {template} by `aifactory deploy`; edit that file\n" + yaml.safe_dump(data)
+    )
+    return effective
+
+
 def run(
-    stack: str, action: str, yes: bool = True, extra: list[str] | None = None, config_file: Path | None = None
+    stack: str, action: str, yes: bool = True, extra: list[str] | None = None, template: Path | None = None
 ) -> int:
     """action: up, preview, refresh or destroy. Pulumi prints its own live progress."""
-    config = config_file or paths.REPO / f"Pulumi.{stack}.yaml"
-    if not config.exists():
-        raise ValueError(f"no stack configuration {config}")
+    stack_file(stack, template)
     ensure_stack(stack)
-    args = [action, "--stack", stack, "--config-file", str(config), *(extra or [])]
+    args = [action, "--stack", stack, *(extra or [])]
     if yes and action in ("up", "refresh", "destroy"):
         args += ["--yes", "--skip-preview"] if action != "refresh" else ["--yes"]
     return pulumi(*args, check=False).returncode
