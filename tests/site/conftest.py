@@ -41,9 +41,11 @@ def site_up(citest_file):
     from sandbox import localsite
 
     site = load_site(citest_file)
-    assert localsite.up(site) == 0, "site up failed (see output above)"
-    yield site
-    assert localsite.down(site) == 0
+    try:
+        assert localsite.up(site) == 0, "site up failed (see output above)"
+        yield site
+    finally:
+        assert localsite.down(site) == 0
 
 
 @pytest.fixture(scope="session")

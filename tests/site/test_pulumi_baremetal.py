@@ -49,13 +49,15 @@ def bm(tmp_path_factory):
     mp.setenv("PULUMI_BACKEND_URL", f"file://{tmp / 'state'}")
     (tmp / "state").mkdir()
     site = load_site(site_file)
-    assert localsite.up(site) == 0
-    yield site, config, tmp
-    deploy.run(STACK, "destroy", template=config)
-    deploy.pulumi("stack", "rm", STACK, "--yes", "--force", capture=True)
-    (REPO / f"Pulumi.{STACK}.yaml").unlink(missing_ok=True)
-    localsite.down(site)
-    mp.undo()
+    try:
+        assert localsite.up(site) == 0
+        yield site, config, tmp
+        deploy.run(STACK, "destroy", template=config)
+    finally:
+        deploy.pulumi("stack", "rm", STACK, "--yes", "--force", capture=True, check=False)
+        (REPO / f"Pulumi.{STACK}.yaml").unlink(missing_ok=True)
+        localsite.down(site)
+        mp.undo()
 
 
 def pulumi_run(bm, action, *extra):
