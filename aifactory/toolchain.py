@@ -334,6 +334,8 @@ def pulumi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # Offline by design: never reach for get.pulumi.com (updates, plugin downloads, templates).
     env["PULUMI_SKIP_UPDATE_CHECK"] = "true"
     env["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] = "true"
+    # Plugins come from the installed set (and the bundled ones beside the CLI), not whatever is on PATH.
+    env["PULUMI_IGNORE_AMBIENT_PLUGINS"] = "true"
     env.setdefault("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK", "true")
     env.setdefault("PULUMI_DIY_BACKEND_NO_LEGACY_WARNING", "true")
     env.update(extra or {})

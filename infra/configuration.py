@@ -18,15 +18,20 @@ from aifactory import paths
 
 
 def fingerprint(site_file: Path) -> dict[str, str]:
-    def digest(files: list[Path]) -> str:
+    """Content digests: a changed site file or playbook tree re-runs the configuration."""
+
+    def digest(files: list[Path], root: Path) -> str:
         h = hashlib.sha256()
         for f in sorted(files):
-            h.update(str(f.relative_to(paths.REPO)).encode())
+            h.update(str(f.relative_to(root)).encode())
             h.update(f.read_bytes())
         return h.hexdigest()[:16]
 
-    playbooks = [p for p in (paths.REPO / "playbooks").rglob("*") if p.is_file()]
-    return {"site_digest": digest([site_file]), "playbooks_digest": digest(playbooks)}
+    playbooks = paths.REPO / "playbooks"
+    return {
+        "site_digest": digest([site_file], site_file.parent),
+        "playbooks_digest": digest([p for p in playbooks.rglob("*") if p.is_file()], playbooks),
+    }
 
 
 def _configure(props: dict[str, Any]) -> dict[str, Any]:

@@ -80,6 +80,14 @@ def deployed_site(site_up, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def configured_site(deployed_site):
-    """The citest site as `pulumi up` left it: Slurm and Kubernetes configured by the playbooks."""
-    return deployed_site[0]
+def configured_site(request):
+    """A site with Slurm and Kubernetes configured by the playbooks.
+
+    By default citest as `pulumi up` left it. AIFACTORY_TEST_SITE=FILE points the role, operator and
+    validation tests at a site that is already up and configured instead (a developer's local site,
+    or real hardware), without deploying or destroying anything.
+    """
+    existing = os.environ.get("AIFACTORY_TEST_SITE")
+    if existing:
+        return load_site(existing)
+    return request.getfixturevalue("deployed_site")[0]
