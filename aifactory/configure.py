@@ -68,6 +68,9 @@ def inventory_for(site: Site) -> Path:
 
 def _message(res: dict[str, Any]) -> str:
     msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+    if not msg and "rc" in res:  # a command judged by failed_when: its exit status and last output line
+        out = str(res.get("stdout", "")).strip().splitlines()
+        msg = f"rc={res['rc']}" + (f": {out[-1]}" if out else "")
     if not msg and res.get("results"):  # loops: the first failed item
         failed = [r for r in res["results"] if r.get("failed")]
         msg = _message(failed[0]) if failed else ""
@@ -97,7 +100,7 @@ def run_playbook(
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             f = HostFailure(data.get("host", "?"), data.get("task", "?"), _message(data.get("res", {})))
             failures.append(f)
-            progress(f"        FAILED {f}")
+            progress(f"        failed {f}")
         elif kind == "runner_on_ok" and str(data.get("res", {}).get("msg", "")).startswith("UNVERIFIED"):
             unverified.append(data["res"]["msg"])
         return True
@@ -135,6 +138,12 @@ def run_playbook(
         for host, n in (stats.get(key) or {}).items():
             per_host.setdefault(host, {k: 0 for k in ("ok", "changed", "failures", "unreachable", "skipped")})
             per_host[host][key] = n
+    # A failure inside a block whose rescue handled it is not a host failure (the stats agree).
+    failures[:] = [
+        f
+        for f in failures
+        if f.host not in per_host or per_host[f.host]["failures"] or per_host[f.host]["unreachable"]
+    ]
     result = PlaybookResult(playbook, r.status, time.monotonic() - start, per_host, failures, unverified)
     if r.status != "successful" or failures:
         if not failures:
