@@ -2,9 +2,10 @@
 
 Over ssh with testinfra: the control-plane services, the PKI file modes, the binaries against the
 bundle manifest, the worker preparation and its report of what an emulated host cannot verify.
-With the official `kubernetes` client and the admin kubeconfig the roles hand back: the
-kubernetes-pool machines are Ready Nodes with the site file's capacity, a ResourceQuota gets its
-status from the controller manager, and a 1-GPU pod is scheduled and Running.
+With the official `kubernetes` client and the admin kubeconfig the roles hand back: every worker
+is a Ready Node with the site file's capacity, schedulable in the kubernetes pool and cordoned in
+the slurm pool (node_pool role), a ResourceQuota gets its status from the controller manager, and a
+1-GPU pod is scheduled and Running on a kubernetes-pool Node.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def workers(configured_site):
 
 
 @pytest.fixture(scope="module")
+def all_workers(configured_site):
+    """Every worker is prepared and registered, whichever pool it serves now."""
+    return [m for m in configured_site.machines if m.pool]
+
+
+@pytest.fixture(scope="module")
 def kubeconfig(configured_site) -> Path:
     return paths.site_state_dir(configured_site.name) / "kubeconfig"
 
@@ -104,11 +111,11 @@ def test_etcd_only_on_loopback_and_apiserver_on_the_site_port(configured_site, c
     assert control_host.socket(f"tcp://{port}").is_listening
 
 
-def test_pki_keys_are_private_and_certs_signed_by_the_ca(control_host, workers):
+def test_pki_keys_are_private_and_certs_signed_by_the_ca(control_host, all_workers):
     pki = control_host.file(PKI)
     assert pki.is_directory and pki.user == "root" and pki.mode == 0o700
     names = ["apiserver", "apiserver-kubelet-client", "admin", "controller-manager", "scheduler"]
-    names += [f"kubelet-{m.name}" for m in workers]
+    names += [f"kubelet-{m.name}" for m in all_workers]
     for key in ["ca", "sa", *names]:
         f = control_host.file(f"{PKI}/{key}.key")
         assert f.is_file and f.user == "root" and f.mode == 0o600, f"{key}.key: mode {oct(f.mode)}"
@@ -155,8 +162,8 @@ def test_admin_kubeconfig_points_at_the_control_plane(configured_site, control, 
 # --- workers over ssh -------------------------------------------------------------------------
 
 
-def test_workers_prepared(configured_site, workers):
-    for m in workers:
+def test_workers_prepared(configured_site, all_workers):
+    for m in all_workers:
         host = _host(configured_site, m.name)
         containerd = host.service("containerd")
         assert containerd.is_enabled and containerd.is_running, f"{m.name}: containerd"
@@ -176,13 +183,13 @@ def test_workers_prepared(configured_site, workers):
         assert host.sysctl("net.bridge.bridge-nf-call-iptables") == 1
         assert host.file("/proc/swaps").content_string.strip().count("\n") == 0, f"{m.name}: swap on"
         labels = json.loads(host.file("/etc/aifactory/k8s-node-labels.json").content_string)
-        assert labels["aifactory.io/pool"] == "kubernetes"
+        assert labels["aifactory.io/pool"] == m.pool
         assert labels["aifactory.io/gpu-model"] == m.gpu_model
         assert labels["nvidia.com/gpu.count"] == str(m.gpu_count)
 
 
-def test_emulated_workers_report_what_they_could_not_verify(configured_site, workers):
-    for m in workers:
+def test_emulated_workers_report_what_they_could_not_verify(configured_site, all_workers):
+    for m in all_workers:
         host = _host(configured_site, m.name)
         report = json.loads(host.file("/etc/aifactory/k8s-worker.json").content_string)
         assert report["emulated"] is configured_site.emulated
@@ -218,6 +225,18 @@ def test_pool_machines_are_ready_gpu_nodes(core, workers):
         assert labels["nvidia.com/gpu.count"] == str(m.gpu_count)
         assert labels["kubernetes.io/hostname"] == m.name
         assert not node.spec.unschedulable
+
+
+def test_slurm_pool_machines_are_cordoned_nodes(configured_site, core):
+    """Registered with their GPUs, never schedulable while Slurm has them (no GPU offered twice)."""
+    nodes = {n.metadata.name: n for n in core.list_node().items}
+    for m in configured_site.in_pool("slurm"):
+        node = nodes[m.name]
+        assert _ready(node), m.name
+        assert node.status.capacity["nvidia.com/gpu"] == str(m.gpu_count)
+        assert node.spec.unschedulable is True, f"{m.name} is schedulable but serves Slurm"
+        assert node.metadata.labels["aifactory.io/pool"] == "slurm"
+        assert node.metadata.annotations["aifactory.io/pool-cordon"] == "serves slurm"
 
 
 @pytest.fixture
@@ -273,6 +292,8 @@ def test_quota_filled_and_gpu_pod_runs_on_a_pool_node(core, namespace, workers):
             metadata=client.V1ObjectMeta(name="one-gpu"),
             spec=client.V1PodSpec(
                 automount_service_account_token=False,
+                # GPU nodes carry the nvidia.com/gpu NoSchedule taint (infra/cluster.py).
+                tolerations=[client.V1Toleration(key=gpus, operator="Exists", effect="NoSchedule")],
                 containers=[
                     client.V1Container(
                         name="main",
