@@ -71,7 +71,10 @@ def floor_preview(machines: int) -> float:
     exe = str(toolchain.BY_NAME["pulumi"].path)
 
     def pulumi(*args: str) -> None:
-        subprocess.run([exe, *args, "--non-interactive"], cwd=floor, env=env, check=True, capture_output=True)
+        cmd = [exe, *args, "--non-interactive"]
+        r = subprocess.run(cmd, cwd=floor, env=env, capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(f"floor: pulumi {' '.join(args)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
 
     pulumi("stack", "init", "floor", "--secrets-provider", "passphrase")
     try:

@@ -205,6 +205,18 @@ def remove_cgroups(dirs: list[Path]) -> None:
                 d.parent.rmdir()  # the shared aifactory/ parent, once no site uses it
 
 
+# Every nspawn host's systemd (and journald, udev...) takes inotify instances from root's per-user
+# pool on the machine; Debian's default of 128 runs out with a few sites up ("degraded" hosts).
+INOTIFY_LIMITS = {"fs/inotify/max_user_instances": 1024, "fs/inotify/max_user_watches": 524288}
+
+
+def ensure_inotify_limits() -> None:
+    for key, minimum in INOTIFY_LIMITS.items():
+        path = Path("/proc/sys") / key
+        if int(path.read_text()) < minimum:
+            path.write_text(str(minimum))
+
+
 def unmount(site: Site, name: str) -> None:
     hp = host_paths(site, name)
     if is_mounted(hp.root):

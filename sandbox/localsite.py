@@ -118,6 +118,7 @@ def _up(site: Site, power_on: bool, progress: Progress) -> None:
     progress(f"site up: {site.name} ({len(site.machines)} machines, emulated)")
     _step(progress, "host tools present", lambda: ensure_host_tools(progress))
     _step(progress, f"bridge {site.management.bridge} and guard route", lambda: network.ensure(site))
+    _step(progress, "inotify limits for many hosts", hosts.ensure_inotify_limits)
     img = _step(progress, "host image ready", lambda: image.ensure_image(progress))
     pub, host_keys = ssh.ensure_keys(site)
     creds = _bmc_credentials(site)

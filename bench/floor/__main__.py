@@ -12,10 +12,15 @@ class Noop(dynamic.ResourceProvider):
         return dynamic.DiffResult(changes=False)
 
 
+class Bmc(dynamic.Resource):  # the SDK wants a subclass per dynamic resource type
+    def __init__(self, name, opts):
+        super().__init__(Noop(), name, {"name": name}, opts)
+
+
 class Machine(pulumi.ComponentResource):
     def __init__(self, name, opts=None):
         super().__init__("bench:floor:Machine", name, None, opts)
-        dynamic.Resource(Noop(), f"{name}-bmc", {"name": name}, pulumi.ResourceOptions(parent=self))
+        Bmc(f"{name}-bmc", pulumi.ResourceOptions(parent=self))
         self.register_outputs({})
 
 
