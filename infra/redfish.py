@@ -26,6 +26,7 @@ from sushy import exceptions as sushy_exc
 
 # Outputs that only the BMC knows; a change in them is drift, not a change of what the operator asked.
 READ_ONLY = ("power_state", "bmc_model", "observed")
+FORCE_OFF_TIMEOUT = 30  # seconds a BMC may take to report Off after ForceOff
 
 
 class RedfishError(Exception):
@@ -146,17 +147,25 @@ class RedfishMachineProvider(dynamic.ResourceProvider):
         system = _connect(props)
         if system.power_state == sushy.POWER_STATE_OFF:
             return
+        timeout = float(props.get("shutdown_timeout", 60))
         system.reset_system(sushy.RESET_GRACEFUL_SHUTDOWN)
-        deadline = time.monotonic() + float(props.get("shutdown_timeout", 60))
-        while time.monotonic() < deadline:
-            time.sleep(1)
-            system.refresh()
-            if system.power_state == sushy.POWER_STATE_OFF:
-                return
-        pulumi.log.warn(
-            f"{props['name']}: no graceful shutdown in {props.get('shutdown_timeout', 60)}s; forcing off"
-        )
+        if _wait_off(system, timeout):
+            return
+        pulumi.log.warn(f"{props['name']}: no graceful shutdown in {timeout:.0f}s; forcing off")
         system.reset_system(sushy.RESET_FORCE_OFF)
+        if not _wait_off(system, FORCE_OFF_TIMEOUT):
+            raise RedfishError(f"{props['name']}: still On {FORCE_OFF_TIMEOUT}s after ForceOff")
+
+
+def _wait_off(system, timeout: float) -> bool:
+    """The BMC reports Off once the machine is off; wait for that, not just for the request."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        system.refresh()
+        if system.power_state == sushy.POWER_STATE_OFF:
+            return True
+    return False
 
 
 class RedfishMachine(dynamic.Resource):

@@ -11,9 +11,11 @@
   count, so they do not inflate it) and the GPUs are the members whose
   `processor_type == sushy.ProcessorType.GPU`. The stock `processor.json` template hard-codes
   "CPU", hence `PROCESSOR_TEMPLATE`, which `sandbox.bmc_server` installs.
-- Power: a change takes effect at once (the stock driver applies it after a random 1-11 s), and each
-  real transition runs the config's `SUSHY_AIFACTORY_POWER_HOOK` (argv list) as
-  `HOOK... <system name> on|off`. Restarts (ForceRestart, GracefulRestart, PowerCycle) of a running
+- Power: each real transition runs the config's `SUSHY_AIFACTORY_POWER_HOOK` (argv list) as
+  `HOOK... <system name> on|off`. "On" shows at once (the stock driver applies it after a random
+  1-11 s); "Off" shows once the hook has stopped the host, as a real BMC reports Off only when the
+  machine is off, so a caller that waits for Off knows the host is down. A failed "off" hook leaves
+  the system On. Restarts (ForceRestart, GracefulRestart, PowerCycle) of a running
   system are an off then an on. Hooks run one at a time, in order, on a worker thread, so the HTTP
   request does not wait for them and an "off" never overtakes the "on" before it; their output goes
   to the emulator's log, and a failure or a timeout (`SUSHY_AIFACTORY_POWER_HOOK_TIMEOUT`, s) is
@@ -31,6 +33,7 @@ import threading
 from sushy_tools import error
 from sushy_tools.emulator.resources.systems import fakedriver
 
+_STOPPING = "aifactory_stopping"  # an "off" hook is queued or running
 INVENTORY_KEYS = ("cpus", "memory_gib", "gpu_model", "gpu_count", "nics")
 _POWER_STEPS = {
     "On": ("On",),
@@ -75,7 +78,7 @@ class AifactoryDriver(fakedriver.FakeDriver):
             stored.update({k: system[k] for k in INVENTORY_KEYS if k in system})
             self._systems[system["uuid"]] = stored
         self._power_lock = threading.Lock()  # the dev server is threaded; keep read-modify-write whole
-        self._hook_queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._hook_queue: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
         threading.Thread(target=self._run_hooks, name="power-hook", daemon=True).start()
 
     def get_total_memory(self, identity):
@@ -103,24 +106,43 @@ class AifactoryDriver(fakedriver.FakeDriver):
         with self._power_lock:
             system = self._get(identity)
             for target in steps:
-                if system["power_state"] != target:
-                    self._update(system, power_state=target, pending_power=None)
-                    self._hook_queue.put((system["name"], target.lower()))
+                # A stop in progress counts as Off, so a repeated shutdown does not queue a second hook.
+                current = "Off" if system.get(_STOPPING) else system["power_state"]
+                if current == target:
+                    continue
+                if target == "Off":
+                    self._update(system, **{_STOPPING: True})
+                else:
+                    self._update(system, power_state="On", pending_power=None, **{_STOPPING: False})
+                self._hook_queue.put((system["uuid"], system["name"], target.lower()))
+
+    def _hook_done(self, uuid, power, ok):
+        """An "off" that the hook carried out (and no "on" has superseded) makes the system Off."""
+        if power != "off":
+            return
+        with self._power_lock:
+            system = self._get(uuid)
+            if system.get(_STOPPING):
+                changes = {"power_state": "Off", "pending_power": None} if ok else {}
+                self._update(system, **changes, **{_STOPPING: False})
 
     def _run_hooks(self):
         hook = self._config.get("SUSHY_AIFACTORY_POWER_HOOK")
         timeout = self._config.get("SUSHY_AIFACTORY_POWER_HOOK_TIMEOUT", 300)
         while True:
-            name, power = self._hook_queue.get()
+            uuid, name, power = self._hook_queue.get()
             if not hook:
+                self._hook_done(uuid, power, ok=True)
                 continue
             argv = [*hook, name, power]
             try:
                 rc = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=timeout, check=False).returncode
             except (OSError, subprocess.SubprocessError) as e:
                 self._logger.error("power hook %s failed: %s", argv, e)
+                self._hook_done(uuid, power, ok=False)
                 continue
             if rc:
                 self._logger.error("power hook %s exited with status %d", argv, rc)
             else:
                 self._logger.info("power hook %s done", argv)
+            self._hook_done(uuid, power, ok=rc == 0)

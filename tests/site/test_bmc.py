@@ -49,7 +49,13 @@ def bmcs(tmp_path_factory):
     site = load_site(tmp / "site.yaml")
     calls = tmp / "hook-calls"
     hook = tmp / "hook.sh"
-    hook.write_text(f'#!/bin/sh\necho "$1 $2" >> {calls}\n')
+    # An "off" waits for the file `release-off` (the host "shutting down"); `fail-off` makes it fail.
+    hook.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$2" = off ]; then\n  while [ ! -e {tmp}/release-off ]; do sleep 0.1; done\n'
+        f"  [ -e {tmp}/fail-off ] && exit 1\nfi\n"
+        f'echo "$1 $2" >> {calls}\n'
+    )
     hook.chmod(0o755)
     state = tmp / "state"
     bmc.start_bmcs(site, state, USER, PASSWORD, [str(hook)])
@@ -70,6 +76,15 @@ def _wait_for_line(path: Path, line: str, timeout: float = 20) -> list[str]:
         if line in lines or time.monotonic() > deadline:
             return lines
         time.sleep(0.1)
+
+
+def _wait_for_power(machine, state, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while bmc.system(machine, USER, PASSWORD).power_state != state:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_service_root_is_public_systems_need_credentials(bmcs):
@@ -110,9 +125,32 @@ def test_power_on_and_off_run_the_hook(bmcs):
 
     bmc.set_power(gpu, USER, PASSWORD, "On")  # no transition, no hook
     bmc.set_power(gpu, USER, PASSWORD, "ForceOff")
-    assert bmc.system(gpu, USER, PASSWORD).power_state == sushy.PowerState.OFF
+    # A real BMC says Off once the machine is off: here, once the hook has stopped the host.
+    time.sleep(1)
+    assert bmc.system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
+    bmc.set_power(gpu, USER, PASSWORD, "GracefulShutdown")  # already stopping: no second hook
+    (calls.parent / "release-off").touch()
     assert _wait_for_line(calls, "gpu-01 off") == ["gpu-01 on", "gpu-01 off"]
+    assert _wait_for_power(gpu, sushy.PowerState.OFF)
     assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "Off"}
+    time.sleep(0.5)
+    assert calls.read_text().splitlines() == ["gpu-01 on", "gpu-01 off"]
+
+
+def test_failed_power_off_leaves_the_machine_on(bmcs):
+    site, _, calls = bmcs
+    gpu = site.machine("gpu-01")
+    bmc.set_power(gpu, USER, PASSWORD, "On")
+    assert _wait_for_line(calls, "gpu-01 on")[-1] == "gpu-01 on"
+    (calls.parent / "fail-off").touch()
+    try:
+        bmc.set_power(gpu, USER, PASSWORD, "ForceOff")
+        time.sleep(2)  # the hook fails at once (release-off exists)
+        assert bmc.system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
+    finally:
+        (calls.parent / "fail-off").unlink()
+    bmc.set_power(gpu, USER, PASSWORD, "ForceOff")  # a retry runs the hook again
+    assert _wait_for_power(gpu, sushy.PowerState.OFF)
 
 
 def test_start_again_leaves_running_bmcs_alone(bmcs):
