@@ -1,7 +1,10 @@
 """The Ansible inventory of a site, derived from the site file (never edited by hand).
 
-Groups follow roles and pools (head, gpu, k8s_control, slurm_pool, kubernetes_pool); host
-variables carry what the roles template from: GPU model and count, CPUs, memory.
+Groups follow roles and pools (head, gpu, k8s_control, slurm_pool, kubernetes_pool), plus
+`workers`: every machine with a pool, whichever it serves now. Both schedulers know every worker
+(a move between pools changes node states, not configuration), so the Slurm and Kubernetes node
+roles run on `workers`. Host variables carry what the roles template from: GPU model and count,
+CPUs, memory, pool.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
             add(role.replace("-", "_"), m.name)
         if m.pool:
             add(f"{m.pool}_pool", m.name)
+            add("workers", m.name)
     all_vars: dict[str, Any] = {
         "site_name": site.name,
         "site_file": str(site.path),

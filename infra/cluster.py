@@ -1,8 +1,13 @@
 """`KubernetesLayer`: what Pulumi puts into the cluster Ansible built.
 
 A pulumi-kubernetes provider from the kubeconfig the control-plane role fetched, then: priority
-classes for GPU work, pool labels and GPU taints on the kubernetes-pool nodes (server-side apply
-patches, so Ansible/kwok keep owning the Node objects), and on real sites the NVIDIA device plugin.
+classes for GPU work, GPU labels and taints on every worker's Node (server-side apply patches, so
+Ansible/kwok keep owning the Node objects), and on real sites the NVIDIA device plugin.
+
+Every worker is a Node whichever pool it serves; which pool is Ansible's business (node_pool role:
+label aifactory.io/pool, cordon), because `aifactory node move` changes it without `pulumi up`.
+So these patches name machines, not pools, and never set the pool label: a move changes no
+resource here.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class KubernetesLayerArgs:
     site: Site
     kubeconfig: pulumi.Input[str]  # contents; a secret (it holds the admin client key)
     device_plugin_image: str | None = None  # real sites: from the site's registry mirror
+    tenant_operator_image: str | None = None  # the tenant operator (infra/tenant_operator.py), if set
 
 
 class KubernetesLayer(pulumi.ComponentResource):
@@ -59,7 +65,6 @@ class KubernetesLayer(pulumi.ComponentResource):
                 metadata=k8s.meta.v1.ObjectMetaPatchArgs(
                     name=m.name,
                     labels={
-                        "aifactory.io/pool": "kubernetes",
                         "aifactory.io/gpu-model": m.gpu_model or "none",
                         "nvidia.com/gpu.count": str(m.gpu_count),
                     },
@@ -70,15 +75,23 @@ class KubernetesLayer(pulumi.ComponentResource):
                 else None,
                 opts=child,
             )
-            for m in args.site.in_pool("kubernetes")
+            for m in args.site.machines
+            if m.pool
         ]
         self.device_plugin = None
         if not args.site.emulated and args.device_plugin_image:
             self.device_plugin = _device_plugin(args.device_plugin_image, child)
+        self.tenant_operator = None
+        if args.tenant_operator_image:
+            from infra.tenant_operator import TenantOperator, TenantOperatorArgs
+
+            self.tenant_operator = TenantOperator(
+                "tenant-operator", TenantOperatorArgs(args.site, args.tenant_operator_image), child
+            )
         self.register_outputs(
             {
                 "priority_classes": list(PRIORITY_CLASSES),
-                "gpu_nodes": [m.name for m in args.site.in_pool("kubernetes")],
+                "gpu_nodes": [m.name for m in args.site.machines if m.pool and m.gpu_count],
             }
         )
 

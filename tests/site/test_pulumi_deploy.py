@@ -27,7 +27,7 @@ def test_up_from_nothing_gives_slurm_and_kubernetes(deployed_site):
     for m in site.in_pool("kubernetes"):
         node = nodes[m.name]
         assert node.status.allocatable["nvidia.com/gpu"] == str(m.gpu_count)
-        assert node.metadata.labels["aifactory.io/pool"] == "kubernetes"  # Pulumi's node patch
+        assert node.metadata.labels["aifactory.io/pool"] == "kubernetes"  # node_pool role
         assert any(t.key == "nvidia.com/gpu" for t in node.spec.taints or [])
         ready = {c.type: c.status for c in node.status.conditions}
         assert ready["Ready"] == "True"

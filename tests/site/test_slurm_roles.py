@@ -1,7 +1,8 @@
 """The Slurm roles (playbooks/slurm.yml) on a configured site, checked over ssh with testinfra.
 
-munge, MariaDB + slurmdbd + slurmctld on the head, slurmd on the Slurm-pool machines; the generated
-slurm.conf and gres.conf must match the site file, and the cluster must schedule GPU jobs.
+munge, MariaDB + slurmdbd + slurmctld on the head, slurmd on every worker (whichever pool: the
+kubernetes-pool ones are drained, so a pool move needs no reconfiguration); the generated slurm.conf
+and gres.conf must match the site file, and the cluster must schedule GPU jobs on the slurm pool.
 """
 
 from __future__ import annotations
@@ -38,13 +39,19 @@ def slurm_nodes(configured_site: Site) -> list[Machine]:
 
 
 @pytest.fixture(scope="module")
+def workers(configured_site: Site) -> list[Machine]:
+    """Every Slurm node: the workers of both pools."""
+    return [m for m in configured_site.machines if m.pool]
+
+
+@pytest.fixture(scope="module")
 def slurm(configured_site: Site) -> SlurmSettings:
     assert configured_site.slurm is not None, "the site file has no slurm section"
     return configured_site.slurm
 
 
 def slurm_host_names(site: Site) -> list[str]:
-    return [m.name for m in site.with_role("head")] + [m.name for m in site.in_pool("slurm")]
+    return [m.name for m in site.with_role("head")] + [m.name for m in site.machines if m.pool]
 
 
 def sha256(host: testinfra.host.Host, path: str) -> str:
@@ -109,8 +116,8 @@ def test_head_services(head: testinfra.host.Host, service: str) -> None:
 
 
 @pytest.mark.parametrize("service", ["munge", "slurmd"])
-def test_node_services(hosts, slurm_nodes: list[Machine], service: str) -> None:
-    for m in slurm_nodes:
+def test_node_services(hosts, workers: list[Machine], service: str) -> None:
+    for m in workers:
         svc = hosts[m.name].service(service)
         assert svc.is_enabled, f"{m.name}: {service} not enabled"
         assert svc.is_running, f"{m.name}: {service} not running"
@@ -135,30 +142,31 @@ def test_slurm_conf_identical_everywhere(configured_site: Site, hosts) -> None:
     assert len(set(digests.values())) == 1, f"slurm.conf differs: {digests}"
 
 
-def test_slurm_conf_nodes_match_site(slurm: SlurmSettings, head, slurm_nodes: list[Machine]) -> None:
+def test_slurm_conf_nodes_match_site(slurm: SlurmSettings, head, workers: list[Machine]) -> None:
     text = head.file("/etc/slurm/slurm.conf").content_string
     assert f"ClusterName={slurm.cluster_name}" in text.splitlines()
     nodes = {n["NodeName"]: n for n in conf_lines(text, "NodeName")}
-    assert sorted(nodes) == sorted(m.name for m in slurm_nodes)
-    for m in slurm_nodes:
+    assert sorted(nodes) == sorted(m.name for m in workers)
+    for m in workers:
         n = nodes[m.name]
         assert int(n["CPUs"]) == m.cpus, m.name
         assert int(n["RealMemory"]) == m.memory_gib * 1024, m.name
         assert n["Gres"] == f"gpu:{m.gpu_model}:{m.gpu_count}", m.name
 
 
-def test_slurm_conf_partitions_and_accounting(configured_site: Site, slurm: SlurmSettings, head) -> None:
+def test_slurm_conf_partitions_and_accounting(
+    configured_site: Site, slurm: SlurmSettings, head, workers: list[Machine]
+) -> None:
     text = head.file("/etc/slurm/slurm.conf").content_string
     parts = conf_lines(text, "PartitionName")
-    want = [(name, pool) for name, pool in slurm.partitions if configured_site.in_pool(pool)]
-    assert [p["PartitionName"] for p in parts] == [name for name, _ in want]
-    for p, (_, pool) in zip(parts, want, strict=True):
-        assert sorted(p["Nodes"].split(",")) == sorted(m.name for m in configured_site.in_pool(pool))
+    assert [p["PartitionName"] for p in parts] == [name for name, _ in slurm.partitions]
+    for p in parts:  # any worker may join the slurm pool: drain state, not membership, keeps others out
+        assert sorted(p["Nodes"].split(",")) == sorted(m.name for m in workers)
     assert [p["Default"] for p in parts] == ["YES"] + ["NO"] * (len(parts) - 1)
     settings = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and " " not in line)
     assert settings["AccountingStorageType"] == "accounting_storage/slurmdbd"
     assert settings["AccountingStorageEnforce"] == slurm.accounting_enforce
-    models = sorted({m.gpu_model for m in configured_site.in_pool("slurm") if m.gpu_model})
+    models = sorted({m.gpu_model for m in workers if m.gpu_model})
     assert settings["AccountingStorageTRES"].split(",") == ["gres/gpu"] + [f"gres/gpu:{x}" for x in models]
     assert settings["GresTypes"] == "gpu"
     assert settings["SelectType"] == "select/cons_tres"
@@ -169,8 +177,8 @@ def test_slurm_conf_partitions_and_accounting(configured_site: Site, slurm: Slur
         assert settings["JobAcctGatherType"] == "jobacct_gather/none"
 
 
-def test_gres_conf_matches_site(configured_site: Site, hosts, slurm_nodes: list[Machine]) -> None:
-    for m in slurm_nodes:
+def test_gres_conf_matches_site(configured_site: Site, hosts, workers: list[Machine]) -> None:
+    for m in workers:
         host = hosts[m.name]
         text = host.file("/etc/slurm/gres.conf").content_string
         assert "AutoDetect=off" in text.splitlines(), m.name
@@ -199,6 +207,16 @@ def test_sinfo_lists_every_node_idle_with_gpus(head, slurm_nodes: list[Machine])
         assert seen.get(name) == [gres, "idle"], f"{name}: {seen.get(name)} in\n{out}"
 
 
+def test_kubernetes_pool_is_drained_in_slurm(configured_site: Site, head) -> None:
+    """Known to Slurm with their GPUs, never offered to it: drained with the node_pool reason."""
+    out = head.check_output("sinfo -h -N -o '%n|%G|%T|%E'")
+    seen = {line.split("|")[0]: line.split("|")[1:] for line in out.splitlines()}
+    for m in configured_site.in_pool("kubernetes"):
+        gres, state, reason = seen[m.name]
+        assert gres == f"gpu:{m.gpu_model}:{m.gpu_count}", m.name
+        assert (state, reason) == ("drained", "aifactory-pool: serves kubernetes"), m.name
+
+
 def test_srun_on_every_node(head, slurm_nodes: list[Machine]) -> None:
     out = head.check_output(f"timeout 120 srun -N{len(slurm_nodes)} hostname")
     assert sorted(out.split()) == sorted(m.name for m in slurm_nodes)
@@ -216,7 +234,7 @@ def test_cluster_registered_in_accounting(configured_site: Site, slurm: SlurmSet
     assert slurm.cluster_name in clusters
     tres = head.check_output("sacctmgr --noheader --parsable2 show tres format=type,name").splitlines()
     assert "gres|gpu" in tres
-    for model in {m.gpu_model for m in configured_site.in_pool("slurm") if m.gpu_model}:
+    for model in {m.gpu_model for m in configured_site.machines if m.pool and m.gpu_model}:
         assert f"gres|gpu:{model}" in tres
 
 

@@ -65,6 +65,34 @@ def test_every_machine_gets_a_bmc_resource_under_its_pool():
 
 
 @pulumi.runtime.test
+def test_a_pool_move_keeps_every_machine_urn():
+    """A URN names its parents' types, not their names: moving gpu-03 to the kubernetes pool
+    (`aifactory node move`) must not make Pulumi delete (power off) and recreate a machine."""
+    import dataclasses
+
+    moved = dataclasses.replace(
+        SITE,
+        machines=tuple(
+            dataclasses.replace(m, pool="kubernetes") if m.name == "gpu-03" else m for m in SITE.machines
+        ),
+    )
+    before = AiFactorySite("local", AiFactorySiteArgs(SITE, CREDS, configure=False))
+    after = AiFactorySite("local", AiFactorySiteArgs(moved, CREDS, configure=False))
+    assert "gpu-03" in after.pools["kubernetes"].machines
+
+    def machine_urns(site):
+        return {n: bm.urn for pool in site.pools.values() for n, bm in pool.machines.items()}
+
+    old, new = machine_urns(before), machine_urns(after)
+    names = sorted(old)
+
+    def check(urns):
+        assert urns[: len(names)] == urns[len(names) :]
+
+    return pulumi.Output.all(*(old[n] for n in names), *(new[n] for n in names)).apply(check)
+
+
+@pulumi.runtime.test
 def test_configuration_waits_for_machines_and_feeds_kubernetes():
     site = AiFactorySite("local", AiFactorySiteArgs(SITE, CREDS))
 
@@ -81,9 +109,11 @@ def test_configuration_waits_for_machines_and_feeds_kubernetes():
         priority = [n for n, _ in _by_type("kubernetes:scheduling.k8s.io/v1:PriorityClass")]
         assert priority == ["aifactory-gpu-production", "aifactory-gpu-batch", "aifactory-gpu-opportunistic"]
         patches = dict(_by_type("kubernetes:core/v1:NodePatch"))
-        assert set(patches) == {"node-gpu-05", "node-gpu-06"}
+        # Every worker, whichever pool: a pool move (Ansible's label and cordon) changes no patch.
+        assert set(patches) == {f"node-gpu-0{i}" for i in range(1, 7)}
         assert patches["node-gpu-05"]["metadata"]["labels"]["aifactory.io/gpu-model"] == "h100"
         assert patches["node-gpu-05"]["spec"]["taints"][0]["key"] == "nvidia.com/gpu"
+        assert all("aifactory.io/pool" not in p["metadata"]["labels"] for p in patches.values())
         assert not _by_type("kubernetes:apps/v1:DaemonSet")  # emulated: kwok advertises the GPUs
 
     return pulumi.Output.all(site.configuration.urn, layer.urn, *children).apply(check)
@@ -102,3 +132,30 @@ def test_real_site_gets_the_device_plugin():
         assert len(_by_type("aifactory:infra:BareMetalMachine")) == 68
 
     return site.kubernetes.device_plugin.urn.apply(check)
+
+
+# the tenant operator
+
+
+@pulumi.runtime.test
+def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
+    from infra.tenant_operator import NAMESPACE, TenantOperator, TenantOperatorArgs
+
+    op = TenantOperator("tenants", TenantOperatorArgs(SITE, image="registry.site/aifactory:1"))
+
+    def check(_):
+        (crd_inputs,) = [i for _, i in _by_type("kubernetes:yaml/v2:ConfigGroup")]
+        (crd,) = crd_inputs["objs"]
+        assert crd["metadata"]["name"] == "tenants.aifactory.io" and crd["spec"]["scope"] == "Cluster"
+        (dep,) = [i for _, i in _by_type("kubernetes:apps/v1:Deployment")]
+        assert dep["metadata"]["namespace"] == NAMESPACE
+        assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+        env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["AIFACTORY_GPU_CAPACITY"] == "h100=48" and env["AIFACTORY_SLURM_HEAD"] == "head-01"
+        (role,) = [i for _, i in _by_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")]
+        resources = {r for rule in role["rules"] for r in rule["resources"]}
+        assert {"tenants/status", "resourcequotas", "networkpolicies", "rolebindings"} <= resources
+        bind = [r for r in role["rules"] if r["resources"] == ["clusterroles"]]
+        assert bind and bind[0]["verbs"] == ["bind"]
+
+    return op.deployment.urn.apply(check)

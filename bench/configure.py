@@ -1,0 +1,99 @@
+"""Benchmark of `aifactory configure` (playbooks/site.yml). Prints figures and ratios; asserts nothing.
+
+  .venv/bin/python bench/configure.py [--index 8] [--workers 2]
+
+Two scratch sites of the local site's shape on scratch index --index (bridge aftest<index>,
+198.19.<index>.0/24, BMC ports 8201 + 100 * index onwards), one after the other:
+  - small: the head and --workers GPU workers (half slurm pool, half kubernetes pool)
+  - full:  the local site itself: the head and all six GPU workers
+For each: a first `configure` on freshly booted hosts and a second, idempotent one (its change
+count is printed: 0 expected), then how both grow from small to full: the ratio of the times and
+the seconds each extra worker adds. Site up/down are not timed (bench/site.py times those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from aifactory import configure  # noqa: E402
+from aifactory.site.validate import load_site  # noqa: E402
+from sandbox import localsite  # noqa: E402
+from sandbox.scratch import scratch_site  # noqa: E402
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def shape(name: str, index: int, workers: int | None) -> dict:
+    """The local site on scratch index `index`; `workers` keeps the head and that many GPU workers."""
+    data = scratch_site(name, index, None if workers is None else workers + 1)
+    if workers is not None:  # both pools populated, as on the local site
+        for i, m in enumerate(data["machines"][1:]):
+            m["pool"] = "slurm" if i < (workers + 1) // 2 else "kubernetes"
+    return data
+
+
+def measure(data: dict, directory: Path) -> dict[str, object]:
+    path = directory / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    site = load_site(path)
+    localsite.down(site, progress=quiet)
+    try:
+        assert localsite.up(site, power_on=True, progress=quiet) == 0, f"site up {site.name} failed"
+        first = configure.run_playbook(site, "site.yml", progress=quiet)
+        second = configure.run_playbook(site, "site.yml", progress=quiet)
+    finally:
+        localsite.down(site, progress=quiet)
+    workers = sum(1 for m in site.machines if m.pool)
+    return {
+        "machines": len(site.machines),
+        "gpu_workers": workers,
+        "first_s": round(first.seconds, 1),
+        "first_changes": first.changed,
+        "idempotent_s": round(second.seconds, 1),
+        "idempotent_changes": second.changed,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", type=int, default=8, help="scratch index (default 8: aftest8, 198.19.8.0/24)")
+    ap.add_argument("--workers", type=int, default=2, help="GPU workers of the small site (default 2)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-configure-"))
+    start = time.monotonic()
+    small = measure(shape("benchcfgsmall", args.index, args.workers), tmp)
+    full = measure(shape("benchcfgfull", args.index, None), tmp)
+    extra = full["gpu_workers"] - small["gpu_workers"]  # type: ignore[operator]
+    figures: dict[str, object] = {
+        "small": small,
+        "full_local_shape": full,
+        "growth": {
+            "gpu_workers": f"{small['gpu_workers']} -> {full['gpu_workers']}",
+            "first_ratio": round(full["first_s"] / small["first_s"], 2),  # type: ignore[operator]
+            "idempotent_ratio": round(full["idempotent_s"] / small["idempotent_s"], 2),  # type: ignore[operator]
+            "first_s_per_extra_worker": round((full["first_s"] - small["first_s"]) / extra, 1),  # type: ignore[operator]
+            "idempotent_s_per_extra_worker": round(
+                (full["idempotent_s"] - small["idempotent_s"]) / extra,  # type: ignore[operator]
+                1,
+            ),
+        },
+        "bench_wall_s": round(time.monotonic() - start),
+    }
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
