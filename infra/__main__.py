@@ -8,6 +8,8 @@ Stack configuration (Pulumi.<stack>.yaml):
   aifactory:bootTimeout       seconds from power-on to ssh (default 180)
   aifactory:shutdownTimeout   seconds of graceful shutdown before forcing off (default 60)
   aifactory:devicePluginImage NVIDIA device plugin image on the site's registry (real sites)
+  aifactory:tenantOperatorImage  the tenant operator's image: deploys it in the cluster (real sites;
+                              the local site runs `aifactory operator run` instead, kwok nodes run no pods)
   aifactory:waitForSsh        wait for ssh after power-on (default true; false for BMC-only emulation)
 BMC credentials come from the credentials store by the references in the site file and are
 secrets from the moment they are read.
@@ -58,6 +60,7 @@ AiFactorySite(
         timeouts,
         configure=config.get_bool("configure") is not False,
         device_plugin_image=config.get("devicePluginImage"),
+        tenant_operator_image=config.get("tenantOperatorImage"),
     ),
 )
 pulumi.export("site", site.name)

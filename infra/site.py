@@ -22,6 +22,7 @@ class AiFactorySiteArgs:
     timeouts: Timeouts = field(default_factory=Timeouts)
     configure: bool = True  # run Ansible (off: bare metal only, e.g. the 64-machine BMC benchmark)
     device_plugin_image: str | None = None
+    tenant_operator_image: str | None = None
 
 
 class AiFactorySite(pulumi.ComponentResource):
@@ -61,7 +62,12 @@ class AiFactorySite(pulumi.ComponentResource):
                 )
                 self.kubernetes = KubernetesLayer(
                     f"{name}-kubernetes",
-                    KubernetesLayerArgs(site, pulumi.Output.secret(kubeconfig), args.device_plugin_image),
+                    KubernetesLayerArgs(
+                        site,
+                        pulumi.Output.secret(kubeconfig),
+                        args.device_plugin_image,
+                        args.tenant_operator_image,
+                    ),
                     pulumi.ResourceOptions(parent=self, depends_on=[self.configuration]),
                 )
             outputs["ansible_changed"] = self.configuration.changed

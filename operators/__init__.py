@@ -1,0 +1,1 @@
+"""Kubernetes operators of the AI factory (kopf)."""

@@ -1,0 +1,228 @@
+"""The Tenant CustomResourceDefinition: OpenAPI schema + CEL rules with messages that name the field.
+
+Cluster-scoped on purpose: a tenant owns cluster-wide things (namespaces, a Slurm account, a Kueue
+ClusterQueue), and its name is the Slurm account name, which must be unique site-wide; a namespaced
+Tenant would need a namespace to exist before the namespaces it creates.
+
+The GPU models a quota may name are the site's (`known_models`): a model the site does not have is
+rejected at the API, naming the key, instead of becoming a quota nobody can use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from operators.tenants.spec import GROUP, KIND, PLURAL, VERSION
+
+DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes user and group names are free-form strings; this keeps them printable and unambiguous
+# (emails, OIDC subjects, system:serviceaccount:ns:name).
+K8S_SUBJECT = "^[A-Za-z0-9][A-Za-z0-9@._:/+=-]*$"
+POSIX_USER = "^[a-z_][a-z0-9_-]*$"
+RESERVED_ACCOUNTS = ["root", "normal", "default"]
+SYSTEM_NAMESPACES = ["default", "kube-system", "kube-public", "kube-node-lease"]
+
+
+def _cel_list(items: list[str]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+def _int(minimum: int, maximum: int, description: str) -> dict[str, Any]:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum, "description": description}
+
+
+def _names(pattern: str, max_len: int, what: str, max_items: int = 256) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "maxItems": max_items,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "maxLength": max_len,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.matches('{pattern}')",
+                    "messageExpression": f"'\"' + self + '\" is not a valid {what}'",
+                }
+            ],
+        },
+    }
+
+
+def schema(known_models: list[str]) -> dict[str, Any]:
+    models = sorted(set(known_models))
+    cel_models = _cel_list(models)
+    spec = {
+        "type": "object",
+        "required": ["displayName", "gpuQuota"],
+        "properties": {
+            "displayName": {"type": "string", "minLength": 1, "maxLength": 128},
+            "members": {
+                "type": "object",
+                "description": "Who may use the tenant's quota, on each scheduler.",
+                "properties": {
+                    "users": _names(K8S_SUBJECT, 253, "Kubernetes user name"),
+                    "groups": _names(K8S_SUBJECT, 253, "Kubernetes group name"),
+                    "slurmUsers": _names(
+                        POSIX_USER, 32, "Slurm user name (POSIX: lower case, digits, _ and -)"
+                    ),
+                },
+            },
+            "gpuQuota": {
+                "type": "object",
+                "description": f"GPUs per model, e.g. {{h100: 16}}. This site: {', '.join(models)}.",
+                "maxProperties": 16,
+                "additionalProperties": _int(0, 100000, "GPUs of this model"),
+                "x-kubernetes-validations": [
+                    {
+                        "rule": f"self.all(m, m in {cel_models})",
+                        "messageExpression": (
+                            f"'unknown GPU model ' + self.filter(m, !(m in {cel_models}))[0] "
+                            f"+ '; this site has {', '.join(models) or 'none'}'"
+                        ),
+                    }
+                ],
+            },
+            "gpuHourBudget": {
+                "type": "object",
+                "description": "GPU-hours per period (Slurm GrpTRESMins=gres/gpu).",
+                "required": ["gpuHours"],
+                "properties": {
+                    "gpuHours": _int(0, 10**9, "GPU-hours the tenant may use per period"),
+                    "period": {
+                        "type": "string",
+                        "enum": ["Monthly", "Quarterly", "Yearly", "Total"],
+                        "default": "Monthly",
+                    },
+                },
+            },
+            "slurm": {
+                "type": "object",
+                "properties": {
+                    "fairshare": _int(1, 1000000, "Slurm fair-share of the account"),
+                    "maxGPUsPerUser": _int(0, 100000, "QOS MaxTRESPerUser=gres/gpu"),
+                    "maxJobsPerUser": _int(1, 1000000, "QOS MaxJobsPerUser"),
+                },
+            },
+            "namespaces": {
+                **_names(DNS_LABEL, 63, "namespace name (DNS label)", max_items=32),
+                "description": "Namespaces to create (default: one named after the tenant).",
+                "x-kubernetes-validations": [
+                    {
+                        "rule": f"self.all(n, !(n in {_cel_list(SYSTEM_NAMESPACES)}) "
+                        "&& !n.startsWith('kube-'))",
+                        "message": "system namespaces cannot belong to a tenant",
+                    }
+                ],
+            },
+            "networkIsolation": {
+                "type": "boolean",
+                "default": True,
+                "description": "Default-deny ingress from other tenants' namespaces.",
+            },
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.slurm) || !has(self.slurm.maxGPUsPerUser) || "
+                "self.slurm.maxGPUsPerUser <= self.gpuQuota.map(m, self.gpuQuota[m]).sum()",
+                "message": "slurm.maxGPUsPerUser cannot exceed the tenant's total gpuQuota",
+                "fieldPath": ".slurm.maxGPUsPerUser",
+            }
+        ],
+    }
+    condition = {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer"},
+        },
+    }
+    usage = {"type": "object", "additionalProperties": {"type": "integer"}}
+    status = {
+        "type": "object",
+        "properties": {
+            "conditions": {
+                "type": "array",
+                "items": condition,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "observedGeneration": {"type": "integer", "description": "spec generation last applied"},
+            "quota": {"type": "string", "description": "applied quota, e.g. h100=8"},
+            "namespaces": {"type": "array", "items": {"type": "string"}},
+            "usage": {
+                "type": "object",
+                "description": "GPUs in use now, per model",
+                "properties": {"kubernetes": usage, "slurm": usage, "summary": {"type": "string"}},
+            },
+            "gpuHoursUsed": {"type": "number"},
+            "budgetPeriodStart": {"type": "string"},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "x-kubernetes-validations": [
+            {
+                # The name becomes the Slurm account (and QOS suffix): short, lower case, no dots.
+                "rule": "self.metadata.name.matches('^[a-z][a-z0-9-]{0,38}[a-z0-9]$') && "
+                f"!(self.metadata.name in {_cel_list(RESERVED_ACCOUNTS)})",
+                "message": "metadata.name must be 2-40 characters of a-z, 0-9 and '-', start with a "
+                "letter, and not be root/normal/default (it becomes the Slurm account name)",
+            }
+        ],
+    }
+
+
+def _condition_column(name: str, ctype: str) -> dict[str, Any]:
+    return {"name": name, "type": "string", "jsonPath": f'.status.conditions[?(@.type=="{ctype}")].status'}
+
+
+def crd(known_models: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "aifactory"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Cluster",
+            "names": {"kind": KIND, "plural": PLURAL, "singular": "tenant", "shortNames": ["tn"]},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": schema(known_models)},
+                    "additionalPrinterColumns": [
+                        {"name": "Display", "type": "string", "jsonPath": ".spec.displayName"},
+                        {"name": "Quota", "type": "string", "jsonPath": ".status.quota"},
+                        {"name": "In use", "type": "string", "jsonPath": ".status.usage.summary"},
+                        _condition_column("Ready", "Ready"),
+                        _condition_column("K8s", "KubernetesSynced"),
+                        _condition_column("Slurm", "SlurmSynced"),
+                        _condition_column("Overcommit", "Overcommitted"),
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml(known_models: list[str]) -> str:
+    return yaml.safe_dump(crd(known_models), sort_keys=False)

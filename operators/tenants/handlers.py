@@ -1,0 +1,372 @@
+"""kopf handlers of the Tenant operator.
+
+    kopf run --standalone -m operators.tenants.handlers      (or `aifactory operator run --site FILE`)
+
+One idempotent `reconcile` for create, update and resume: it computes the whole desired state of
+both sides and applies it (server-side apply; a sacctmgr plan from a fresh observation), so a
+handler killed half-way simply runs again after a restart. kopf keeps handler progress in
+annotations, so a tenant whose create never finished is picked up where it was.
+
+A timer per tenant re-reads both sides: hand edits are put back (event DriftCorrected), usage is
+refreshed, and a Slurm outage flips SlurmSynced. Deletion goes through kopf's finalizer: refused
+(condition DeletionBlocked + event) while GPUs are in use unless the force annotation is set.
+
+Handlers are sync: kopf runs them in its thread pool; Slurm calls from many threads are coalesced
+into batched sacctmgr processes (slurm.GroupCommit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from operators.tenants import capacity, config, metrics, slurm
+from operators.tenants import kubernetes_side as kside
+from operators.tenants.spec import (
+    DELETION_BLOCKED,
+    FORCE_DELETE_ANNOTATION,
+    GROUP,
+    K8S_SYNCED,
+    OVERCOMMITTED,
+    PLURAL,
+    READY,
+    SLURM_SYNCED,
+    VERSION,
+    TenantSpec,
+    condition,
+    parse,
+    period_start,
+    set_condition,
+)
+
+TENANTS = (GROUP, VERSION, PLURAL)
+log = logging.getLogger("aifactory.tenants")
+
+
+@dataclass
+class State:
+    cfg: config.Config
+    kube: kside.Kube
+    slurm: slurm.SacctmgrAccounts
+    kueue: bool
+
+
+_state: State | None = None
+_lock = threading.Lock()
+
+
+def state() -> State:
+    assert _state is not None, "operator not started"
+    return _state
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _state
+    prefix = f"tenants.{GROUP}"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix, key="last-applied")
+    settings.persistence.finalizer = f"{prefix}/cleanup"
+    # A handler thread mostly waits for the Slurm batch it joined (GroupCommit): the batch can only
+    # be as large as the number of threads, so this bounds how many tenants one sacctmgr call serves.
+    settings.execution.max_workers = int(os.environ.get("AIFACTORY_WORKERS", "256"))
+    # kopf's own log lines ("Handler succeeded") become events only from warnings up: at INFO they
+    # are two extra API writes per reconcile. Our Normal events go through `normal` (kopf.event).
+    settings.posting.level = logging.WARNING
+    settings.networking.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    cfg = config.load()
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    kconf = k8s_client.Configuration.get_default_copy()
+    kconf.connection_pool_maxsize = 48
+    kube = kside.Kube(k8s_client.ApiClient(kconf))
+    _state = State(cfg, kube, slurm.SacctmgrAccounts(cfg.runner), kube.has_kueue())
+    metrics.serve(cfg.metrics_port)
+    log.info(
+        "tenant operator started: capacity %s, policy %s, drift every %ss, kueue %s",
+        cfg.capacity,
+        cfg.policy,
+        cfg.drift_interval,
+        _state.kueue,
+    )
+
+
+def normal(body: kopf.Body, reason: str, message: str) -> None:
+    """A Normal event, posted whatever settings.posting.level (kopf.info would be filtered)."""
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
+# --- capacity: an in-memory index of every tenant's quota ----------------------------------
+
+
+@kopf.index(*TENANTS)
+def quotas(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, capacity.TenantQuota]:
+    quota = {str(k): int(v) for k, v in (spec.get("gpuQuota") or {}).items()}
+    return {name: capacity.TenantQuota(name, str(meta.get("creationTimestamp", "")), quota)}
+
+
+def verdict(name: str, index: kopf.Index[str, capacity.TenantQuota]) -> capacity.Verdict:
+    tenants = [tq for key in index for tq in index[key]]
+    metrics.TENANTS.set(len(tenants))
+    verdicts = capacity.assess(tenants, state().cfg.capacity)
+    metrics.OVERCOMMITTED.set(sum(1 for v in verdicts.values() if v.overcommitted))
+    return verdicts.get(name, capacity.Verdict({}, True))
+
+
+# --- the two sides -----------------------------------------------------------------------
+
+
+def sync_kubernetes(t: TenantSpec, check_drift: bool = False, fresh: bool = False) -> list[str]:
+    """Apply every object; remove what the tenant no longer has (nothing to look for when `fresh`,
+    a first creation). Returns what had drifted."""
+    st = state()
+    drifted = []
+    with metrics.timed("kubernetes"):
+        want = kside.desired_objects(t, st.kueue)
+        for obj in want:
+            if check_drift:
+                live = st.kube.get(kside.object_path(obj))
+                if not kside.drifted(obj, live):
+                    continue
+                drifted.append(
+                    f"{obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+                )
+            st.kube.apply(obj)
+        wanted = {kside.object_path(o) for o in want}
+        for p in [] if fresh else kside.owned(st.kube, t.name, st.kueue):
+            if p not in wanted:
+                st.kube.delete(p)
+                drifted.append(f"leftover {p}")
+        if not t.network_isolation and not fresh:
+            for ns in t.namespaces:
+                p = kside.path("networking.k8s.io/v1", "NetworkPolicy", kside.POLICY_NAME, ns)
+                if st.kube.get(p) is not None:
+                    st.kube.delete(p)
+    if check_drift and drifted:
+        metrics.DRIFT.labels("kubernetes").inc(len(drifted))
+    return drifted
+
+
+def sync_slurm(t: TenantSpec) -> tuple[list[str], slurm.Observed]:
+    """Observe, plan, apply. Returns the commands that were needed and the observation."""
+    st = state()
+    with metrics.timed("slurm"):
+        observed = st.slurm.observe(t.name)
+        cmds = slurm.plan(slurm.desired(t), observed)
+        st.slurm.apply(cmds)
+    return cmds, observed
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    k8s_error: str | None = None
+    slurm_reason: str = ""
+    slurm_error: str | None = None
+    observed: slurm.Observed | None = None
+    k8s_usage: dict[str, int] | None = None
+
+
+def write_status(
+    patch: kopf.Patch,
+    status: kopf.Status,
+    t: TenantSpec,
+    generation: int,
+    out: Outcome,
+    v: capacity.Verdict,
+    policy: str,
+) -> None:
+    conds = list(status.get("conditions") or [])
+    rejected = policy == "reject" and not v.admitted
+    if rejected:
+        msg = f"not applied: over capacity ({v.message()})"
+        conds = set_condition(conds, K8S_SYNCED, False, "Overcommitted", msg, generation)
+        conds = set_condition(conds, SLURM_SYNCED, False, "Overcommitted", msg, generation)
+    else:
+        conds = set_condition(
+            conds,
+            K8S_SYNCED,
+            out.k8s_error is None,
+            "Applied" if out.k8s_error is None else "ApiError",
+            out.k8s_error or f"quota {t.quota_summary()} in {', '.join(t.namespaces)}",
+            generation,
+        )
+        conds = set_condition(
+            conds,
+            SLURM_SYNCED,
+            out.slurm_error is None,
+            "Applied" if out.slurm_error is None else out.slurm_reason,
+            out.slurm_error or f"account {t.name}: GrpTRES gres/gpu={t.total_gpus}",
+            generation,
+        )
+    conds = set_condition(
+        conds,
+        OVERCOMMITTED,
+        bool(v.overcommitted),
+        "QuotaExceedsCapacity" if v.overcommitted else "WithinCapacity",
+        v.message(),
+        generation,
+    )
+    bad = [c for c in conds if c["type"] in (K8S_SYNCED, SLURM_SYNCED) and c["status"] != "True"]
+    conds = set_condition(
+        conds,
+        READY,
+        not bad,
+        "Synced" if not bad else bad[0]["reason"],
+        "quota effective on Kubernetes and Slurm" if not bad else bad[0]["message"],
+        generation,
+    )
+    patch.status["conditions"] = conds
+    if not bad:
+        patch.status["observedGeneration"] = generation
+        patch.status["quota"] = t.quota_summary()
+        patch.status["namespaces"] = list(t.namespaces)
+    usage: dict[str, Any] = {}
+    if out.k8s_usage is not None:
+        usage["kubernetes"] = out.k8s_usage
+    if out.observed is not None and out.observed.running_jobs is not None:
+        usage["slurm"] = out.observed.gpus_in_use
+        if out.observed.gpu_minutes_used is not None:
+            patch.status["gpuHoursUsed"] = round(out.observed.gpu_minutes_used / 60, 2)
+    if usage:
+        k = sum((usage.get("kubernetes") or {}).values())
+        s = sum((usage.get("slurm") or {}).values())
+        usage["summary"] = f"k8s={k} slurm={s}"
+        patch.status["usage"] = usage
+
+
+def converge(
+    t: TenantSpec, check_drift: bool, index: kopf.Index, body: kopf.Body, fresh: bool = False
+) -> tuple[Outcome, capacity.Verdict]:
+    st = state()
+    v = verdict(t.name, index)
+    out = Outcome()
+    if st.cfg.policy == "reject" and not v.admitted:
+        return out, v
+    try:
+        drifted = sync_kubernetes(t, check_drift, fresh)
+        if drifted:
+            kopf.warn(body, reason="DriftCorrected", message="restored: " + ", ".join(drifted)[:900])
+    except Exception as e:  # reported in status; the handler retries
+        out.k8s_error = str(e)[:500]
+    try:
+        cmds, out.observed = sync_slurm(t)
+        if check_drift and cmds:
+            metrics.DRIFT.labels("slurm").inc()
+            kopf.warn(body, reason="DriftCorrected", message="Slurm restored: " + "; ".join(cmds)[:900])
+    except slurm.SlurmError as e:
+        out.slurm_reason, out.slurm_error = e.reason, str(e)
+    return out, v
+
+
+def roll_budget(t: TenantSpec, status: kopf.Status, patch: kopf.Patch, body: kopf.Body) -> None:
+    """GrpTRESMins counts usage since the last reset: a new budget period resets the account's
+    RawUsage (Slurm has no per-account period of its own)."""
+    start = period_start(t.budget.period, dt.datetime.now(dt.UTC)) if t.budget else None
+    if start is None or status.get("budgetPeriodStart") == start:
+        return
+    if status.get("budgetPeriodStart"):
+        state().slurm.apply([f"modify account where name={t.name} set RawUsage=0"])
+        normal(
+            body, reason="BudgetPeriodStarted", message=f"GPU-hour usage reset for the period from {start}"
+        )
+    patch.status["budgetPeriodStart"] = start
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+@kopf.on.resume(*TENANTS)
+@kopf.on.create(*TENANTS)
+@kopf.on.update(*TENANTS, field="spec")
+def reconcile(
+    name: str,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    body: kopf.Body,
+    **kwargs: Any,
+) -> None:
+    t = parse(name, dict(spec))
+    fresh = kwargs.get("reason") == "create" and kwargs.get("retry", 0) == 0
+    out, v = converge(t, check_drift=False, index=kwargs["quotas"], body=body, fresh=fresh)
+    if out.observed is not None and out.slurm_error is None:
+        roll_budget(t, status, patch, body)
+    write_status(patch, status, t, int(meta.get("generation", 0)), out, v, state().cfg.policy)
+    if out.k8s_error or out.slurm_error:
+        # The status above is written anyway (kopf applies the patch); the retry converges later.
+        raise kopf.TemporaryError(out.k8s_error or out.slurm_error or "", delay=10)
+
+
+@kopf.timer(*TENANTS, interval=config.drift_interval(), initial_delay=config.drift_interval())
+def drift(
+    name: str,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    body: kopf.Body,
+    **kwargs: Any,
+) -> None:
+    if meta.get("deletionTimestamp"):
+        return
+    t = parse(name, dict(spec))
+    out, v = converge(t, check_drift=True, index=kwargs["quotas"], body=body)
+    if out.observed is not None and out.slurm_error is None:
+        roll_budget(t, status, patch, body)
+    if out.k8s_error is None:
+        out.k8s_usage = kside.gpus_in_use(state().kube, list(t.namespaces))
+    old = condition(status.get("conditions"), OVERCOMMITTED)
+    if bool(v.overcommitted) != (old is not None and old.get("status") == "True"):
+        kind = kopf.warn if v.overcommitted else normal
+        kind(body, reason="Overcommitted" if v.overcommitted else "WithinCapacity", message=v.message())
+    write_status(patch, status, t, int(meta.get("generation", 0)), out, v, state().cfg.policy)
+
+
+@kopf.on.delete(*TENANTS)
+def cleanup(
+    name: str,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    body: kopf.Body,
+    **_: Any,
+) -> None:
+    st = state()
+    t = parse(name, dict(spec))
+    force = meta.get("annotations", {}).get(FORCE_DELETE_ANNOTATION) == "true"
+    namespaces = [p.rsplit("/", 1)[1] for p in kside.owned(st.kube, name, False)]
+    observed = st.slurm.observe(name)  # SlurmError -> kopf retries the deletion later
+    pods = kside.gpus_in_use(st.kube, namespaces)
+    if (observed.running_jobs or pods) and not force:
+        msg = (
+            f"GPUs still in use: {observed.running_jobs} running Slurm job(s), "
+            f"{sum(pods.values())} GPU(s) in pods; set annotation {FORCE_DELETE_ANNOTATION}=true to force"
+        )
+        conds = set_condition(
+            list(status.get("conditions") or []), DELETION_BLOCKED, True, "GPUsInUse", msg, None
+        )
+        patch.status["conditions"] = conds
+        kopf.warn(body, reason="DeletionBlocked", message=msg)
+        raise kopf.TemporaryError(msg, delay=15)
+    with metrics.timed("delete"):
+        st.slurm.delete(name, cancel_jobs=True)
+        for p in kside.owned(st.kube, name, st.kueue):
+            st.kube.delete(p)
+    normal(body, reason="Deleted", message=f"removed account {name} and namespaces {', '.join(namespaces)}")
+    log.info("tenant %s deleted (forced=%s, namespaces %s)", t.name, force, namespaces)

@@ -1,0 +1,304 @@
+"""The Kubernetes side: what a tenant gets in the cluster, and how it is applied.
+
+Per namespace: the Namespace (labelled with the tenant), a ResourceQuota on GPUs, a LimitRange,
+a RoleBinding of the members to the `edit` ClusterRole, and (networkIsolation) a NetworkPolicy
+that only admits traffic from the tenant's own namespaces. With Kueue's CRDs installed, also a
+ClusterQueue per tenant (one flavor per GPU model) and a LocalQueue `default` per namespace.
+
+Per-model GPU quota convention: the NVIDIA device plugin is configured (resources.gpus[].name) to
+also advertise `nvidia.com/gpu-<model>`; the ResourceQuota caps `requests.nvidia.com/gpu` (the
+tenant's total) and `requests.nvidia.com/gpu-<model>` per model. Kueue, when present, enforces the
+per-model split through flavors keyed on the node label `aifactory.io/gpu-model`.
+
+A quota is per namespace in Kubernetes; a tenant with several namespaces gets its full quota in
+each, and the tenant-wide total across them is what Kueue's ClusterQueue enforces.
+
+Everything is written with server-side apply (force, one field manager), so re-applying is
+idempotent and puts back what someone edited by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from kubernetes import client as k8s_client
+
+from operators.tenants.spec import FIELD_MANAGER, MANAGED_BY, TENANT_LABEL, TenantSpec
+
+GPU = "nvidia.com/gpu"
+QUOTA_NAME, LIMITS_NAME, BINDING_NAME, POLICY_NAME = (
+    "tenant-gpu-quota",
+    "tenant-defaults",
+    "tenant-members",
+    "tenant-isolation",
+)
+KUEUE = "kueue.x-k8s.io/v1beta1"
+
+
+def _meta(name: str, tenant: str, namespace: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {TENANT_LABEL: tenant, **MANAGED_BY}}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def desired_objects(spec: TenantSpec, kueue: bool = False) -> list[dict[str, Any]]:
+    """Every object the tenant should have, in apply order (namespaces first)."""
+    hard = {f"requests.{GPU}": str(spec.total_gpus)}
+    hard |= {f"requests.{GPU}-{m}": str(n) for m, n in sorted(spec.gpu_quota.items())}
+    subjects = [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": u} for u in spec.users]
+    subjects += [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": g} for g in spec.groups]
+    objs: list[dict[str, Any]] = []
+    for ns in spec.namespaces:
+        objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns, spec.name)})
+    for ns in spec.namespaces:
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ResourceQuota",
+                "metadata": _meta(QUOTA_NAME, spec.name, ns),
+                "spec": {"hard": hard},
+            }
+        )
+        objs.append(
+            {
+                # Defaults for containers that ask for nothing, so they are schedulable and
+                # accountable; GPUs are left to the quota (a LimitRange max would reject first,
+                # with a message that does not say "quota").
+                "apiVersion": "v1",
+                "kind": "LimitRange",
+                "metadata": _meta(LIMITS_NAME, spec.name, ns),
+                "spec": {
+                    "limits": [
+                        {
+                            "type": "Container",
+                            "defaultRequest": {"cpu": "100m", "memory": "256Mi"},
+                            "default": {"memory": "1Gi"},
+                        }
+                    ]
+                },
+            }
+        )
+        objs.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": _meta(BINDING_NAME, spec.name, ns),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                "subjects": subjects,
+            }
+        )
+        if spec.network_isolation:
+            objs.append(
+                {
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": _meta(POLICY_NAME, spec.name, ns),
+                    "spec": {
+                        "podSelector": {},
+                        "policyTypes": ["Ingress"],
+                        "ingress": [
+                            {"from": [{"namespaceSelector": {"matchLabels": {TENANT_LABEL: spec.name}}}]}
+                        ],
+                    },
+                }
+            )
+    if kueue:
+        objs += kueue_objects(spec)
+    return objs
+
+
+def kueue_objects(spec: TenantSpec) -> list[dict[str, Any]]:
+    flavors = [
+        {
+            "apiVersion": KUEUE,
+            "kind": "ResourceFlavor",
+            "metadata": {"name": f"gpu-{m}", "labels": dict(MANAGED_BY)},  # shared by all tenants
+            "spec": {"nodeLabels": {"aifactory.io/gpu-model": m}},
+        }
+        for m in sorted(spec.gpu_quota)
+    ]
+    cq = {
+        "apiVersion": KUEUE,
+        "kind": "ClusterQueue",
+        "metadata": _meta(f"tenant-{spec.name}", spec.name),
+        "spec": {
+            "namespaceSelector": {"matchLabels": {TENANT_LABEL: spec.name}},
+            "resourceGroups": [
+                {
+                    "coveredResources": [GPU],
+                    "flavors": [
+                        {"name": f"gpu-{m}", "resources": [{"name": GPU, "nominalQuota": n}]}
+                        for m, n in sorted(spec.gpu_quota.items())
+                    ],
+                }
+            ],
+        },
+    }
+    lqs = [
+        {
+            "apiVersion": KUEUE,
+            "kind": "LocalQueue",
+            "metadata": _meta("default", spec.name, ns),
+            "spec": {"clusterQueue": f"tenant-{spec.name}"},
+        }
+        for ns in spec.namespaces
+    ]
+    return [*flavors, cq, *lqs]
+
+
+# --- REST paths ----------------------------------------------------------------------------
+
+_PLURALS = {
+    "Namespace": "namespaces",
+    "ResourceQuota": "resourcequotas",
+    "LimitRange": "limitranges",
+    "RoleBinding": "rolebindings",
+    "NetworkPolicy": "networkpolicies",
+    "ResourceFlavor": "resourceflavors",
+    "ClusterQueue": "clusterqueues",
+    "LocalQueue": "localqueues",
+    "Pod": "pods",
+    "CustomResourceDefinition": "customresourcedefinitions",
+    "Tenant": "tenants",
+}
+
+
+def path(api_version: str, kind: str, name: str | None = None, namespace: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [base]
+    if namespace:
+        parts += ["namespaces", namespace]
+    parts.append(_PLURALS[kind])
+    if name:
+        parts.append(quote(name))
+    return "/".join(parts)
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return path(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+@dataclass
+class Kube:
+    """Plain REST on the kubernetes client's connection pool and auth: server-side apply needs
+    a content type the generated typed clients cannot send, and paths are all we need."""
+
+    api: k8s_client.ApiClient
+
+    def request(
+        self,
+        method: str,
+        url_path: str,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any] | None:
+        if query:
+            url_path += "?" + urlencode(query)
+        m, url, headers, _, _ = self.api.param_serialize(
+            method, url_path, header_params={"Content-Type": content_type}, auth_settings=["BearerToken"]
+        )
+        headers["Accept"] = "application/json"
+        # The client serializes a dict itself for */json, */*+json and */*+yaml (apply patches).
+        resp = self.api.call_api(m, url, headers, body, _request_timeout=30)
+        data = resp.read()
+        if resp.status == 404 and method in ("GET", "DELETE"):
+            return None
+        if resp.status >= 400:
+            try:
+                msg = json.loads(data).get("message", data.decode())
+            except ValueError:
+                msg = data.decode(errors="replace")
+            raise ApiError(resp.status, msg)
+        return json.loads(data) if data else {}
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        out = self.request(
+            "PATCH",
+            object_path(obj),
+            obj,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+        assert out is not None
+        return out
+
+    def get(self, url_path: str) -> dict[str, Any] | None:
+        return self.request("GET", url_path)
+
+    def delete(self, url_path: str) -> None:
+        self.request("DELETE", url_path, query={"propagationPolicy": "Background"})
+
+    def list(self, url_path: str, selector: str | None = None) -> list[dict[str, Any]]:
+        out = self.request("GET", url_path, query={"labelSelector": selector} if selector else None)
+        return list((out or {}).get("items", []))
+
+    def has_kueue(self) -> bool:
+        return (
+            self.get(
+                path("apiextensions.k8s.io/v1", "CustomResourceDefinition", "clusterqueues.kueue.x-k8s.io")
+            )
+            is not None
+        )
+
+
+def differs(want: Any, have: Any) -> bool:
+    """Whether the live object lost something we set (extra fields others own are fine).
+
+    An empty list or map we set reads back as absent (the API server omits it)."""
+    if want in ([], {}) and have is None:
+        return False
+    if isinstance(want, dict):
+        return not isinstance(have, dict) or any(differs(v, have.get(k)) for k, v in want.items())
+    if isinstance(want, list):
+        return (
+            not isinstance(have, list)
+            or len(want) != len(have)
+            or any(differs(w, h) for w, h in zip(want, have, strict=True))
+        )
+    return want != have
+
+
+def drifted(want: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    if live is None:
+        return True
+    body = {k: v for k, v in want.items() if k not in ("apiVersion", "kind", "metadata")}
+    return differs(body, live) or differs(want["metadata"].get("labels", {}), live["metadata"].get("labels"))
+
+
+def owned(kube: Kube, tenant: str, kueue: bool) -> list[str]:
+    """Paths of every object the tenant owns now (found by label), for cleanup of leftovers."""
+    sel = f"{TENANT_LABEL}={tenant}"
+    paths = [path("v1", "Namespace", o["metadata"]["name"]) for o in kube.list(path("v1", "Namespace"), sel)]
+    if kueue:
+        paths += [
+            path(KUEUE, "ClusterQueue", o["metadata"]["name"])
+            for o in kube.list(path(KUEUE, "ClusterQueue"), sel)
+        ]
+    return paths
+
+
+def gpus_in_use(kube: Kube, namespaces: list[str]) -> dict[str, int]:
+    """GPUs requested by pods that are not finished, per resource (`gpu` = the generic name)."""
+    used: dict[str, int] = {}
+    for ns in namespaces:
+        for pod in kube.list(path("v1", "Pod", namespace=ns)):
+            if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            for c in pod["spec"].get("containers", []):
+                for res, qty in (c.get("resources", {}).get("limits") or {}).items():
+                    if res.startswith(GPU):
+                        key = res[len(GPU) :].lstrip("-") or "gpu"
+                        used[key] = used.get(key, 0) + int(qty)
+    return used

@@ -1,0 +1,449 @@
+"""The tenant operator against the site's real kube-apiserver and real Slurm.
+
+The operator runs here as a `kopf run` process (on emulated sites pods do not really run), against
+the admin kubeconfig the roles fetched, with sacctmgr on the head through ssh. Tenants are named
+`optest-<random>-...` so nothing of another test or user is touched, and every test removes what
+it made (tenants with the force annotation, then a check that Slurm and Kubernetes are clean).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aifactory import paths
+from aifactory.site.model import Site
+from operators.tenants import capacity, install
+from operators.tenants import kubernetes_side as kside
+from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION
+from sandbox import ssh
+
+pytestmark = pytest.mark.site
+
+TENANTS = f"/apis/{GROUP}/{VERSION}/tenants"
+RUN = uuid.uuid4().hex[:5]
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 90, every: float = 1) -> Any:
+    """Poll until fn() is truthy; the timeout only bounds a hang, it is not what is tested."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not reached in {timeout}s (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Operator:
+    """The operator as a child process that tests can SIGKILL and start again."""
+
+    def __init__(self, site: Site, kubeconfig: Path, log: Path):
+        self.port = free_port()
+        self.env = install.operator_env(site.path, kubeconfig, drift_interval=5, metrics_port=self.port)
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(install.kopf_command(), env=self.env, stdout=out, stderr=out)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(configured_site: Site) -> Path:
+    path = paths.site_state_dir(configured_site.name) / "kubeconfig"
+    assert path.exists(), f"{path} missing: the Kubernetes roles did not run"
+    return path
+
+
+@pytest.fixture(scope="module")
+def kube(configured_site: Site, kubeconfig: Path) -> kside.Kube:
+    install.install_crd(kubeconfig, sorted(capacity.site_capacity(configured_site)))
+    return install.kube(kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def head(configured_site: Site) -> Callable[[str], str]:
+    name = configured_site.with_role("head")[0].name
+
+    def run(cmd: str, check: bool = True) -> str:
+        r = ssh.run(configured_site, name, cmd, timeout=120)
+        if check:
+            assert r.returncode == 0, f"{cmd}: {r.stderr}"
+        return r.stdout
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def operator(configured_site, kube, kubeconfig, head, tmp_path_factory) -> Iterator[Operator]:
+    op = Operator(configured_site, kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        leftovers = [
+            t["metadata"]["name"] for t in kube.list(TENANTS) if t["metadata"]["name"].startswith("optest-")
+        ]
+        for name in leftovers:
+            force_delete(kube, name)
+        for name in leftovers:
+            wait_for(f"tenant {name} deleted", lambda n=name: kube.get(f"{TENANTS}/{n}") is None, timeout=120)
+        op.stop()
+        print(op.log.read_text()[-3000:])
+
+
+def name(suffix: str) -> str:
+    return f"optest-{RUN}-{suffix}"
+
+
+def create(kube: kside.Kube, tname: str, **spec: Any) -> dict:
+    body = {"displayName": f"test {tname}", "gpuQuota": {"h100": 8}, "members": {"slurmUsers": ["root"]}}
+    body.update(spec)
+    obj = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Tenant", "metadata": {"name": tname}, "spec": body}
+    out = kube.request("POST", TENANTS, obj)
+    assert out is not None
+    return out
+
+
+def patch_spec(kube: kside.Kube, tname: str, spec: dict) -> None:
+    kube.request("PATCH", f"{TENANTS}/{tname}", {"spec": spec}, content_type="application/merge-patch+json")
+
+
+def force_delete(kube: kside.Kube, tname: str) -> None:
+    ann = {"metadata": {"annotations": {FORCE_DELETE_ANNOTATION: "true"}}}
+    try:
+        kube.request("PATCH", f"{TENANTS}/{tname}", ann, content_type="application/merge-patch+json")
+        kube.delete(f"{TENANTS}/{tname}")
+    except kside.ApiError as e:
+        if e.status != 404:
+            raise
+
+
+def cond(kube: kside.Kube, tname: str, ctype: str) -> dict | None:
+    t = kube.get(f"{TENANTS}/{tname}") or {}
+    return next((c for c in (t.get("status") or {}).get("conditions") or [] if c["type"] == ctype), None)
+
+
+def is_true(kube, tname, ctype) -> bool:
+    c = cond(kube, tname, ctype)
+    return bool(c and c["status"] == "True")
+
+
+def wait_ready(kube, tname, generation: int | None = None, timeout: float = 90) -> None:
+    def ready():
+        t = kube.get(f"{TENANTS}/{tname}") or {}
+        st = t.get("status") or {}
+        c = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), None)
+        gen_ok = generation is None or st.get("observedGeneration", 0) >= generation
+        return c is not None and c["status"] == "True" and gen_ok
+
+    wait_for(f"{tname} Ready", ready, timeout)
+
+
+def gpu_pod(gpus: int, pname: str = "gpu-job") -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pname},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}
+            ]
+        },
+    }
+
+
+def grp_tres(head, account: str) -> str:
+    return head(f"sacctmgr -nP show assoc where account={account} user= format=grptres").strip()
+
+
+def job_states(head, account: str) -> dict[str, tuple[str, str]]:
+    out = head(f"squeue -h -A {account} -o '%i|%T|%r'")
+    return {i: (s, r) for i, s, r in (ln.split("|") for ln in out.split())}
+
+
+def submit(head, account: str, gpus: int = 8) -> str:
+    return head(f"sbatch --parsable -A {account} --gres=gpu:{gpus} -o /dev/null --wrap 'sleep 600'").strip()
+
+
+def events(kube, tname: str) -> list[tuple[str, str]]:
+    return [
+        (e["reason"], e["message"])
+        for e in kube.list("/api/v1/namespaces/default/events")
+        if e["involvedObject"].get("name") == tname and e["involvedObject"].get("kind") == "Tenant"
+    ]
+
+
+# --- the lifecycle: create, quota effective on both sides, raise, lower, delete ---------------
+
+
+def test_tenant_quota_enforced_on_kubernetes_and_slurm(operator, kube, head):
+    t = name("life")
+    create(kube, t)
+    try:
+        wait_ready(kube, t)
+        # Kubernetes: the API server itself rejects a 9-GPU pod; 8 would be admitted.
+        wait_for(
+            "quota status filled",
+            lambda: (
+                (kube.get(f"/api/v1/namespaces/{t}/resourcequotas/tenant-gpu-quota") or {})
+                .get("status", {})
+                .get("hard")
+            ),
+        )
+        with pytest.raises(kside.ApiError) as e:
+            kube.request("POST", f"/api/v1/namespaces/{t}/pods", gpu_pod(9))
+        assert e.value.status == 403 and "exceeded quota" in str(e.value), e.value
+        kube.request("POST", f"/api/v1/namespaces/{t}/pods", gpu_pod(8), query={"dryRun": "All"})
+
+        # Slurm: 8 GPUs run, a second 8 pend on the account's GrpTRES.
+        assert "gres/gpu=8" in grp_tres(head, t).split(",")
+        first = submit(head, t)
+        wait_for("first job running", lambda: job_states(head, t).get(first, ("",))[0] == "RUNNING")
+        second = submit(head, t)
+        wait_for(
+            "second job pending on AssocGrpGRES",
+            lambda: job_states(head, t).get(second) == ("PENDING", "AssocGrpGRES"),
+        )
+        wait_for(
+            "usage reported",
+            lambda: (
+                (kube.get(f"{TENANTS}/{t}")["status"].get("usage") or {}).get("slurm", {}).get("h100") == 8
+            ),
+        )
+
+        # Raising the quota to 16 starts the pending job.
+        patch_spec(kube, t, {"gpuQuota": {"h100": 16}})
+        wait_ready(kube, t, generation=2)
+        status = kube.get(f"{TENANTS}/{t}")["status"]
+        assert status["quota"] == "h100=16" and status["observedGeneration"] == 2
+        wait_for("second job running", lambda: job_states(head, t).get(second, ("",))[0] == "RUNNING")
+        rq = kube.get(f"/api/v1/namespaces/{t}/resourcequotas/tenant-gpu-quota")
+        assert rq["spec"]["hard"]["requests.nvidia.com/gpu"] == "16"
+
+        # Lowering it applies at once to new work; running jobs are not preempted.
+        patch_spec(kube, t, {"gpuQuota": {"h100": 8}})
+        wait_ready(kube, t, generation=3)
+        assert "gres/gpu=8" in grp_tres(head, t).split(",")
+        assert (
+            kube.get(f"/api/v1/namespaces/{t}/resourcequotas/tenant-gpu-quota")["spec"]["hard"][
+                "requests.nvidia.com/gpu"
+            ]
+            == "8"
+        )
+        assert {s for s, _ in job_states(head, t).values()} == {"RUNNING"}
+
+        # Deleting while jobs run is refused, with a condition and an event...
+        kube.delete(f"{TENANTS}/{t}")
+        wait_for("DeletionBlocked", lambda: is_true(kube, t, "DeletionBlocked"))
+        assert "2 running Slurm job(s)" in cond(kube, t, "DeletionBlocked")["message"]
+        assert any(r == "DeletionBlocked" for r, _ in events(kube, t))
+        assert head(f"sacctmgr -nP show account where name={t} format=account").strip() == t
+        # ...until forced: jobs cancelled, account, QOS and namespace gone.
+        force_delete(kube, t)
+        wait_for("tenant gone", lambda: kube.get(f"{TENANTS}/{t}") is None, timeout=120)
+        assert head(f"sacctmgr -nP show assoc where account={t}").strip() == ""
+        assert head(f"sacctmgr -nP show qos where name=tenant-{t} format=name").strip() == ""
+        assert job_states(head, t) == {}
+        ns = kube.get(f"/api/v1/namespaces/{t}")
+        assert ns is None or ns["status"]["phase"] == "Terminating"
+    finally:
+        force_delete(kube, t)
+
+
+def test_delete_of_an_idle_tenant_needs_no_force(operator, kube, head):
+    t = name("idle")
+    create(kube, t, namespaces=[f"{t}-a", f"{t}-b"])
+    wait_ready(kube, t)
+    assert sorted(o["metadata"]["name"] for o in kube.list("/api/v1/namespaces", f"{TENANT_LABEL}={t}")) == [
+        f"{t}-a",
+        f"{t}-b",
+    ]
+    kube.delete(f"{TENANTS}/{t}")
+    wait_for("tenant gone", lambda: kube.get(f"{TENANTS}/{t}") is None, timeout=120)
+    assert head(f"sacctmgr -nP show account where name={t} format=account").strip() == ""
+    live = [
+        o
+        for o in kube.list("/api/v1/namespaces", f"{TENANT_LABEL}={t}")
+        if o["status"]["phase"] != "Terminating"
+    ]
+    assert live == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ({"gpuQuota": {"h100": -1}}, "spec.gpuQuota.h100", "greater than or equal to 0"),
+        ({"gpuQuota": {"x900": 1}}, "spec.gpuQuota", "unknown GPU model x900"),
+        (
+            {"members": {"slurmUsers": ["Robert'); DROP"]}},
+            "spec.members.slurmUsers[0]",
+            "not a valid Slurm user",
+        ),
+    ],
+)
+def test_malformed_tenants_are_rejected_naming_the_field(kube, spec, field, words):
+    with pytest.raises(kside.ApiError) as e:
+        create(kube, name("bad"), **spec)
+    assert e.value.status == 422 and field in str(e.value) and words in str(e.value), e.value
+
+
+def test_hand_edits_are_put_back_with_an_event(operator, kube, head):
+    t = name("drift")
+    create(kube, t)
+    try:
+        wait_ready(kube, t)
+        rq = f"/api/v1/namespaces/{t}/resourcequotas/tenant-gpu-quota"
+        kube.request(
+            "PATCH",
+            rq,
+            {"spec": {"hard": {"requests.nvidia.com/gpu": "100"}}},
+            content_type="application/merge-patch+json",
+        )
+        head(f"sacctmgr -i modify account where name={t} set GrpTRES=gres/gpu=99")
+        wait_for("quota restored", lambda: kube.get(rq)["spec"]["hard"]["requests.nvidia.com/gpu"] == "8")
+        wait_for("Slurm restored", lambda: "gres/gpu=8" in grp_tres(head, t).split(","))
+
+        def both_reported():
+            msgs = [m for r, m in events(kube, t) if r == "DriftCorrected"]
+            rq_event = any("ResourceQuota" in m for m in msgs)
+            return rq_event and any("GrpTRES" in m for m in msgs) and msgs
+
+        msgs = wait_for("drift events for both sides", both_reported, timeout=60)
+        assert not any("RoleBinding" in m or "LimitRange" in m for m in msgs), msgs  # only what was edited
+    finally:
+        force_delete(kube, t)
+
+
+def test_overcommit_is_reported_on_every_affected_tenant(configured_site, operator, kube):
+    cap = capacity.site_capacity(configured_site)["h100"]
+    a, b = name("oc-a"), name("oc-b")
+    create(kube, a, gpuQuota={"h100": cap - 1})
+    create(kube, b, gpuQuota={"h100": 2})
+    try:
+        for t in (a, b):
+            wait_for(f"{t} Overcommitted", lambda t=t: is_true(kube, t, "Overcommitted"))
+            assert f"site has {cap}" in cond(kube, t, "Overcommitted")["message"]
+        force_delete(kube, b)
+        wait_for(f"{a} no longer Overcommitted", lambda: cond(kube, a, "Overcommitted")["status"] == "False")
+    finally:
+        force_delete(kube, a)
+        force_delete(kube, b)
+
+
+def test_slurmctld_down_marks_slurm_unsynced_then_converges(operator, kube, head):
+    t = name("ctld")
+    create(kube, t)
+    try:
+        wait_ready(kube, t)
+        head("systemctl stop slurmctld")
+        try:
+            c = wait_for(
+                "SlurmSynced=False",
+                lambda: (c := cond(kube, t, "SlurmSynced")) and c["status"] == "False" and c,
+            )
+            assert c["reason"] == "SlurmctldUnavailable", c
+            assert cond(kube, t, "Ready")["status"] == "False"
+        finally:
+            head("systemctl start slurmctld")
+        wait_for("SlurmSynced=True again", lambda: is_true(kube, t, "SlurmSynced"), timeout=120)
+        wait_ready(kube, t)
+    finally:
+        head("systemctl start slurmctld", check=False)
+        force_delete(kube, t)
+
+
+def test_sigkill_while_creating_50_tenants_converges_without_duplicates_or_orphans(operator, kube, head):
+    names = [name(f"k{i:02d}") for i in range(50)]
+    # Per-user caps, so each tenant also has its QOS (what a half-applied create could duplicate).
+    threads = [
+        threading.Thread(target=create, args=(kube, n), kwargs={"slurm": {"maxGPUsPerUser": 4}})
+        for n in names
+    ]
+    for th in threads:
+        th.start()
+
+    def started() -> bool:  # kopf has begun on some tenant (finalizer added): handlers in flight
+        return any(
+            t["metadata"].get("finalizers") for t in kube.list(TENANTS) if t["metadata"]["name"] in names
+        )
+
+    wait_for("the operator working on the new tenants", started, every=0.05)
+    operator.kill()
+    for th in threads:
+        th.join()
+    ready_before = sum(is_true(kube, n, "Ready") for n in names)
+    operator.start()
+    try:
+        for n in names:
+            wait_ready(kube, n, timeout=300)
+        accounts = head(f"sacctmgr -nP show account format=account | grep '^optest-{RUN}-k' || true").split()
+        assert sorted(accounts) == sorted(names)
+        qos = head(f"sacctmgr -nP show qos format=name | grep '^tenant-optest-{RUN}-k' || true").split()
+        assert sorted(qos) == sorted(f"tenant-{n}" for n in names)
+        for n in names:
+            assert [
+                o["metadata"]["name"] for o in kube.list("/api/v1/namespaces", f"{TENANT_LABEL}={n}")
+            ] == [n]
+            assert len(kube.list(f"/api/v1/namespaces/{n}/resourcequotas")) == 1
+        print(f"{ready_before}/50 Ready when the operator was killed")
+    finally:
+        for n in names:
+            force_delete(kube, n)
+        for n in names:
+            wait_for(f"{n} deleted", lambda n=n: kube.get(f"{TENANTS}/{n}") is None, timeout=300)
+    assert head(f"sacctmgr -nP show account format=account | grep '^optest-{RUN}-k' || true").strip() == ""
+    assert head(f"sacctmgr -nP show qos format=name | grep '^tenant-optest-{RUN}-k' || true").strip() == ""
+
+
+def test_metrics_count_reconciles(operator):
+    text = operator.metrics()
+    assert 'aifactory_tenant_reconcile_total{result="ok",side="kubernetes"}' in text
+    assert 'aifactory_tenant_reconcile_total{result="ok",side="slurm"}' in text
+    assert "aifactory_tenant_reconcile_seconds_bucket" in text
+
+
+def test_nothing_left_behind(operator, kube, head):
+    """Runs last in this module: no tenant, namespace, account or QOS of this run remains."""
+    for t in [
+        t["metadata"]["name"] for t in kube.list(TENANTS) if t["metadata"]["name"].startswith(f"optest-{RUN}")
+    ]:
+        wait_for(f"{t} deleted", lambda t=t: kube.get(f"{TENANTS}/{t}") is None, timeout=120)
+    assert head(f"sacctmgr -nP show account format=account | grep '^optest-{RUN}' || true").strip() == ""
+    assert head(f"sacctmgr -nP show qos format=name | grep '^tenant-optest-{RUN}' || true").strip() == ""

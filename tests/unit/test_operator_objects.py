@@ -1,0 +1,194 @@
+"""Tenant spec -> Kubernetes objects, capacity and over-commit (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from operators.tenants import capacity, crd
+from operators.tenants import kubernetes_side as kside
+from operators.tenants.spec import TENANT_LABEL, parse, set_condition
+
+pytestmark = pytest.mark.unit
+
+
+def spec(**over):
+    body = {
+        "displayName": "Team A",
+        "gpuQuota": {"h100": 8, "a100": 2},
+        "members": {"users": ["alice"], "groups": ["ml"], "slurmUsers": ["alice"]},
+    }
+    body.update(over)
+    return parse("team-a", body)
+
+
+def by_kind(objs):
+    out: dict[str, list] = {}
+    for o in objs:
+        out.setdefault(o["kind"], []).append(o)
+    return out
+
+
+def test_defaults_one_namespace_named_after_the_tenant_and_isolation_on():
+    t = parse("team-a", {"displayName": "A", "gpuQuota": {"h100": 1}})
+    assert t.namespaces == ("team-a",) and t.network_isolation and t.fairshare == 1 and t.budget is None
+
+
+def test_every_namespace_gets_quota_limits_binding_and_policy():
+    objs = by_kind(kside.desired_objects(spec(namespaces=["a", "b"])))
+    assert [o["metadata"]["name"] for o in objs["Namespace"]] == ["a", "b"]
+    for kind in ("ResourceQuota", "LimitRange", "RoleBinding", "NetworkPolicy"):
+        assert sorted(o["metadata"]["namespace"] for o in objs[kind]) == ["a", "b"], kind
+    for o in kside.desired_objects(spec()):
+        assert o["metadata"]["labels"][TENANT_LABEL] == "team-a"
+    assert "ClusterQueue" not in objs
+
+
+def test_quota_caps_total_and_per_model_requests():
+    (rq,) = by_kind(kside.desired_objects(spec()))["ResourceQuota"]
+    assert rq["spec"]["hard"] == {
+        "requests.nvidia.com/gpu": "10",
+        "requests.nvidia.com/gpu-a100": "2",
+        "requests.nvidia.com/gpu-h100": "8",
+    }
+
+
+def test_limitrange_does_not_cap_gpus_so_quota_is_what_rejects():
+    (lr,) = by_kind(kside.desired_objects(spec()))["LimitRange"]
+    assert not any(
+        "nvidia.com" in k
+        for lim in lr["spec"]["limits"]
+        for part in lim.values()
+        if isinstance(part, dict)
+        for k in part
+    )
+
+
+def test_rolebinding_subjects_are_the_members():
+    (rb,) = by_kind(kside.desired_objects(spec()))["RoleBinding"]
+    assert [(s["kind"], s["name"]) for s in rb["subjects"]] == [("User", "alice"), ("Group", "ml")]
+    assert rb["roleRef"]["name"] == "edit"
+
+
+def test_network_policy_admits_only_the_tenants_namespaces_and_can_be_off():
+    (np,) = by_kind(kside.desired_objects(spec()))["NetworkPolicy"]
+    assert np["spec"]["podSelector"] == {} and np["spec"]["policyTypes"] == ["Ingress"]
+    assert np["spec"]["ingress"] == [
+        {"from": [{"namespaceSelector": {"matchLabels": {TENANT_LABEL: "team-a"}}}]}
+    ]
+    assert "NetworkPolicy" not in by_kind(kside.desired_objects(spec(networkIsolation=False)))
+
+
+def test_kueue_queue_per_tenant_with_one_flavor_per_model():
+    objs = by_kind(kside.desired_objects(spec(namespaces=["a", "b"]), kueue=True))
+    (cq,) = objs["ClusterQueue"]
+    (group,) = cq["spec"]["resourceGroups"]
+    assert {f["name"]: f["resources"][0]["nominalQuota"] for f in group["flavors"]} == {
+        "gpu-a100": 2,
+        "gpu-h100": 8,
+    }
+    assert cq["spec"]["namespaceSelector"]["matchLabels"] == {TENANT_LABEL: "team-a"}
+    assert sorted(lq["metadata"]["namespace"] for lq in objs["LocalQueue"]) == ["a", "b"]
+    assert sorted(f["metadata"]["name"] for f in objs["ResourceFlavor"]) == ["gpu-a100", "gpu-h100"]
+
+
+def test_paths():
+    assert kside.path("v1", "Namespace", "a") == "/api/v1/namespaces/a"
+    assert kside.path("v1", "ResourceQuota", "q", "ns") == "/api/v1/namespaces/ns/resourcequotas/q"
+    assert kside.path("networking.k8s.io/v1", "NetworkPolicy", namespace="n") == (
+        "/apis/networking.k8s.io/v1/namespaces/n/networkpolicies"
+    )
+
+
+def test_drift_is_a_lost_or_changed_field_not_an_extra_one():
+    (rq,) = by_kind(kside.desired_objects(spec()))["ResourceQuota"]
+    live = {
+        "metadata": {"labels": dict(rq["metadata"]["labels"], extra="x"), "uid": "1"},
+        "spec": {"hard": dict(rq["spec"]["hard"])},
+        "status": {},
+    }
+    assert not kside.drifted(rq, live)
+    live["spec"]["hard"]["requests.nvidia.com/gpu"] = "100"
+    assert kside.drifted(rq, live)
+    assert kside.drifted(rq, None)
+    (rb,) = by_kind(kside.desired_objects(parse("t", {"displayName": "t", "gpuQuota": {}})))["RoleBinding"]
+    live_rb = {"metadata": {"labels": rb["metadata"]["labels"]}, "roleRef": rb["roleRef"]}  # no subjects
+    assert not kside.drifted(rb, live_rb)
+
+
+def test_conditions_keep_transition_time_until_status_flips():
+    c1 = set_condition([], "Ready", True, "Synced", "ok", 1)
+    c1[0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    c2 = set_condition(c1, "Ready", True, "Synced", "still ok", 2)
+    assert c2[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and c2[0]["observedGeneration"] == 2
+    c3 = set_condition(c2, "Ready", False, "SlurmctldUnavailable", "down", 2)
+    assert c3[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z" and c3[0]["status"] == "False"
+
+
+def test_budget_periods_start_on_the_first_day_of_month_quarter_year():
+    import datetime as dt
+
+    from operators.tenants.spec import period_start
+
+    at = dt.datetime(2026, 11, 28, 15, 0, tzinfo=dt.UTC)
+    assert period_start("Monthly", at) == "2026-11-01"
+    assert period_start("Quarterly", at) == "2026-10-01"
+    assert period_start("Yearly", at) == "2026-01-01"
+    assert period_start("Total", at) is None
+
+
+# capacity
+
+
+def tq(name, created, **quota):
+    return capacity.TenantQuota(name, created, quota)
+
+
+def test_capacity_of_a_site_sums_machines_per_model():
+    from aifactory.site.validate import load_site
+    from tests.conftest import REPO
+
+    assert capacity.site_capacity(load_site(REPO / "sites" / "local.yaml")) == {"h100": 48}
+
+
+def test_no_overcommit_within_capacity():
+    v = capacity.assess([tq("a", "1", h100=8), tq("b", "2", h100=8)], {"h100": 16})
+    assert all(not x.overcommitted and x.admitted for x in v.values())
+
+
+def test_overcommit_is_reported_on_every_tenant_of_that_model_only():
+    v = capacity.assess(
+        [tq("a", "1", h100=8), tq("b", "2", h100=10), tq("c", "3", a100=1)], {"h100": 16, "a100": 4}
+    )
+    assert v["a"].overcommitted == {"h100": (18, 16)} and v["b"].overcommitted == {"h100": (18, 16)}
+    assert not v["c"].overcommitted
+    assert "h100: tenants' quotas sum to 18, site has 16" in v["a"].message()
+
+
+def test_reject_admits_oldest_first():
+    v = capacity.assess([tq("new", "2026-02", h100=10), tq("old", "2026-01", h100=8)], {"h100": 16})
+    assert v["old"].admitted and not v["new"].admitted
+
+
+def test_a_model_the_site_lacks_is_overcommitted_by_any_quota():
+    v = capacity.assess([tq("a", "1", b200=1)], {"h100": 16})
+    assert v["a"].overcommitted == {"b200": (1, 0)} and not v["a"].admitted
+
+
+def test_capacity_from_text():
+    assert capacity.parse_capacity("h100=16, a100=8") == {"h100": 16, "a100": 8}
+    with pytest.raises(ValueError, match="'h100' is not MODEL=COUNT"):
+        capacity.parse_capacity("h100")
+
+
+def test_crd_lists_the_site_models_in_the_cel_rule_and_has_status_columns():
+    c = crd.crd(["h100", "a100"])
+    version = c["spec"]["versions"][0]
+    quota = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["gpuQuota"]
+    assert "['a100', 'h100']" in quota["x-kubernetes-validations"][0]["rule"]
+    assert c["spec"]["scope"] == "Cluster" and version["subresources"] == {"status": {}}
+    assert [col["name"] for col in version["additionalPrinterColumns"]][:4] == [
+        "Display",
+        "Quota",
+        "In use",
+        "Ready",
+    ]
