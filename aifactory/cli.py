@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--power-on", action="store_true", help="power every machine on through its BMC and wait for ssh"
     )
+    up.add_argument(
+        "--bmc-only", action="store_true", help="emulate the BMCs alone, no hosts (Redfish-layer scale tests)"
+    )
     st = site_sub.add_parser(
         "status",
         help="one table: every BMC's power state and every host's health",
@@ -105,6 +108,69 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--check", action="store_true", help="dry run: report what would change, change nothing")
     cf.add_argument(
         "--playbook", default="site.yml", help="playbook under playbooks/ (default: site.yml, everything)"
+    )
+
+    va = sub.add_parser(
+        "validate",
+        help="testinfra suites over ssh: every node, GPU acceptance, the whole cluster; JSON + JUnit reports",
+        description=(
+            "Check the site's machines against the site file, in parallel over ssh: OS and kernel settings, "
+            "munge key, time, services per role, Slurm registration and gres.conf, Kubernetes Nodes and "
+            "pool membership; GPU acceptance (driver branch, count and model, persistence, ECC, NVLink, "
+            "DCGM diagnostics at the level's depth, NCCL bandwidth at burn-in; skipped on emulated sites, "
+            "which have no GPU); a 1-GPU Slurm job and pod, the tenant operator. Writes validate.json (one "
+            "record per host and check) and junit.xml. Exit 0 all passed, 1 a check failed, 2 the run "
+            "could not happen (bad site file, unreachable host)."
+        ),
+    )
+    _site_arg(va)
+    va.add_argument(
+        "--level",
+        choices=["quick", "standard", "burn-in"],
+        default="standard",
+        help="quick: no test jobs, DCGM level 1; standard (default): jobs, DCGM level 2; "
+        "burn-in: DCGM level 3 and NCCL all_reduce_perf",
+    )
+    va.add_argument(
+        "--drain-on-failure",
+        action="store_true",
+        help="drain (Slurm) / cordon (Kubernetes) each machine with a failed check, the check as reason; "
+        "resume the machines an earlier run drained once they pass",
+    )
+    va.add_argument("--limit", help="only these machines, comma-separated (site-wide checks still run)")
+    va.add_argument(
+        "--report-dir", type=Path, help="where validate.json and junit.xml go (default: the site's state dir)"
+    )
+
+    nd = sub.add_parser(
+        "node",
+        help="move a worker between the Slurm and Kubernetes pools without killing work",
+        description="Act on one worker machine of the site.",
+    )
+    nd_sub = nd.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    mv = nd_sub.add_parser(
+        "move",
+        help="drain a worker in one scheduler (waiting for its jobs or pods), then offer it to the other",
+        description=(
+            "Move a worker between pools with playbooks/node-move.yml. To kubernetes: drain it in Slurm and "
+            "wait until its running jobs end, then label it aifactory.io/pool=kubernetes and uncordon it. To "
+            "slurm: cordon it in Kubernetes and evict its pods, then resume it in Slurm. Its GPUs are never "
+            "offered by both. Only after the move succeeded is the machine's `pool:` in the site file "
+            "rewritten (that one value; comments and layout stay), so `configure` keeps the new state. "
+            "A machine already in that pool gets its state re-asserted (this repairs a failed move). "
+            "Exit 0 moved (or already in that pool), 1 the move failed or timed out (the message names the "
+            "jobs or pods; the machine is then offered by neither scheduler until a retry or `configure`), "
+            "2 bad input (unknown machine, a machine without pool, an invalid resulting site file)."
+        ),
+    )
+    _site_arg(mv)
+    mv.add_argument("machine", help="the worker to move, e.g. gpu-03")
+    mv.add_argument("--to", required=True, choices=["slurm", "kubernetes"], help="the pool it serves next")
+    mv.add_argument(
+        "--timeout",
+        type=int,
+        default=300,
+        help="seconds to wait for running Slurm jobs or evicted pods to end (default: 300)",
     )
 
     dp = sub.add_parser(
@@ -152,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One row per binary: pinned version, state (ok, missing, stale), the version the binary "
         "itself reports, and its path. Exit 1 unless all are ok.",
     )
+    _operator_parser(sub)
     return parser
 
 
@@ -169,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             return _configure(args)
         if args.command == "deploy":
             return _deploy(args)
+        if args.command == "node":
+            return _node(args)
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "operator":
+            return _operator(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
@@ -245,6 +318,52 @@ def _configure(args) -> int:
     return EXIT_OK
 
 
+def _validate(args) -> int:
+    from aifactory.validate import runner
+
+    site = load_site_or_exit(args.site)
+    try:
+        result = runner.run(
+            site,
+            args.level,
+            limit=args.limit,
+            report_dir=args.report_dir,
+            drain_on_failure=args.drain_on_failure,
+        )
+    except runner.RunImpossible as e:
+        print(f"validate: {e}; nothing was checked", file=sys.stderr)
+        return EXIT_USAGE
+    return result.exit_code
+
+
+def _node(args) -> int:
+    from aifactory import configure, nodemove
+
+    site = load_site_or_exit(args.site)
+    if args.timeout < 0:
+        print("node move: --timeout must be 0 or more seconds", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = nodemove.move(site, args.machine, args.to, timeout=args.timeout)
+    except nodemove.BadMove as e:
+        _print_findings(e.findings, as_json=False)
+        print(f"node move: {e}; nothing was moved", file=sys.stderr)
+        return EXIT_USAGE
+    except configure.PlaybookFailed as e:
+        print(f"node move FAILED: {e}", file=sys.stderr)
+        pool = site.machine(args.machine).pool
+        print(f"{args.site}: {args.machine} still says pool {pool}", file=sys.stderr)
+        return EXIT_FAILED
+    if not result.moved:
+        print(f"node move: {args.machine} was already in the {args.to} pool; its state re-asserted")
+        return EXIT_OK
+    print(
+        f"node move: {args.machine} moved from {result.old_pool} to {result.new_pool} "
+        f"in {result.seconds:.0f}s; {args.site} updated"
+    )
+    return EXIT_OK
+
+
 def _deploy(args) -> int:
     from aifactory import deploy, toolchain
 
@@ -273,6 +392,53 @@ def _toolchain(args) -> int:
     except toolchain.ToolchainError as e:
         print(f"toolchain: {e}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _operator_parser(sub) -> None:
+    op = sub.add_parser(
+        "operator",
+        help="the tenant operator: Tenant objects become GPU quota on Kubernetes and Slurm",
+        description=(
+            "The kopf tenant operator (operators/tenants). `run` installs the Tenant CRD (GPU models from "
+            "the site file) into the site's cluster and runs the operator here, against the admin kubeconfig "
+            "the roles fetched, with sacctmgr on the head host through ssh. `crd` prints the CRD."
+        ),
+    )
+    op_sub = op.add_subparsers(dest="operator_command", required=True, metavar="ACTION")
+    run = op_sub.add_parser(
+        "run",
+        help="install the CRD and run the operator in the foreground (JSON log lines, Ctrl-C stops)",
+        description="Runs `kopf run` with the site's kubeconfig. Metrics on http://127.0.0.1:PORT/metrics.",
+    )
+    _site_arg(run)
+    run.add_argument(
+        "--policy", choices=["warn", "reject"], default="warn", help="over-commit policy (default: warn)"
+    )
+    run.add_argument("--drift-interval", type=float, default=60, help="seconds between drift checks")
+    run.add_argument("--metrics-port", type=int, default=9108, help="Prometheus port, 0 = off (default 9108)")
+    crd_p = op_sub.add_parser("crd", help="print the Tenant CRD (YAML) for the site's GPU models")
+    _site_arg(crd_p)
+
+
+def _operator(args) -> int:
+    import os
+
+    from operators.tenants import capacity, crd, install
+
+    site = load_site_or_exit(args.site)
+    models = sorted(capacity.site_capacity(site))
+    if args.operator_command == "crd":
+        print(crd.crd_yaml(models), end="")
+        return EXIT_OK
+    kubeconfig = paths.site_state_dir(site.name) / "kubeconfig"
+    if not kubeconfig.exists():
+        print(f"operator: no {kubeconfig}: run `aifactory configure` first", file=sys.stderr)
+        return EXIT_USAGE
+    install.install_crd(kubeconfig, models)
+    env = install.operator_env(args.site, kubeconfig, args.policy, args.drift_interval, args.metrics_port)
+    cmd = install.kopf_command()
+    os.execve(cmd[0], cmd, env)
+    return EXIT_FAILED  # not reached
 
 
 if __name__ == "__main__":

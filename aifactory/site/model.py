@@ -73,6 +73,13 @@ class KubernetesSettings:
 
 
 @dataclass(frozen=True)
+class ValidationSettings:
+    # `aifactory validate --level burn-in`: minimum NCCL all_reduce_perf average bus bandwidth in
+    # GB/s per platform, keyed "<gpus per server>x<model>" (e.g. "8xh100": 420).
+    nccl_min_busbw_gbps: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     emulated: bool
@@ -83,6 +90,7 @@ class Site:
     kubernetes: KubernetesSettings | None
     bundle_url: str | None  # where hosts fetch the toolchain bundle (an air-gapped mirror)
     ssh_user: str = "root"
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
     extra: dict[str, object] = field(default_factory=dict)
 
     def machine(self, name: str) -> Machine:

@@ -29,6 +29,7 @@ from aifactory.site.model import (
     Nic,
     Site,
     SlurmSettings,
+    ValidationSettings,
 )
 
 ERROR = "ERROR"
@@ -39,7 +40,17 @@ EMULATED_RANGE = ipaddress.ip_network("198.18.0.0/15")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
-TOP_KEYS = {"name", "emulated", "networks", "machines", "slurm", "kubernetes", "bundle_url", "ssh_user"}
+TOP_KEYS = {
+    "name",
+    "emulated",
+    "networks",
+    "machines",
+    "slurm",
+    "kubernetes",
+    "bundle_url",
+    "ssh_user",
+    "validation",
+}
 MACHINE_KEYS = {"name", "roles", "pool", "bmc", "cpus", "memory_gib", "gpus", "nics"}
 BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls"}
 NIC_KEYS = {"name", "mac", "address"}
@@ -185,6 +196,7 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
     kube = _check_kubernetes(c, raw.get("kubernetes"), machines)
     bundle_url = c.field(raw, "bundle_url", str, "", required=False)
     ssh_user = c.field(raw, "ssh_user", str, "", required=False) or "root"
+    validation = _check_validation(c, raw.get("validation"))
     if name is None or networks is None or machines is None:
         return None
     return Site(
@@ -197,7 +209,32 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
         kubernetes=kube,
         bundle_url=bundle_url,
         ssh_user=ssh_user,
+        validation=validation,
     )
+
+
+def _check_validation(c: _Checker, raw: Any) -> ValidationSettings:
+    """`validation:` thresholds of `aifactory validate`; platforms are "<count>x<model>"."""
+    if raw is None:
+        return ValidationSettings()
+    if not isinstance(raw, dict):
+        c.add(ERROR, "validation", "must be a mapping")
+        return ValidationSettings()
+    c.keys(raw, {"nccl_min_busbw_gbps"}, "validation")
+    bw = c.field(raw, "nccl_min_busbw_gbps", dict, "validation", required=False) or {}
+    out: dict[str, float] = {}
+    for platform, value in bw.items():
+        p = _join("validation.nccl_min_busbw_gbps", platform)
+        count, _, model = str(platform).partition("x")
+        if not count.isdigit() or model not in GPU_MODELS:
+            c.add(
+                ERROR, p, f"platform {platform!r} is not '<count>x<model>' (models: {', '.join(GPU_MODELS)})"
+            )
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            c.add(ERROR, p, f"must be a positive number of GB/s, got {value!r}")
+        else:
+            out[f"{int(count)}x{model}"] = float(value)
+    return ValidationSettings(out)
 
 
 def _check_networks(c: _Checker, raw: Any, emulated: bool) -> list[Network] | None:

@@ -16,9 +16,15 @@ SUBCOMMANDS = [
     ["site", "down"],
     ["configure"],
     ["deploy"],
+    ["validate"],
+    ["node"],
+    ["node", "move"],
     ["toolchain"],
     ["toolchain", "build"],
     ["toolchain", "status"],
+    ["operator"],
+    ["operator", "run"],
+    ["operator", "crd"],
 ]
 
 
@@ -64,3 +70,14 @@ def test_site_up_with_a_bad_file_starts_nothing(write_site, tmp_path):
     assert "nothing was started" in proc.stderr
     assert "networks" in proc.stdout
     assert not (tmp_path / "state").exists()
+
+
+def test_operator_crd_names_the_site_gpu_models(capsys):
+    import yaml
+
+    assert cli.main(["operator", "crd", "--site", str(REPO / "sites" / "local.yaml")]) == 0
+    crd = yaml.safe_load(capsys.readouterr().out)
+    quota = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "gpuQuota"
+    ]
+    assert "['h100']" in quota["x-kubernetes-validations"][0]["rule"]
