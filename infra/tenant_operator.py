@@ -46,8 +46,13 @@ def rbac_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
         rule(["events.k8s.io"], ["events"], ["create", "patch"]),
         rule(["networking.k8s.io"], ["networkpolicies"], write),
         rule(["rbac.authorization.k8s.io"], ["rolebindings"], write),
-        # Binding members to `edit` needs `bind` on it (no escalation: the operator holds no `edit`).
-        rule(["rbac.authorization.k8s.io"], ["clusterroles"], ["bind"]),
+        # Binding members to `edit` needs `bind` on it, and on nothing else (cluster-admin included).
+        k8s.rbac.v1.PolicyRuleArgs(
+            api_groups=["rbac.authorization.k8s.io"],
+            resources=["clusterroles"],
+            resource_names=["edit"],
+            verbs=["bind"],
+        ),
         rule(["kueue.x-k8s.io"], ["clusterqueues", "localqueues", "resourceflavors"], write),
         rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"]),
     ]

@@ -5,7 +5,11 @@ reason: drained in Slurm (`scontrol update State=DRAIN Reason=...`) for the slur
 Kubernetes (spec.unschedulable, the reason in an annotation) for the kubernetes pool. The other
 scheduler is left alone: the pool roles keep the machine out of it already. A machine this
 feature drained earlier (reason starting with DRAIN_PREFIX) whose checks all pass now is resumed /
-uncordoned. Drains set by people, by the pool roles or by Slurm itself are never lifted.
+uncordoned. Drains and cordons set by people, by the pool roles or by Slurm itself are neither
+lifted nor taken over (their reason stays).
+
+Only FAILED checks drain: an ERROR means the check could not run, and its cause is often outside
+the machine (kube-apiserver or slurmctld down would otherwise empty the other pool).
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from collections.abc import Callable
 from aifactory.validate.checks.node_kubernetes import CORDON_REASON
 from aifactory.validate.checks.node_slurm import DRAIN_PREFIX
 from aifactory.validate.context import Context
-from aifactory.validate.report import Record
+from aifactory.validate.report import FAILED, Record
 
 
 def reasons(records: list[Record]) -> dict[str, str]:
     """host -> drain reason, for hosts with a failed check."""
     failed: dict[str, list[str]] = {}
     for r in records:
-        if r.bad:
+        if r.status == FAILED:
             failed.setdefault(r.host, []).append(r.check)
     return {h: f"{DRAIN_PREFIX} {', '.join(checks)} failed"[:200] for h, checks in failed.items()}
 
@@ -37,12 +41,20 @@ def _scontrol(ctx: Context, node: str, state: str, reason: str | None = None) ->
     return None if r.rc == 0 else (r.stderr or r.stdout).strip()
 
 
-def _cordon(ctx: Context, node: str, reason: str | None) -> None:
+def _cordon(ctx: Context, node: str, reason: str | None) -> str | None:
     body = {
         "spec": {"unschedulable": reason is not None},
         "metadata": {"annotations": {CORDON_REASON: reason}},
     }
-    ctx.core().patch_node(node, body)
+    try:
+        ctx.core().patch_node(node, body)
+    except Exception as e:  # one node's failure must not stop the others or the summary
+        return str(e).splitlines()[0][:200]
+    return None
+
+
+def _done(what: str, name: str, err: str | None) -> str:
+    return f"{name}: {what}" if err is None else f"{name}: {what.split(' (')[0]} failed: {err}"
 
 
 def apply(ctx: Context, records: list[Record], progress: Callable[[str], None]) -> list[str]:
@@ -64,25 +76,24 @@ def apply(ctx: Context, records: list[Record], progress: Callable[[str], None]) 
         reason = bad.get(m.name)
         if m.pool == "slurm" and m.name in slurm:
             node = slurm[m.name]
-            if reason:
-                err = _scontrol(ctx, m.name, "DRAIN", reason)
+            ours = node.reason.startswith(DRAIN_PREFIX)
+            if reason and node.drained and not ours:
+                actions.append(f"{m.name}: left alone, already drained ({node.reason})")
+            elif reason:
                 actions.append(
-                    f"{m.name}: slurm drain ({reason})" if err is None else f"{m.name}: drain failed: {err}"
+                    _done(f"slurm drain ({reason})", m.name, _scontrol(ctx, m.name, "DRAIN", reason))
                 )
-            elif m.name in checked and node.drained and node.reason.startswith(DRAIN_PREFIX):
-                err = _scontrol(ctx, m.name, "RESUME")
-                actions.append(
-                    f"{m.name}: slurm resume" if err is None else f"{m.name}: resume failed: {err}"
-                )
+            elif m.name in checked and node.drained and ours:
+                actions.append(_done("slurm resume", m.name, _scontrol(ctx, m.name, "RESUME")))
         if m.pool == "kubernetes" and m.name in k8s:
             node = k8s[m.name]
-            ours = (node.metadata.annotations or {}).get(CORDON_REASON)
-            if reason:
-                _cordon(ctx, m.name, reason)
-                actions.append(f"{m.name}: kubernetes cordon ({reason})")
+            ours = bool((node.metadata.annotations or {}).get(CORDON_REASON))
+            if reason and node.spec.unschedulable and not ours:
+                actions.append(f"{m.name}: left alone, already cordoned by someone else")
+            elif reason:
+                actions.append(_done(f"kubernetes cordon ({reason})", m.name, _cordon(ctx, m.name, reason)))
             elif m.name in checked and node.spec.unschedulable and ours:
-                _cordon(ctx, m.name, None)
-                actions.append(f"{m.name}: kubernetes uncordon")
+                actions.append(_done("kubernetes uncordon", m.name, _cordon(ctx, m.name, None)))
     for a in actions:
         progress(f"  drain-on-failure: {a}")
     return actions

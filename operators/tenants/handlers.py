@@ -133,6 +133,7 @@ def sync_kubernetes(t: TenantSpec, check_drift: bool = False, fresh: bool = Fals
     st = state()
     drifted = []
     with metrics.timed("kubernetes"):
+        kside.claim_namespaces(st.kube, t.name, t.namespaces)
         want = kside.desired_objects(t, st.kueue)
         for obj in want:
             if check_drift:
@@ -174,6 +175,7 @@ def sync_slurm(t: TenantSpec) -> tuple[list[str], slurm.Observed]:
 @dataclass
 class Outcome:
     k8s_error: str | None = None
+    k8s_reason: str = ""
     slurm_reason: str = ""
     slurm_error: str | None = None
     observed: slurm.Observed | None = None
@@ -200,7 +202,7 @@ def write_status(
             conds,
             K8S_SYNCED,
             out.k8s_error is None,
-            "Applied" if out.k8s_error is None else "ApiError",
+            "Applied" if out.k8s_error is None else out.k8s_reason,
             out.k8s_error or f"quota {t.quota_summary()} in {', '.join(t.namespaces)}",
             generation,
         )
@@ -262,6 +264,7 @@ def converge(
             kopf.warn(body, reason="DriftCorrected", message="restored: " + ", ".join(drifted)[:900])
     except Exception as e:  # reported in status; the handler retries
         out.k8s_error = str(e)[:500]
+        out.k8s_reason = "NamespaceConflict" if isinstance(e, kside.NamespaceConflict) else "ApiError"
     try:
         cmds, out.observed = sync_slurm(t)
         if check_drift and cmds:

@@ -106,12 +106,13 @@ def desired_objects(spec: TenantSpec, kueue: bool = False) -> list[dict[str, Any
                     },
                 }
             )
-    if kueue:
+    if kueue and spec.gpu_quota:  # a ClusterQueue needs at least one flavor
         objs += kueue_objects(spec)
     return objs
 
 
 def kueue_objects(spec: TenantSpec) -> list[dict[str, Any]]:
+    # Quantities as strings: the API server returns them so, and drift compares what it returns.
     flavors = [
         {
             "apiVersion": KUEUE,
@@ -131,7 +132,7 @@ def kueue_objects(spec: TenantSpec) -> list[dict[str, Any]]:
                 {
                     "coveredResources": [GPU],
                     "flavors": [
-                        {"name": f"gpu-{m}", "resources": [{"name": GPU, "nominalQuota": n}]}
+                        {"name": f"gpu-{m}", "resources": [{"name": GPU, "nominalQuota": str(n)}]}
                         for m, n in sorted(spec.gpu_quota.items())
                     ],
                 }
@@ -275,6 +276,21 @@ def drifted(want: dict[str, Any], live: dict[str, Any] | None) -> bool:
         return True
     body = {k: v for k, v in want.items() if k not in ("apiVersion", "kind", "metadata")}
     return differs(body, live) or differs(want["metadata"].get("labels", {}), live["metadata"].get("labels"))
+
+
+class NamespaceConflict(RuntimeError):
+    """A namespace the tenant lists exists and is not the tenant's: it is never taken over."""
+
+
+def claim_namespaces(kube: Kube, tenant: str, namespaces: list[str] | tuple[str, ...]) -> None:
+    """Refuse namespaces that exist without this tenant's label (another tenant's, a system
+    component's): labelling them would make them the tenant's, and its deletion would delete them."""
+    for ns in namespaces:
+        live = kube.get(path("v1", "Namespace", ns))
+        owner = ((live or {}).get("metadata", {}).get("labels") or {}).get(TENANT_LABEL)
+        if live is not None and owner != tenant:
+            whose = f"tenant {owner}" if owner else "no tenant (created outside the operator)"
+            raise NamespaceConflict(f"namespace {ns} already exists and belongs to {whose}; not taken over")
 
 
 def owned(kube: Kube, tenant: str, kueue: bool) -> list[str]:

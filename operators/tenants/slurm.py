@@ -112,9 +112,9 @@ def _tres_change(want: dict[str, int], have: dict[str, int]) -> dict[str, int] |
 def plan(want: Desired, have: Observed) -> list[str]:
     """The sacctmgr commands, in order, that turn `have` into `want`. [] when in sync."""
     cmds: list[str] = []
-    # A tenant without per-user caps has no QOS (one commit less per tenant, and tenants' accounts
-    # then differ only by name, so a batch adds them all in one command); one that had caps keeps
-    # its QOS with the limits cleared.
+    # A tenant without per-user caps has no QOS (one commit less per tenant); one that had caps
+    # keeps its QOS with the limits cleared. `add account` commands merge in a batch only for
+    # accounts with the same settings (description included, which is the display name).
     qos = want.qos or (qos_name(want.account) if have.qos_exists else None)
     qos_set = {}
     if want.qos_max_tres_pu or have.qos_max_tres_pu:

@@ -273,3 +273,17 @@ def test_move_that_times_out_names_the_job_and_offers_the_machine_to_neither(
     assert job_state(site, job) == "RUNNING"
     assert assert_never_both(site, core)[worker.name] == {"slurm"}
     head_run(site, f"scancel {job}")
+
+
+def test_move_refuses_a_node_someone_else_drained(site: Site, core, worker: Machine, capsys):
+    reason = "disk swap, ticket 4711"
+    head_run(site, f"scontrol update nodename={worker.name} state=drain reason='{reason}'")
+    try:
+        before = site.path.read_text()
+        rc, out = move(site, worker.name, "kubernetes", timeout=30, capsys=capsys)
+        assert rc == 1, out
+        assert f'{worker.name} is drained in Slurm for another reason ("{reason}")' in out, out
+        assert site.path.read_text() == before
+        assert slurm_node(site, worker.name)[1] == reason, "the operator's reason must survive"
+    finally:
+        head_run(site, f"scontrol update nodename={worker.name} state=resume")

@@ -306,6 +306,33 @@ def test_delete_of_an_idle_tenant_needs_no_force(operator, kube, head):
     assert live == []
 
 
+def test_a_namespace_that_is_not_the_tenants_is_never_taken_over(operator, kube):
+    """A tenant listing an existing namespace (a system component's, another tenant's) must not
+    label it as its own: deleting the tenant would delete it."""
+    t, other = name("grab"), name("foreign")
+    kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": other}})
+    try:
+        create(kube, t, namespaces=[other])
+        wait_for(
+            f"{t} NamespaceConflict",
+            lambda: (cond(kube, t, "KubernetesSynced") or {}).get("reason") == "NamespaceConflict",
+            timeout=60,
+        )
+        c = cond(kube, t, "Ready")
+        assert c and c["status"] == "False" and f"namespace {other} already exists" in c["message"], c
+        labels = kube.get(f"/api/v1/namespaces/{other}")["metadata"].get("labels") or {}
+        assert (
+            TENANT_LABEL not in labels
+            and kube.get(f"/api/v1/namespaces/{other}/resourcequotas/tenant-gpu-quota") is None
+        )
+        force_delete(kube, t)
+        wait_for("tenant gone", lambda: kube.get(f"{TENANTS}/{t}") is None, timeout=120)
+        assert kube.get(f"/api/v1/namespaces/{other}")["status"]["phase"] == "Active"
+    finally:
+        force_delete(kube, t)
+        kube.delete(f"/api/v1/namespaces/{other}")
+
+
 @pytest.mark.parametrize(
     ("spec", "field", "words"),
     [

@@ -156,6 +156,6 @@ def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"tenants/status", "resourcequotas", "networkpolicies", "rolebindings"} <= resources
         bind = [r for r in role["rules"] if r["resources"] == ["clusterroles"]]
-        assert bind and bind[0]["verbs"] == ["bind"]
+        assert bind and bind[0]["verbs"] == ["bind"] and bind[0]["resourceNames"] == ["edit"]
 
     return op.deployment.urn.apply(check)

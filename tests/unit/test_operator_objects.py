@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from operators.tenants import capacity, crd
@@ -83,12 +85,19 @@ def test_kueue_queue_per_tenant_with_one_flavor_per_model():
     (cq,) = objs["ClusterQueue"]
     (group,) = cq["spec"]["resourceGroups"]
     assert {f["name"]: f["resources"][0]["nominalQuota"] for f in group["flavors"]} == {
-        "gpu-a100": 2,
-        "gpu-h100": 8,
+        "gpu-a100": "2",
+        "gpu-h100": "8",
     }
+    # As the API server returns them, so a drift check of an untouched queue finds nothing.
+    live = json.loads(json.dumps(cq))
+    assert not kside.drifted(cq, live)
     assert cq["spec"]["namespaceSelector"]["matchLabels"] == {TENANT_LABEL: "team-a"}
     assert sorted(lq["metadata"]["namespace"] for lq in objs["LocalQueue"]) == ["a", "b"]
     assert sorted(f["metadata"]["name"] for f in objs["ResourceFlavor"]) == ["gpu-a100", "gpu-h100"]
+
+
+def test_no_kueue_queue_without_quota():
+    assert "ClusterQueue" not in by_kind(kside.desired_objects(spec(gpuQuota={}), kueue=True))
 
 
 def test_paths():

@@ -67,12 +67,89 @@ def test_summary_table_names_failing_hosts_and_checks_and_skip_reasons():
     )
 
 
-def test_drain_reasons_name_the_failed_checks():
+def test_drain_reasons_name_the_failed_checks_not_the_ones_that_could_not_run():
     rs = [*records(), Record("gpu-02", "slurm.gres_conf", FAILED, "x")]
-    assert drain.reasons(rs) == {
-        "gpu-02": "aifactory validate: munge.key, slurm.gres_conf failed",
-        CLUSTER: "aifactory validate: cluster.tenants failed",
-    }
+    # The ERROR (an API server outage, say) drains nothing: its cause need not be the machine.
+    assert drain.reasons(rs) == {"gpu-02": "aifactory validate: munge.key, slurm.gres_conf failed"}
+
+
+class _FakeDrainContext:
+    """What drain.apply reads and writes: the schedulers' node lists, scontrol on the head, patch_node."""
+
+    def __init__(self, site, slurm_reasons: dict[str, str], cordoned: dict[str, str | None]):
+        from types import SimpleNamespace
+
+        from aifactory.validate.parsers import SlurmNode
+
+        self.site, self.machines, self.head = site, site.machines, site.with_role("head")[0]
+        self.commands: list[str] = []
+        self.patches: list[tuple[str, dict]] = []
+        self._slurm = {
+            m.name: SlurmNode(
+                m.name, "IDLE+DRAIN" if m.name in slurm_reasons else "IDLE", "", slurm_reasons.get(m.name, "")
+            )
+            for m in site.in_pool("slurm")
+        }
+        self._k8s = {
+            m.name: SimpleNamespace(
+                spec=SimpleNamespace(unschedulable=m.name in cordoned),
+                metadata=SimpleNamespace(annotations={"aifactory.io/cordon-reason": cordoned.get(m.name)}),
+            )
+            for m in site.in_pool("kubernetes")
+        }
+
+    def slurm_nodes(self):
+        return self._slurm
+
+    def k8s_nodes(self):
+        return self._k8s
+
+    def host(self, _machine):
+        from types import SimpleNamespace
+
+        def run(cmd):
+            self.commands.append(cmd)
+            return SimpleNamespace(rc=0, stdout="", stderr="")
+
+        return SimpleNamespace(run=run)
+
+    def core(self):
+        from types import SimpleNamespace
+
+        def patch_node(name, body):
+            if name == "gpu-06":
+                raise RuntimeError("Forbidden: nodes gpu-06")
+            self.patches.append((name, body))
+
+        return SimpleNamespace(patch_node=patch_node)
+
+
+def test_drain_leaves_other_peoples_drains_and_cordons_alone():
+    from aifactory.site.validate import load_site
+
+    site = load_site(REPO / "sites" / "local.yaml")
+    ctx = _FakeDrainContext(
+        site,
+        slurm_reasons={"gpu-01": "disk swap, ticket 4711", "gpu-02": "aifactory validate: services failed"},
+        cordoned={"gpu-05": None},
+    )
+    failed = [
+        Record(n, "services", FAILED, "slurmd is inactive") for n in ("gpu-01", "gpu-03", "gpu-05", "gpu-06")
+    ]
+    passed = [Record(n, "services", PASSED) for n in ("gpu-02", "gpu-04")]
+    actions = drain.apply(ctx, [*failed, *passed], lambda _: None)  # type: ignore[arg-type]
+    assert actions == [
+        "gpu-01: left alone, already drained (disk swap, ticket 4711)",
+        "gpu-02: slurm resume",  # drained by validate earlier, passes now
+        "gpu-03: slurm drain (aifactory validate: services failed)",
+        "gpu-05: left alone, already cordoned by someone else",
+        "gpu-06: kubernetes cordon failed: Forbidden: nodes gpu-06",
+    ]
+    assert [c.split()[2:4] for c in ctx.commands] == [
+        ["NodeName=gpu-02", "State=RESUME"],
+        ["NodeName=gpu-03", "State=DRAIN"],
+    ]
+    assert ctx.patches == []
 
 
 def test_bad_site_file_exits_2(tmp_path, capsys):

@@ -13,9 +13,6 @@ from aifactory.validate.parsers import parse_gres_conf
 DRAIN_PREFIX = "aifactory validate:"  # reasons of the drains --drain-on-failure sets
 
 
-POOL_DRAIN_PREFIX = "aifactory-pool:"  # reasons the node_pool role drains kubernetes-pool workers with
-
-
 def _worker(ctx: Context, m: Machine) -> bool:
     return m.pool is not None
 
