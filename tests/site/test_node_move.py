@@ -10,6 +10,7 @@ Slurm and Kubernetes at once.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 import uuid
 
@@ -230,8 +231,40 @@ def test_move_to_slurm_blocked_by_a_disruption_budget_names_the_pod(
 
 
 def test_move_back_to_slurm_evicts_the_pods(site: Site, core, worker: Machine, namespace: str, capsys):
+    """Evictions go in rounds, as with kubectl drain: a pod a budget protects at first goes once the
+    budget allows it (here: the budget is removed after the first round was refused)."""
+    policy = client.PolicyV1Api(core.api_client)
     run_pod(core, namespace, gpu_pod("on-the-mover", worker.name))
-    rc, out = move(site, worker.name, "slurm", timeout=120, capsys=capsys)
+    run_pod(core, namespace, gpu_pod("guarded-later", worker.name, labels={"app": "later"}))
+    budget = client.V1PodDisruptionBudget(
+        metadata=client.V1ObjectMeta(name="later"),
+        spec=client.V1PodDisruptionBudgetSpec(
+            min_available=1, selector=client.V1LabelSelector(match_labels={"app": "later"})
+        ),
+    )
+    policy.create_namespaced_pod_disruption_budget(namespace, budget)
+    _wait(
+        lambda: (
+            (policy.read_namespaced_pod_disruption_budget("later", namespace).status.current_healthy or 0)
+            == 1
+        ),
+        30,
+        "the budget to count the pod",
+    )
+
+    def lift_after_the_first_round() -> None:
+        # The move cordons, then sends its first evictions at once; the budget goes while that
+        # round waits, so only a later round can evict the pod.
+        _wait(lambda: core.read_node(worker.name).spec.unschedulable, 120, "the move to cordon", interval=0.2)
+        time.sleep(5)
+        policy.delete_namespaced_pod_disruption_budget("later", namespace)
+
+    lift = threading.Thread(target=lift_after_the_first_round)
+    lift.start()
+    try:
+        rc, out = move(site, worker.name, "slurm", timeout=120, capsys=capsys)
+    finally:
+        lift.join()
     assert rc == 0, out
     pods = core.list_namespaced_pod(namespace).items
     assert [p.metadata.name for p in pods] == [], "the move left the pod on the machine"
