@@ -179,6 +179,17 @@ def set_power(machine: Machine, username: str, password: str, reset_type: str, t
     system(machine, username, password, timeout).reset_system(sushy.ResetType(reset_type))
 
 
+def wait_for_power(machine: Machine, username: str, password: str, state: str, timeout: float = 60) -> bool:
+    """Wait until the BMC reports `state` ("On"/"Off"); an Off is reported once the host has stopped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if str(system(machine, username, password).power_state.value) == state:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+
+
 def running_pids(state_dir: Path) -> list[int]:
     """Pids of this site's BMC processes still alive (empty after `stop_bmcs`)."""
     pids = (daemons.pid_of(p) for p in (Path(state_dir) / "bmc").glob("*/bmc.pid"))

@@ -79,6 +79,12 @@ class AifactoryDriver(fakedriver.FakeDriver):
             self._systems[system["uuid"]] = stored
         self._power_lock = threading.Lock()  # the dev server is threaded; keep read-modify-write whole
         self._hook_queue: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
+        # An "off" cut short by a BMC restart is finished now (the hook is idempotent), or the
+        # system would say On and count as stopping for ever.
+        for system in self._config["SUSHY_EMULATOR_FAKE_SYSTEMS"]:
+            stored = self._systems[system["uuid"]]
+            if stored.get(_STOPPING):
+                self._hook_queue.put((stored["uuid"], stored["name"], "off"))
         threading.Thread(target=self._run_hooks, name="power-hook", daemon=True).start()
 
     def get_total_memory(self, identity):

@@ -140,8 +140,13 @@ def test_power_on_and_off_run_the_hook(bmcs):
 def test_failed_power_off_leaves_the_machine_on(bmcs):
     site, _, calls = bmcs
     gpu = site.machine("gpu-01")
+    before = len(calls.read_text().splitlines())
     bmc.set_power(gpu, USER, PASSWORD, "On")
-    assert _wait_for_line(calls, "gpu-01 on")[-1] == "gpu-01 on"
+    assert _wait_for_power(gpu, sushy.PowerState.ON)
+    deadline = time.monotonic() + 20
+    while len(calls.read_text().splitlines()) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert calls.read_text().splitlines()[before:] == ["gpu-01 on"]
     (calls.parent / "fail-off").touch()
     try:
         bmc.set_power(gpu, USER, PASSWORD, "ForceOff")

@@ -50,7 +50,7 @@ def test_every_machine_gets_a_bmc_resource_under_its_pool():
     pool = site.pools["kubernetes"]
 
     def check(args):
-        urn, bm_urn, pool_urn, password_secret = args
+        urn, bm_urn, pool_urn, password_secret, *_every_bmc = args
         # A URN's type names its parent's type: dynamic resource < BareMetalMachine < NodePool < Site.
         assert urn.endswith("aifactory:infra:BareMetalMachine$pulumi-python:dynamic:Resource::gpu-05-bmc")
         assert bm_urn.endswith("aifactory:infra:NodePool$aifactory:infra:BareMetalMachine::gpu-05")
@@ -61,7 +61,11 @@ def test_every_machine_gets_a_bmc_resource_under_its_pool():
         assert inputs["address"] == "198.18.0.16"
         assert len(_by_type("aifactory:infra:BareMetalMachine")) == len(SITE.machines)
 
-    return pulumi.Output.all(bm.bmc.urn, bm.urn, pool.urn, bm.bmc.password.is_secret()).apply(check)
+    # Registrations are asynchronous: wait for every machine's BMC resource before counting them.
+    every_bmc = [m.bmc.urn for p in site.pools.values() for m in p.machines.values()]
+    return pulumi.Output.all(bm.bmc.urn, bm.urn, pool.urn, bm.bmc.password.is_secret(), *every_bmc).apply(
+        check
+    )
 
 
 @pulumi.runtime.test
