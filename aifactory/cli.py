@@ -401,7 +401,8 @@ def _operator_parser(sub) -> None:
         description=(
             "The kopf tenant operator (operators/tenants). `run` installs the Tenant CRD (GPU models from "
             "the site file) into the site's cluster and runs the operator here, against the admin kubeconfig "
-            "the roles fetched, with sacctmgr on the head host through ssh. `crd` prints the CRD."
+            "the roles fetched, with sacctmgr on the head host through ssh; `start`/`stop` do that in the "
+            "background. `crd` prints the CRD."
         ),
     )
     op_sub = op.add_subparsers(dest="operator_command", required=True, metavar="ACTION")
@@ -416,6 +417,14 @@ def _operator_parser(sub) -> None:
     )
     run.add_argument("--drift-interval", type=float, default=60, help="seconds between drift checks")
     run.add_argument("--metrics-port", type=int, default=9108, help="Prometheus port, 0 = off (default 9108)")
+    start = op_sub.add_parser(
+        "start",
+        help="`run` in the background (./factory up does it on the local site); log in the state dir",
+        description="Starts `aifactory operator run` detached, unless it already runs for this site.",
+    )
+    _site_arg(start)
+    stop = op_sub.add_parser("stop", help="stop the operator `start` started")
+    _site_arg(stop)
     crd_p = op_sub.add_parser("crd", help="print the Tenant CRD (YAML) for the site's GPU models")
     _site_arg(crd_p)
 
@@ -431,9 +440,24 @@ def _operator(args) -> int:
         print(crd.crd_yaml(models), end="")
         return EXIT_OK
     kubeconfig = paths.site_state_dir(site.name) / "kubeconfig"
+    pid_file = paths.site_state_dir(site.name) / "operator" / "operator.pid"
+    if args.operator_command == "stop":
+        from sandbox import daemons
+
+        daemons.stop(pid_file)
+        print(f"operator: stopped for site {site.name}")
+        return EXIT_OK
     if not kubeconfig.exists():
         print(f"operator: no {kubeconfig}: run `aifactory configure` first", file=sys.stderr)
         return EXIT_USAGE
+    if args.operator_command == "start":
+        from sandbox import daemons
+
+        log = pid_file.parent / "operator.log"
+        argv = [sys.executable, "-m", "aifactory.cli", "operator", "run", "--site", str(args.site)]
+        pid = daemons.start(argv, pid_file, log)
+        print(f"operator: running for site {site.name} (pid {pid}; log {log}; metrics :9108)")
+        return EXIT_OK
     install.install_crd(kubeconfig, models)
     env = install.operator_env(args.site, kubeconfig, args.policy, args.drift_interval, args.metrics_port)
     cmd = install.kopf_command()

@@ -25,6 +25,8 @@ SUBCOMMANDS = [
     ["operator"],
     ["operator", "run"],
     ["operator", "crd"],
+    ["operator", "start"],
+    ["operator", "stop"],
 ]
 
 
@@ -81,3 +83,33 @@ def test_operator_crd_names_the_site_gpu_models(capsys):
         "gpuQuota"
     ]
     assert "['h100']" in quota["x-kubernetes-validations"][0]["rule"]
+
+
+def test_operator_start_and_stop_a_background_operator(tmp_path, monkeypatch, capsys):
+    """start detaches `operator run` with a pid file and is idempotent; stop ends it. A stand-in
+    for the interpreter keeps kopf and the cluster out of a unit test: what is checked is the
+    process management, which is the same for the real command."""
+    import sys
+    import time
+
+    from aifactory import paths
+    from sandbox import daemons
+
+    monkeypatch.setenv("AIFACTORY_STATE", str(tmp_path / "state"))
+    site = REPO / "sites" / "local.yaml"
+    state = paths.site_state_dir("local")
+    state.mkdir(parents=True)
+    (state / "kubeconfig").write_text("")
+    sleeper = tmp_path / "python"
+    sleeper.write_text("#!/bin/sh\nexec sleep 60\n")
+    sleeper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(sleeper))
+    assert cli.main(["operator", "start", "--site", str(site)]) == 0
+    pid_file = state / "operator" / "operator.pid"
+    pid = daemons.pid_of(pid_file)
+    assert pid and f"pid {pid}" in capsys.readouterr().out
+    assert cli.main(["operator", "start", "--site", str(site)]) == 0
+    assert daemons.pid_of(pid_file) == pid  # already running: not started twice
+    assert cli.main(["operator", "stop", "--site", str(site)]) == 0
+    time.sleep(0.2)
+    assert daemons.pid_of(pid_file) is None and not pid_file.exists()
