@@ -78,15 +78,6 @@ def _wait_for_line(path: Path, line: str, timeout: float = 20) -> list[str]:
         time.sleep(0.1)
 
 
-def _wait_for_power(machine, state, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while bmc.system(machine, USER, PASSWORD).power_state != state:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def test_service_root_is_public_systems_need_credentials(bmcs):
     site, _, _ = bmcs
     for machine in site.machines:
@@ -131,7 +122,7 @@ def test_power_on_and_off_run_the_hook(bmcs):
     bmc.set_power(gpu, USER, PASSWORD, "GracefulShutdown")  # already stopping: no second hook
     (calls.parent / "release-off").touch()
     assert _wait_for_line(calls, "gpu-01 off") == ["gpu-01 on", "gpu-01 off"]
-    assert _wait_for_power(gpu, sushy.PowerState.OFF)
+    assert bmc.wait_for_power(gpu, USER, PASSWORD, "Off", timeout=20)
     assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "Off"}
     time.sleep(0.5)
     assert calls.read_text().splitlines() == ["gpu-01 on", "gpu-01 off"]
@@ -142,7 +133,7 @@ def test_failed_power_off_leaves_the_machine_on(bmcs):
     gpu = site.machine("gpu-01")
     before = len(calls.read_text().splitlines())
     bmc.set_power(gpu, USER, PASSWORD, "On")
-    assert _wait_for_power(gpu, sushy.PowerState.ON)
+    assert bmc.wait_for_power(gpu, USER, PASSWORD, "On", timeout=20)
     deadline = time.monotonic() + 20
     while len(calls.read_text().splitlines()) == before and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -155,7 +146,7 @@ def test_failed_power_off_leaves_the_machine_on(bmcs):
     finally:
         (calls.parent / "fail-off").unlink()
     bmc.set_power(gpu, USER, PASSWORD, "ForceOff")  # a retry runs the hook again
-    assert _wait_for_power(gpu, sushy.PowerState.OFF)
+    assert bmc.wait_for_power(gpu, USER, PASSWORD, "Off", timeout=20)
 
 
 def test_start_again_leaves_running_bmcs_alone(bmcs):
