@@ -53,8 +53,10 @@ def _cordon(ctx: Context, node: str, reason: str | None) -> str | None:
     return None
 
 
-def _done(what: str, name: str, err: str | None) -> str:
-    return f"{name}: {what}" if err is None else f"{name}: {what.split(' (')[0]} failed: {err}"
+def _done(name: str, action: str, err: str | None, reason: str | None = None) -> str:
+    if err is not None:
+        return f"{name}: {action} failed: {err}"
+    return f"{name}: {action}" + (f" ({reason})" if reason else "")
 
 
 def apply(ctx: Context, records: list[Record], progress: Callable[[str], None]) -> list[str]:
@@ -80,20 +82,18 @@ def apply(ctx: Context, records: list[Record], progress: Callable[[str], None]) 
             if reason and node.drained and not ours:
                 actions.append(f"{m.name}: left alone, already drained ({node.reason})")
             elif reason:
-                actions.append(
-                    _done(f"slurm drain ({reason})", m.name, _scontrol(ctx, m.name, "DRAIN", reason))
-                )
+                actions.append(_done(m.name, "slurm drain", _scontrol(ctx, m.name, "DRAIN", reason), reason))
             elif m.name in checked and node.drained and ours:
-                actions.append(_done("slurm resume", m.name, _scontrol(ctx, m.name, "RESUME")))
+                actions.append(_done(m.name, "slurm resume", _scontrol(ctx, m.name, "RESUME")))
         if m.pool == "kubernetes" and m.name in k8s:
             node = k8s[m.name]
             ours = bool((node.metadata.annotations or {}).get(CORDON_REASON))
             if reason and node.spec.unschedulable and not ours:
                 actions.append(f"{m.name}: left alone, already cordoned by someone else")
             elif reason:
-                actions.append(_done(f"kubernetes cordon ({reason})", m.name, _cordon(ctx, m.name, reason)))
+                actions.append(_done(m.name, "kubernetes cordon", _cordon(ctx, m.name, reason), reason))
             elif m.name in checked and node.spec.unschedulable and ours:
-                actions.append(_done("kubernetes uncordon", m.name, _cordon(ctx, m.name, None)))
+                actions.append(_done(m.name, "kubernetes uncordon", _cordon(ctx, m.name, None)))
     for a in actions:
         progress(f"  drain-on-failure: {a}")
     return actions
