@@ -5,6 +5,7 @@ developer's running local site is never touched.
 """
 
 import os
+import time
 
 import pytest
 import yaml
@@ -12,6 +13,18 @@ import yaml
 from aifactory.site.validate import load_site
 from sandbox.scratch import scratch_site
 from tests.conftest import REPO
+
+
+def wait_until(pred, timeout: float, what: str, interval: float = 0.5):
+    """Poll until pred() is truthy and return that value; the timeout bounds a hang, it is not what
+    is tested."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def skip_unless_root():

@@ -27,6 +27,7 @@ from kubernetes.client.rest import ApiException
 from aifactory import paths
 from aifactory.site.model import Site
 from sandbox import mirror, ssh
+from tests.site.conftest import wait_until
 
 pytestmark = pytest.mark.site
 
@@ -80,17 +81,6 @@ def core(kubeconfig):
 def _manifest(site: Site) -> dict:
     bundle = mirror.mirror_dir(site) / urlparse(site.bundle_url or "").path.strip("/")
     return json.loads((bundle / "manifest.json").read_text())
-
-
-def _wait(pred, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 # --- control plane over ssh -------------------------------------------------------------------
@@ -279,7 +269,7 @@ def test_quota_filled_and_gpu_pod_runs_on_a_pool_node(core, namespace, workers):
         return q if q.status and q.status.hard and q.status.used is not None else None
 
     started = time.monotonic()
-    quota = _wait(filled, timeout=20, what="the controller manager to fill the ResourceQuota status")
+    quota = wait_until(filled, timeout=20, what="the controller manager to fill the ResourceQuota status")
     took = time.monotonic() - started
     print(f"quota status after {took:.1f}s: hard={quota.status.hard} used={quota.status.used}")
     assert quota.status.hard == {f"requests.{gpus}": "8"}
@@ -304,7 +294,7 @@ def test_quota_filled_and_gpu_pod_runs_on_a_pool_node(core, namespace, workers):
             ),
         ),
     )
-    pod = _wait(
+    pod = wait_until(
         lambda: (p := core.read_namespaced_pod("one-gpu", namespace)).status.phase == "Running" and p,
         timeout=60,
         what="the 1-GPU pod to run",
@@ -316,5 +306,5 @@ def test_quota_filled_and_gpu_pod_runs_on_a_pool_node(core, namespace, workers):
         used = core.read_namespaced_resource_quota("gpus", namespace).status.used or {}
         return used if used.get(f"requests.{gpus}") == "1" else None
 
-    used = _wait(counted, timeout=20, what="the quota to count the pod's GPU")
+    used = wait_until(counted, timeout=20, what="the quota to count the pod's GPU")
     assert used == {f"requests.{gpus}": "1"}

@@ -22,21 +22,12 @@ from aifactory import cli, nodemove, paths
 from aifactory.site.model import Machine, Site
 from aifactory.site.validate import load_site
 from sandbox import ssh
+from tests.site.conftest import wait_until
 
 pytestmark = pytest.mark.site
 
 MOVING = "aifactory-pool: moving to kubernetes"
 SERVES_K8S = "aifactory-pool: serves kubernetes"
-
-
-def _wait(pred, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +124,7 @@ def back_to_slurm(site: Site, worker: Machine):
 def submit(site: Site, node: str, seconds: int) -> str:
     job = head_run(site, f"sbatch --parsable --nodelist={node} --job-name=move-test --wrap 'sleep {seconds}'")
     job = job.strip().split(";")[0]
-    _wait(
+    wait_until(
         lambda: head_run(site, f"squeue --noheader --jobs={job} --format=%T").strip() == "RUNNING",
         timeout=60,
         what=f"job {job} to run on {node}",
@@ -156,7 +147,7 @@ def test_move_to_kubernetes_waits_for_the_running_job(site: Site, core, worker: 
     assert rc == 0, out
     assert f"{worker.name} moved from slurm to kubernetes" in out
     # The job was left to finish: it ended on its own, nothing cancelled it.
-    ended = _wait(lambda: job_state(site, job) not in ("", "RUNNING", "COMPLETING"), 30, "accounting")
+    ended = wait_until(lambda: job_state(site, job) not in ("", "RUNNING", "COMPLETING"), 30, "accounting")
     assert ended and job_state(site, job) == "COMPLETED"
     assert slurm_node(site, worker.name) == ("drained", SERVES_K8S)
     node = core.read_node(worker.name)
@@ -184,8 +175,8 @@ def gpu_pod(name: str, node: str, labels: dict[str, str] | None = None) -> clien
 
 
 def run_pod(core, namespace: str, pod: client.V1Pod) -> None:
-    _wait(lambda: _create(core, namespace, pod), 30, "the namespace's service account")
-    _wait(
+    wait_until(lambda: _create(core, namespace, pod), 30, "the namespace's service account")
+    wait_until(
         lambda: core.read_namespaced_pod(pod.metadata.name, namespace).status.phase == "Running",
         60,
         f"pod {pod.metadata.name} to run",
@@ -212,7 +203,7 @@ def test_move_to_slurm_blocked_by_a_disruption_budget_names_the_pod(
         status = policy.read_namespaced_pod_disruption_budget("guarded", namespace).status
         return (status.current_healthy or 0) == 1
 
-    _wait(budget_counts_the_pod, 30, "the budget to count the pod")
+    wait_until(budget_counts_the_pod, 30, "the budget to count the pod")
     rc, out = move(site, worker.name, "slurm", timeout=4, capsys=capsys)
     assert rc == 1, out
     assert f"{worker.name} still has 1 pod(s)" in out and f"{namespace}/guarded" in out, out
@@ -243,7 +234,7 @@ def test_move_back_to_slurm_evicts_the_pods(site: Site, core, worker: Machine, n
         ),
     )
     policy.create_namespaced_pod_disruption_budget(namespace, budget)
-    _wait(
+    wait_until(
         lambda: (
             (policy.read_namespaced_pod_disruption_budget("later", namespace).status.current_healthy or 0)
             == 1
@@ -255,7 +246,9 @@ def test_move_back_to_slurm_evicts_the_pods(site: Site, core, worker: Machine, n
     def lift_after_the_first_round() -> None:
         # The move cordons, then sends its first evictions at once; the budget goes while that
         # round waits, so only a later round can evict the pod.
-        _wait(lambda: core.read_node(worker.name).spec.unschedulable, 120, "the move to cordon", interval=0.2)
+        wait_until(
+            lambda: core.read_node(worker.name).spec.unschedulable, 120, "the move to cordon", interval=0.2
+        )
         time.sleep(5)
         policy.delete_namespaced_pod_disruption_budget("later", namespace)
 
