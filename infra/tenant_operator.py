@@ -63,7 +63,9 @@ class TenantOperator(pulumi.ComponentResource):
         super().__init__("aifactory:infra:TenantOperator", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         models = sorted(capacity.site_capacity(args.site))
-        self.crd = k8s.yaml.v2.ConfigGroup(f"{name}-crd", objs=[crd.crd(models)], opts=child)
+        self.crd = k8s.yaml.v2.ConfigGroup(
+            f"{name}-crd", objs=[crd.crd(models), *crd.finalizer_policy()], opts=child
+        )
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "aifactory"}
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-ns", metadata=k8s.meta.v1.ObjectMetaArgs(name=NAMESPACE, labels=labels), opts=child

@@ -58,7 +58,9 @@ class Verdict:
         )
 
 
-def assess(tenants: Iterable[TenantQuota], capacity: dict[str, int]) -> dict[str, Verdict]:
+def assess(tenants: Iterable[TenantQuota], capacity: dict[str, int], name: str) -> tuple[Verdict, int]:
+    """Tenant `name`'s verdict, and how many tenants are over-committed (every reconcile asks, with
+    all tenants: no verdict is built for the others)."""
     ordered = sorted(tenants, key=lambda t: (t.created, t.name))
     totals: dict[str, int] = {}
     for t in ordered:
@@ -66,12 +68,14 @@ def assess(tenants: Iterable[TenantQuota], capacity: dict[str, int]) -> dict[str
             totals[model] = totals.get(model, 0) + n
     over = {m: (n, capacity.get(m, 0)) for m, n in totals.items() if n > capacity.get(m, 0)}
     left = dict(capacity)
-    out = {}
+    mine = Verdict({}, True)
     for t in ordered:
         fits = all(n <= left.get(m, 0) for m, n in t.quota.items())
         if fits:
             for m, n in t.quota.items():
                 left[m] = left.get(m, 0) - n
-        mine = {m: over[m] for m, n in t.quota.items() if m in over and n > 0}
-        out[t.name] = Verdict(overcommitted=mine, admitted=fits)
-    return out
+        if t.name == name:
+            mine = Verdict({m: over[m] for m, n in t.quota.items() if m in over and n > 0}, fits)
+            break
+    affected = sum(1 for t in ordered if any(m in over and n > 0 for m, n in t.quota.items())) if over else 0
+    return mine, affected

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from operators.tenants.spec import GROUP, KIND, PLURAL, VERSION
+from operators.tenants.spec import FINALIZER, GROUP, KIND, PLURAL, VERSION
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes user and group names are free-form strings; this keeps them printable and unambiguous
@@ -164,6 +164,11 @@ def schema(known_models: list[str]) -> dict[str, Any]:
             },
             "gpuHoursUsed": {"type": "number"},
             "budgetPeriodStart": {"type": "string"},
+            "kopf": {
+                "type": "object",
+                "description": "the operator's bookkeeping: handler progress, the spec last handled",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
         },
     }
     return {
@@ -226,3 +231,49 @@ def crd(known_models: list[str]) -> dict[str, Any]:
 
 def crd_yaml(known_models: list[str]) -> str:
     return yaml.safe_dump(crd(known_models), sort_keys=False)
+
+
+def finalizer_policy() -> list[dict[str, Any]]:
+    """A MutatingAdmissionPolicy (GA in Kubernetes 1.36) that gives every new Tenant the operator's
+    finalizer as it is created. A tenant is then never without it, even before the operator has
+    seen it, and kopf starts the handlers on the first event instead of first PATCHing the
+    finalizer in (one write and one watch event less per tenant). `Ignore`: where the policy cannot
+    run, kopf adds the finalizer itself."""
+    name = f"{PLURAL}.{GROUP}-finalizer"
+    add_finalizer = f'Object{{metadata: Object.metadata{{finalizers: ["{FINALIZER}"]}}}}'
+    labels = {"app.kubernetes.io/part-of": "aifactory"}
+    api = "admissionregistration.k8s.io/v1"
+    return [
+        {
+            "apiVersion": api,
+            "kind": "MutatingAdmissionPolicy",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [GROUP],
+                            "apiVersions": ["*"],
+                            "operations": ["CREATE"],
+                            "resources": [PLURAL],
+                        }
+                    ]
+                },
+                "failurePolicy": "Ignore",
+                "reinvocationPolicy": "Never",
+                "mutations": [
+                    {
+                        # metadata.finalizers is a set: the apply merges ours with any others.
+                        "patchType": "ApplyConfiguration",
+                        "applyConfiguration": {"expression": add_finalizer},
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": api,
+            "kind": "MutatingAdmissionPolicyBinding",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"policyName": name},
+        },
+    ]

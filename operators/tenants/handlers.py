@@ -33,6 +33,7 @@ from operators.tenants import capacity, config, metrics, slurm
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.spec import (
     DELETION_BLOCKED,
+    FINALIZER,
     FORCE_DELETE_ANNOTATION,
     GROUP,
     K8S_SYNCED,
@@ -60,6 +61,7 @@ class State:
     kueue: bool
     # Runs each handler's Slurm side while the handler thread does the Kubernetes side.
     slurm_pool: ThreadPoolExecutor
+    kube_slots: threading.BoundedSemaphore
 
 
 _state: State | None = None
@@ -74,10 +76,12 @@ def state() -> State:
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _state
-    prefix = f"tenants.{GROUP}"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix, key="last-applied")
-    settings.persistence.finalizer = f"{prefix}/cleanup"
+    # kopf's bookkeeping (handler progress, the spec last handled) goes in status.kopf: it is then
+    # written in the same status PATCH as our conditions, where annotations cost one more PATCH
+    # (and one more watch event) per reconcile.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage()
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
+    settings.persistence.finalizer = FINALIZER
     # A handler thread mostly waits for the Slurm batch it joined (GroupCommit): the batch can only
     # be as large as the number of threads, so this bounds how many tenants one sacctmgr call serves.
     workers = int(os.environ.get("AIFACTORY_WORKERS", "256"))
@@ -103,6 +107,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         slurm.SacctmgrAccounts(cfg.runner),
         kube.has_kueue(),
         ThreadPoolExecutor(workers, thread_name_prefix="slurm-side"),
+        threading.BoundedSemaphore(int(os.environ.get("AIFACTORY_KUBE_CONCURRENCY", "16"))),
     )
     metrics.serve(cfg.metrics_port)
     log.info(
@@ -131,9 +136,9 @@ def quotas(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, c
 def verdict(name: str, index: kopf.Index[str, capacity.TenantQuota]) -> capacity.Verdict:
     tenants = [tq for key in index for tq in index[key]]
     metrics.TENANTS.set(len(tenants))
-    verdicts = capacity.assess(tenants, state().cfg.capacity)
-    metrics.OVERCOMMITTED.set(sum(1 for v in verdicts.values() if v.overcommitted))
-    return verdicts.get(name, capacity.Verdict({}, True))
+    mine, overcommitted = capacity.assess(tenants, state().cfg.capacity, name)
+    metrics.OVERCOMMITTED.set(overcommitted)
+    return mine
 
 
 # --- the two sides -----------------------------------------------------------------------
@@ -144,10 +149,14 @@ def sync_kubernetes(t: TenantSpec, check_drift: bool = False, fresh: bool = Fals
     a first creation). Returns what had drifted."""
     st = state()
     drifted = []
-    with metrics.timed("kubernetes"):
-        kside.claim_namespaces(st.kube, t.name, t.namespaces)
+    with st.kube_slots, metrics.timed("kubernetes"):
         want = kside.desired_objects(t, st.kueue)
+        created = kside.claim_namespaces(
+            st.kube, t.name, [o for o in want if o["kind"] == "Namespace"], fresh
+        )
         for obj in want:
+            if obj["kind"] == "Namespace" and obj["metadata"]["name"] in created:
+                continue
             if check_drift:
                 live = st.kube.get(kside.object_path(obj))
                 if not kside.drifted(obj, live):

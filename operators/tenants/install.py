@@ -12,6 +12,7 @@ from kubernetes import config as k8s_config
 
 from operators.tenants import crd
 from operators.tenants import kubernetes_side as kside
+from operators.tenants.spec import GROUP, KIND, VERSION
 
 
 def kube(kubeconfig: Path) -> kside.Kube:
@@ -21,18 +22,38 @@ def kube(kubeconfig: Path) -> kside.Kube:
 
 
 def install_crd(kubeconfig: Path, models: list[str], timeout: float = 60) -> None:
-    """Server-side apply the CRD and wait until the API server serves it."""
+    """Server-side apply the CRD and its finalizer policy, and wait until the API server serves it."""
     k = kube(kubeconfig)
     obj = crd.crd(models)
     k.apply(obj)
+    try:
+        for policy in crd.finalizer_policy():
+            k.apply(policy)
+    except kside.ApiError as e:
+        if e.status != 404:
+            raise
+        print("Tenant CRD: no MutatingAdmissionPolicy v1 (Kubernetes < 1.36); kopf adds the finalizer itself")
+    # Established is not enough: admission (the finalizer policy) learns the new kind a little later
+    # and answers 503 meanwhile. A dry-run create goes through all of it and writes nothing.
+    probe = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": "install-probe"},
+        "spec": {"displayName": "install probe", "gpuQuota": {}},
+    }
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        live = k.get(kside.object_path(obj)) or {}
-        conds = {c["type"]: c["status"] for c in (live.get("status") or {}).get("conditions") or []}
-        if conds.get("Established") == "True":
+    while True:
+        try:
+            k.request("POST", kside.path(f"{GROUP}/{VERSION}", KIND), probe, query={"dryRun": "All"})
             return
+        except kside.ApiError as e:
+            if e.status == 409:  # a tenant named like the probe exists: the kind is served
+                return
+            if e.status not in (404, 503):
+                raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {obj['metadata']['name']} not usable after {timeout}s: {e}") from e
         time.sleep(0.5)
-    raise TimeoutError(f"CRD {obj['metadata']['name']} not Established after {timeout}s")
 
 
 def kopf_command(json_logs: bool = True) -> list[str]:

@@ -165,6 +165,8 @@ _PLURALS = {
     "Pod": "pods",
     "CustomResourceDefinition": "customresourcedefinitions",
     "Tenant": "tenants",
+    "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
+    "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
 }
 
 
@@ -282,15 +284,31 @@ class NamespaceConflict(RuntimeError):
     """A namespace the tenant lists exists and is not the tenant's: it is never taken over."""
 
 
-def claim_namespaces(kube: Kube, tenant: str, namespaces: list[str] | tuple[str, ...]) -> None:
+def claim_namespaces(
+    kube: Kube, tenant: str, namespaces: list[dict[str, Any]], create: bool = False
+) -> set[str]:
     """Refuse namespaces that exist without this tenant's label (another tenant's, a system
-    component's): labelling them would make them the tenant's, and its deletion would delete them."""
-    for ns in namespaces:
+    component's): labelling them would make them the tenant's, and its deletion would delete them.
+
+    With `create` (a tenant's first creation) each Namespace object is created at once: a 201 proves
+    it is the tenant's in one request, where a read and an apply take two. Returns those created."""
+    created = set()
+    for obj in namespaces:
+        ns = obj["metadata"]["name"]
+        if create:
+            try:
+                kube.request("POST", path("v1", "Namespace"), obj, query={"fieldManager": FIELD_MANAGER})
+                created.add(ns)
+                continue
+            except ApiError as e:
+                if e.status != 409:  # 409: it exists; whose it is decides below
+                    raise
         live = kube.get(path("v1", "Namespace", ns))
         owner = ((live or {}).get("metadata", {}).get("labels") or {}).get(TENANT_LABEL)
         if live is not None and owner != tenant:
             whose = f"tenant {owner}" if owner else "no tenant (created outside the operator)"
             raise NamespaceConflict(f"namespace {ns} already exists and belongs to {whose}; not taken over")
+    return created
 
 
 def owned(kube: Kube, tenant: str, kueue: bool) -> list[str]:

@@ -13,10 +13,12 @@ this process the single writer: slurmdbd mishandles concurrent sacctmgr changes.
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from operators.tenants.spec import SLURM_ORGANIZATION, TenantSpec, qos_name
+
+log = logging.getLogger("aifactory.tenants.slurm")
 
 
 class SlurmError(RuntimeError):
@@ -458,7 +462,9 @@ class SacctmgrAccounts:
         return self.observe_many([account])[account]
 
     def observe_many(self, accounts: Sequence[str]) -> dict[str, Observed]:
+        start = time.monotonic()
         res = self.runner.run(observe_script(accounts))
+        log.info("slurm: observed %d account(s) in %.2f s", len(accounts), time.monotonic() - start)
         return parse_observation(res.out, accounts)
 
     def _observe_batch(self, accounts: list[str]) -> list[Observed | BaseException]:
@@ -471,7 +477,14 @@ class SacctmgrAccounts:
 
     def _apply_batch(self, batches: list[list[str]]) -> list[BaseException | None]:
         try:
-            self._run_sacctmgr(coalesce(batches))
+            start, commands = time.monotonic(), coalesce(batches)
+            self._run_sacctmgr(commands)
+            log.info(
+                "slurm: %d tenant plan(s) applied as %d sacctmgr command(s) in %.2f s",
+                len(batches),
+                len(commands),
+                time.monotonic() - start,
+            )
             return [None] * len(batches)
         except SlurmError as e:
             if len(batches) == 1:

@@ -22,6 +22,8 @@ FIELD_MANAGER = "aifactory-tenant-operator"
 # Set to "true" to delete a tenant whose GPUs are still in use (jobs are cancelled, pods go with
 # their namespaces).
 FORCE_DELETE_ANNOTATION = f"{GROUP}/force-delete"
+# Holds a tenant until the operator has removed what it owns (kopf's finalizer, named by us).
+FINALIZER = f"tenants.{GROUP}/cleanup"
 
 # Slurm side naming: the account is the tenant name; its per-user caps live in this QOS.
 SLURM_ORGANIZATION = "aifactory-tenant"

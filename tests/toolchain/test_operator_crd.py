@@ -7,7 +7,7 @@ import pytest
 
 from operators.tenants import install
 from operators.tenants import kubernetes_side as kside
-from operators.tenants.spec import GROUP, VERSION
+from operators.tenants.spec import FINALIZER, GROUP, VERSION
 
 pytestmark = pytest.mark.toolchain
 
@@ -83,3 +83,18 @@ def test_crd_requires_quota_and_display_name(kube):
     del obj["spec"]["displayName"]
     message = rejected(kube, obj)
     assert "spec.gpuQuota: Required value" in message and "spec.displayName: Required value" in message
+
+
+def test_a_new_tenant_carries_the_operators_finalizer_from_creation(kube):
+    """The MutatingAdmissionPolicy adds it in admission, next to any finalizer the author set."""
+    obj = tenant("team-fin")
+    obj["metadata"]["finalizers"] = ["example.org/keep"]
+    created = kube.request("POST", TENANTS, obj)
+    assert created["metadata"]["finalizers"] == ["example.org/keep", FINALIZER]
+    kube.request(
+        "PATCH",
+        f"{TENANTS}/team-fin",
+        {"metadata": {"finalizers": None}},
+        content_type="application/merge-patch+json",
+    )
+    kube.delete(f"{TENANTS}/team-fin")

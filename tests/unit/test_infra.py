@@ -149,8 +149,13 @@ def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
 
     def check(_):
         (crd_inputs,) = [i for _, i in _by_type("kubernetes:yaml/v2:ConfigGroup")]
-        (crd,) = crd_inputs["objs"]
+        crd, policy, binding = crd_inputs["objs"]
         assert crd["metadata"]["name"] == "tenants.aifactory.io" and crd["spec"]["scope"] == "Cluster"
+        assert (policy["kind"], binding["kind"]) == (
+            "MutatingAdmissionPolicy",
+            "MutatingAdmissionPolicyBinding",
+        )
+        assert binding["spec"]["policyName"] == policy["metadata"]["name"]
         (dep,) = [i for _, i in _by_type("kubernetes:apps/v1:Deployment")]
         assert dep["metadata"]["namespace"] == NAMESPACE
         assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"

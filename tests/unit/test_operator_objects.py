@@ -159,27 +159,33 @@ def test_capacity_of_a_site_sums_machines_per_model():
     assert capacity.site_capacity(load_site(REPO / "sites" / "local.yaml")) == {"h100": 48}
 
 
+def assess_all(tenants: list[capacity.TenantQuota], cap: dict[str, int]) -> dict[str, capacity.Verdict]:
+    return {t.name: capacity.assess(tenants, cap, t.name)[0] for t in tenants}
+
+
 def test_no_overcommit_within_capacity():
-    v = capacity.assess([tq("a", "1", h100=8), tq("b", "2", h100=8)], {"h100": 16})
+    v = assess_all([tq("a", "1", h100=8), tq("b", "2", h100=8)], {"h100": 16})
     assert all(not x.overcommitted and x.admitted for x in v.values())
 
 
 def test_overcommit_is_reported_on_every_tenant_of_that_model_only():
-    v = capacity.assess(
+    v = assess_all(
         [tq("a", "1", h100=8), tq("b", "2", h100=10), tq("c", "3", a100=1)], {"h100": 16, "a100": 4}
     )
     assert v["a"].overcommitted == {"h100": (18, 16)} and v["b"].overcommitted == {"h100": (18, 16)}
     assert not v["c"].overcommitted
     assert "h100: tenants' quotas sum to 18, site has 16" in v["a"].message()
+    tenants = [tq("a", "1", h100=8), tq("b", "2", h100=10), tq("c", "3", a100=1)]
+    assert capacity.assess(tenants, {"h100": 16, "a100": 4}, "c")[1] == 2  # a and b
 
 
 def test_reject_admits_oldest_first():
-    v = capacity.assess([tq("new", "2026-02", h100=10), tq("old", "2026-01", h100=8)], {"h100": 16})
+    v = assess_all([tq("new", "2026-02", h100=10), tq("old", "2026-01", h100=8)], {"h100": 16})
     assert v["old"].admitted and not v["new"].admitted
 
 
 def test_a_model_the_site_lacks_is_overcommitted_by_any_quota():
-    v = capacity.assess([tq("a", "1", b200=1)], {"h100": 16})
+    v = assess_all([tq("a", "1", b200=1)], {"h100": 16})
     assert v["a"].overcommitted == {"b200": (1, 0)} and not v["a"].admitted
 
 
