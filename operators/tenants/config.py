@@ -9,7 +9,8 @@ AIFACTORY_GPU_CAPACITY      `h100=16,...`: capacity without a site file (in-clus
 AIFACTORY_OVERCOMMIT_POLICY `warn` (default) or `reject`
 AIFACTORY_DRIFT_INTERVAL    seconds between drift checks of each tenant (default 60)
 AIFACTORY_METRICS_PORT      Prometheus port (default 9108, 0 = off)
-AIFACTORY_WORKERS           handler threads (default 256; bounds how many tenants one Slurm batch serves)
+AIFACTORY_WORKERS           deletion handler threads (default 256; bounds deletions per Slurm batch)
+AIFACTORY_KUBE_CONCURRENCY  tenants writing Kubernetes objects at a time (default 32)
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ class Config:
     drift_interval: float
     metrics_port: int
     runner: slurm.Runner
+
+
+# Measured with 200 new tenants on the local site: all Ready in 10.0 s with 32, 10.6 s with 16.
+KUBE_CONCURRENCY = 32
+
+
+def kube_concurrency() -> int:
+    return int(os.environ.get("AIFACTORY_KUBE_CONCURRENCY", str(KUBE_CONCURRENCY)))
 
 
 def load() -> Config:

@@ -11,19 +11,23 @@ A timer per tenant re-reads both sides: hand edits are put back (event DriftCorr
 refreshed, and a Slurm outage flips SlurmSynced. Deletion goes through kopf's finalizer: refused
 (condition DeletionBlocked + event) while GPUs are in use unless the force annotation is set.
 
-Handlers are sync: kopf runs them in its thread pool; Slurm calls from many threads are coalesced
-into batched sacctmgr processes (slurm.GroupCommit).
+`reconcile` and `drift` are async: their Kubernetes REST calls run in a small thread pool
+(AIFACTORY_KUBE_CONCURRENCY) and their Slurm side is a future of the batched sacctmgr writer
+(slurm.GroupCommit), so 200 tenants in flight do not hold 200 threads. `cleanup` is sync, in kopf's
+thread pool. The index function is async too: kopf calls it in the event loop, not a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes import client as k8s_client
@@ -50,6 +54,7 @@ from operators.tenants.spec import (
 )
 
 TENANTS = (GROUP, VERSION, PLURAL)
+R = TypeVar("R")
 log = logging.getLogger("aifactory.tenants")
 
 
@@ -59,13 +64,12 @@ class State:
     kube: kside.Kube
     slurm: slurm.SacctmgrAccounts
     kueue: bool
-    # Runs each handler's Slurm side while the handler thread does the Kubernetes side.
-    slurm_pool: ThreadPoolExecutor
-    kube_slots: threading.BoundedSemaphore
+    # The Kubernetes side's blocking REST calls run here, so many tenants at once write through a
+    # bounded number of threads (async handlers wait for them without a thread of their own).
+    kube_pool: ThreadPoolExecutor
 
 
 _state: State | None = None
-_lock = threading.Lock()
 
 
 def state() -> State:
@@ -82,8 +86,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
     settings.persistence.finalizer = FINALIZER
-    # A handler thread mostly waits for the Slurm batch it joined (GroupCommit): the batch can only
-    # be as large as the number of threads, so this bounds how many tenants one sacctmgr call serves.
+    # The deletion handler is sync: its thread waits for the Slurm batch it joined (GroupCommit), so
+    # the thread count bounds how many deletions one sacctmgr call serves.
     workers = int(os.environ.get("AIFACTORY_WORKERS", "256"))
     settings.execution.max_workers = workers
     # kopf's own log lines ("Handler succeeded") become events only from warnings up: at INFO they
@@ -106,8 +110,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         kube,
         slurm.SacctmgrAccounts(cfg.runner),
         kube.has_kueue(),
-        ThreadPoolExecutor(workers, thread_name_prefix="slurm-side"),
-        threading.BoundedSemaphore(int(os.environ.get("AIFACTORY_KUBE_CONCURRENCY", "16"))),
+        ThreadPoolExecutor(config.kube_concurrency(), "kubernetes-side"),
     )
     metrics.serve(cfg.metrics_port)
     log.info(
@@ -128,7 +131,7 @@ def normal(body: kopf.Body, reason: str, message: str) -> None:
 
 
 @kopf.index(*TENANTS)
-def quotas(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, capacity.TenantQuota]:
+async def quotas(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, capacity.TenantQuota]:
     quota = {str(k): int(v) for k, v in (spec.get("gpuQuota") or {}).items()}
     return {name: capacity.TenantQuota(name, str(meta.get("creationTimestamp", "")), quota)}
 
@@ -149,7 +152,7 @@ def sync_kubernetes(t: TenantSpec, check_drift: bool = False, fresh: bool = Fals
     a first creation). Returns what had drifted."""
     st = state()
     drifted = []
-    with st.kube_slots, metrics.timed("kubernetes"):
+    with metrics.timed("kubernetes"):
         want = kside.desired_objects(t, st.kueue)
         created = kside.claim_namespaces(
             st.kube, t.name, [o for o in want if o["kind"] == "Namespace"], fresh
@@ -180,14 +183,13 @@ def sync_kubernetes(t: TenantSpec, check_drift: bool = False, fresh: bool = Fals
     return drifted
 
 
-def sync_slurm(t: TenantSpec) -> tuple[list[str], slurm.Observed]:
-    """Observe, plan, apply. Returns the commands that were needed and the observation."""
-    st = state()
-    with metrics.timed("slurm"):
-        observed = st.slurm.observe(t.name)
-        cmds = slurm.plan(slurm.desired(t), observed)
-        st.slurm.apply(cmds)
-    return cmds, observed
+def sync_slurm(t: TenantSpec) -> Future[tuple[list[str], slurm.Observed]]:
+    """Observe, plan, apply, queued to the batch writer (no thread waits for it meanwhile): the
+    commands that were needed and the observation."""
+    start = time.monotonic()
+    done = state().slurm.sync(slurm.desired(t))
+    done.add_done_callback(lambda f: metrics.record("slurm", start, f.exception()))
+    return done
 
 
 # --- status --------------------------------------------------------------------------------
@@ -271,7 +273,11 @@ def write_status(
         patch.status["usage"] = usage
 
 
-def converge(
+def in_kube_pool(fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
+    return asyncio.get_running_loop().run_in_executor(state().kube_pool, fn, *args)
+
+
+async def converge(
     t: TenantSpec, check_drift: bool, index: kopf.Index, body: kopf.Body, fresh: bool = False
 ) -> tuple[Outcome, capacity.Verdict]:
     st = state()
@@ -279,18 +285,18 @@ def converge(
     out = Outcome()
     if st.cfg.policy == "reject" and not v.admitted:
         return out, v
-    # The two sides are independent: the Slurm side (mostly waiting for its sacctmgr batch) runs
-    # while this thread writes the Kubernetes objects.
-    slurm_side = st.slurm_pool.submit(sync_slurm, t)
+    # The two sides are independent: the Slurm side waits for its sacctmgr batches while the
+    # Kubernetes objects are written.
+    slurm_side = asyncio.wrap_future(sync_slurm(t))
     try:
-        drifted = sync_kubernetes(t, check_drift, fresh)
+        drifted = await in_kube_pool(sync_kubernetes, t, check_drift, fresh)
         if drifted:
             kopf.warn(body, reason="DriftCorrected", message="restored: " + ", ".join(drifted)[:900])
     except Exception as e:  # reported in status; the handler retries
         out.k8s_error = str(e)[:500]
         out.k8s_reason = "NamespaceConflict" if isinstance(e, kside.NamespaceConflict) else "ApiError"
     try:
-        cmds, out.observed = slurm_side.result()
+        cmds, out.observed = await slurm_side
         if check_drift and cmds:
             metrics.DRIFT.labels("slurm").inc()
             kopf.warn(body, reason="DriftCorrected", message="Slurm restored: " + "; ".join(cmds)[:900])
@@ -299,14 +305,16 @@ def converge(
     return out, v
 
 
-def roll_budget(t: TenantSpec, status: kopf.Status, patch: kopf.Patch, body: kopf.Body) -> None:
+async def roll_budget(t: TenantSpec, status: kopf.Status, patch: kopf.Patch, body: kopf.Body) -> None:
     """GrpTRESMins counts usage since the last reset: a new budget period resets the account's
     RawUsage (Slurm has no per-account period of its own)."""
     start = period_start(t.budget.period, dt.datetime.now(dt.UTC)) if t.budget else None
     if start is None or status.get("budgetPeriodStart") == start:
         return
     if status.get("budgetPeriodStart"):
-        state().slurm.apply([f"modify account where name={t.name} set RawUsage=0"])
+        # Rare (once a period), so through the pool; not every reconcile: it would queue behind
+        # every other tenant's Kubernetes writes.
+        await in_kube_pool(state().slurm.apply, [f"modify account where name={t.name} set RawUsage=0"])
         normal(
             body, reason="BudgetPeriodStarted", message=f"GPU-hour usage reset for the period from {start}"
         )
@@ -319,7 +327,7 @@ def roll_budget(t: TenantSpec, status: kopf.Status, patch: kopf.Patch, body: kop
 @kopf.on.resume(*TENANTS)
 @kopf.on.create(*TENANTS)
 @kopf.on.update(*TENANTS, field="spec")
-def reconcile(
+async def reconcile(
     name: str,
     spec: kopf.Spec,
     meta: kopf.Meta,
@@ -330,9 +338,9 @@ def reconcile(
 ) -> None:
     t = parse(name, dict(spec))
     fresh = kwargs.get("reason") == "create" and kwargs.get("retry", 0) == 0
-    out, v = converge(t, check_drift=False, index=kwargs["quotas"], body=body, fresh=fresh)
+    out, v = await converge(t, check_drift=False, index=kwargs["quotas"], body=body, fresh=fresh)
     if out.observed is not None and out.slurm_error is None:
-        roll_budget(t, status, patch, body)
+        await roll_budget(t, status, patch, body)
     write_status(patch, status, t, int(meta.get("generation", 0)), out, v, state().cfg.policy)
     if out.k8s_error or out.slurm_error:
         # The status above is written anyway (kopf applies the patch); the retry converges later.
@@ -340,7 +348,7 @@ def reconcile(
 
 
 @kopf.timer(*TENANTS, interval=config.drift_interval(), initial_delay=config.drift_interval())
-def drift(
+async def drift(
     name: str,
     spec: kopf.Spec,
     meta: kopf.Meta,
@@ -352,11 +360,11 @@ def drift(
     if meta.get("deletionTimestamp"):
         return
     t = parse(name, dict(spec))
-    out, v = converge(t, check_drift=True, index=kwargs["quotas"], body=body)
+    out, v = await converge(t, check_drift=True, index=kwargs["quotas"], body=body)
     if out.observed is not None and out.slurm_error is None:
-        roll_budget(t, status, patch, body)
+        await roll_budget(t, status, patch, body)
     if out.k8s_error is None:
-        out.k8s_usage = kside.gpus_in_use(state().kube, list(t.namespaces))
+        out.k8s_usage = await in_kube_pool(kside.gpus_in_use, state().kube, list(t.namespaces))
     old = condition(status.get("conditions"), OVERCOMMITTED)
     if bool(v.overcommitted) != (old is not None and old.get("status") == "True"):
         kind = kopf.warn if v.overcommitted else normal

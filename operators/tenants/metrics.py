@@ -23,19 +23,25 @@ TENANTS = Gauge("aifactory_tenants", "Tenants known to the operator")
 OVERCOMMITTED = Gauge("aifactory_tenants_overcommitted", "Tenants with Overcommitted=True")
 
 
+def record(side: str, start: float, error: BaseException | None = None) -> None:
+    """One reconcile of `side` that began at `start` (time.monotonic()) ended, with `error` or not."""
+    if error is None:
+        RECONCILES.labels(side, "ok").inc()
+    else:
+        RECONCILES.labels(side, "error").inc()
+        ERRORS.labels(side, getattr(error, "reason", type(error).__name__)).inc()
+    DURATION.labels(side).observe(time.monotonic() - start)
+
+
 @contextmanager
 def timed(side: str) -> Iterator[None]:
     start = time.monotonic()
     try:
         yield
     except Exception as e:
-        RECONCILES.labels(side, "error").inc()
-        ERRORS.labels(side, getattr(e, "reason", type(e).__name__)).inc()
+        record(side, start, e)
         raise
-    else:
-        RECONCILES.labels(side, "ok").inc()
-    finally:
-        DURATION.labels(side).observe(time.monotonic() - start)
+    record(side, start)
 
 
 def serve(port: int) -> None:

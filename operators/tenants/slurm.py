@@ -383,9 +383,10 @@ R = TypeVar("R")
 class GroupCommit(Generic[T, R]):
     """Calls from many threads become few batched calls (group commit).
 
-    The first caller runs the batch for everything queued; callers arriving meanwhile queue up and
-    the next batch takes them all. `fn` gets a list of items and returns one result per item (or an
-    exception per item).
+    A worker thread, started when the first item arrives, runs the batch of everything queued;
+    items arriving meanwhile queue up and the next batch takes them all; it ends when the queue is
+    empty. `fn` gets a list of items and returns one result per item (or an exception per item).
+    Callers get a Future: one waiting for its batch costs no thread of its own.
     """
 
     def __init__(self, fn: Callable[[list[T]], list[R | BaseException]], max_batch: int = 250):
@@ -394,15 +395,18 @@ class GroupCommit(Generic[T, R]):
         self._queue: list[tuple[T, Future[R]]] = []
         self._running = False
 
-    def submit(self, item: T) -> R:
+    def submit_async(self, item: T) -> Future[R]:
         fut: Future[R] = Future()
         with self._lock:
             self._queue.append((item, fut))
-            lead = not self._running
+            start = not self._running
             self._running = True
-        if lead:
-            self._drain()
-        return fut.result()
+        if start:
+            threading.Thread(target=self._drain, name="group-commit", daemon=True).start()
+        return fut
+
+    def submit(self, item: T) -> R:
+        return self.submit_async(item).result()
 
     def _drain(self) -> None:
         while True:
@@ -428,6 +432,7 @@ class GroupCommit(Generic[T, R]):
 class SlurmAccounts(Protocol):
     def observe(self, account: str) -> Observed: ...
     def apply(self, commands: list[str]) -> None: ...
+    def sync(self, want: Desired) -> Future[tuple[list[str], Observed]]: ...
     def delete(self, account: str, cancel_jobs: bool) -> None: ...
 
 
@@ -443,6 +448,35 @@ class SacctmgrAccounts:
     def apply(self, commands: list[str]) -> None:
         if commands:
             self._apply.submit(commands)
+
+    def sync(self, want: Desired) -> Future[tuple[list[str], Observed]]:
+        """Observe, plan, apply: each step queued to its batch and the next chained to it, so the
+        caller's thread is free meanwhile. The result: the commands that were needed, and the
+        observation (before them)."""
+        done: Future[tuple[list[str], Observed]] = Future()
+
+        def observed(f: Future[Observed]) -> None:
+            try:
+                have = f.result()
+                cmds = plan(want, have)
+            except BaseException as e:
+                done.set_exception(e)
+                return
+            if not cmds:
+                done.set_result((cmds, have))
+                return
+
+            def applied(a: Future[None]) -> None:
+                err = a.exception()
+                if err is not None:
+                    done.set_exception(err)
+                else:
+                    done.set_result((cmds, have))
+
+            self._apply.submit_async(cmds).add_done_callback(applied)
+
+        self._observe.submit_async(want.account).add_done_callback(observed)
+        return done
 
     def delete(self, account: str, cancel_jobs: bool) -> None:
         if cancel_jobs:

@@ -165,6 +165,27 @@ def test_apply_is_one_sacctmgr_process_reading_all_commands():
     assert r.calls == [("sacctmgr -i", "add qos q\nadd account a\nquit\n")]
 
 
+def test_sync_observes_then_applies_its_plan_and_hands_back_a_future():
+    r = FakeRunner()
+    want = slurm.desired(tenant())
+    cmds, have = slurm.SacctmgrAccounts(r).sync(want).result(5)
+    assert not have.exists and cmds == slurm.plan(want, have) and cmds
+    assert [script for script, _ in r.calls] == [slurm.observe_script(["team-a"]), "sacctmgr -i"]
+    assert all(c in r.calls[1][1].splitlines() for c in cmds)
+
+
+def test_a_failed_observation_applies_nothing_and_fails_the_future():
+    class Down(FakeRunner):
+        def run(self, script, stdin="", timeout=60):
+            self.calls.append((script, stdin))
+            return slurm.Result(0, "#assoc\n#error assoc Connection refused\n", "")
+
+    r = Down()
+    with pytest.raises(slurm.SlurmError, match="Connection refused"):
+        slurm.SacctmgrAccounts(r).sync(slurm.desired(tenant())).result(5)
+    assert len(r.calls) == 1  # observed only: nothing applied on a failed observation
+
+
 def test_sacctmgr_stderr_is_a_failure_with_its_message():
     r = FakeRunner(err=" This account 'x' doesn't exist.\n")
     with pytest.raises(slurm.SlurmError, match="doesn't exist") as e:
