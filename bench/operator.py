@@ -8,7 +8,7 @@
   Slurm: slurmctld's association GrpTRES, `scontrol show assoc_mgr`);
 - the operator's peak memory (VmHWM);
 - the floor: a plain script that makes the same Kubernetes requests as the operator does for a new
-  tenant (16 threads, the operator's default Kubernetes concurrency) and runs the same sacctmgr
+  tenant (as many threads as the operator's default Kubernetes concurrency) and runs the same sacctmgr
   commands as one batch, and the ratio of the operator's time to it; floor and operator alternate
   in rounds and the median ratio is reported.
 
@@ -38,13 +38,13 @@ sys.path.insert(0, str(REPO))
 
 from aifactory import paths  # noqa: E402
 from aifactory.site.validate import load_site  # noqa: E402
-from operators.tenants import capacity, install, slurm  # noqa: E402
+from operators.tenants import capacity, config, install, slurm  # noqa: E402
 from operators.tenants import kubernetes_side as kside  # noqa: E402
 from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION, TenantSpec, parse  # noqa: E402
 from sandbox import daemons  # noqa: E402
 
 TENANTS = f"/apis/{GROUP}/{VERSION}/tenants"
-WORKERS = 16
+WORKERS = config.KUBE_CONCURRENCY  # the floor writes with as many threads as the operator
 
 
 def tenant_spec(gpus: int) -> dict:
