@@ -40,7 +40,7 @@ from aifactory import paths  # noqa: E402
 from aifactory.site.validate import load_site  # noqa: E402
 from operators.tenants import capacity, config, install, slurm  # noqa: E402
 from operators.tenants import kubernetes_side as kside  # noqa: E402
-from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION, TenantSpec, parse  # noqa: E402
+from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION, parse  # noqa: E402
 from sandbox import daemons  # noqa: E402
 
 TENANTS = f"/apis/{GROUP}/{VERSION}/tenants"
@@ -242,15 +242,8 @@ def run_floor(kube: kside.Kube, runner: slurm.Runner, names: list[str]) -> float
     sacct = threading.Thread(target=accounts.apply, args=(cmds,))
     sacct.start()
 
-    def write(t: TenantSpec) -> None:  # the operator's requests for a new tenant
-        want = kside.desired_objects(t)
-        created = kside.claim_namespaces(kube, t.name, [o for o in want if o["kind"] == "Namespace"], True)
-        for o in want:
-            if not (o["kind"] == "Namespace" and o["metadata"]["name"] in created):
-                kube.apply(o)
-
-    with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(write, specs))
+    with ThreadPoolExecutor(WORKERS) as pool:  # the operator's requests for a new tenant
+        list(pool.map(lambda t: kside.write(kube, t.name, kside.desired_objects(t), fresh=True), specs))
     sacct.join()
     elapsed = time.monotonic() - start
     # cleanup

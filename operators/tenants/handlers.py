@@ -151,23 +151,9 @@ def sync_kubernetes(t: TenantSpec, check_drift: bool = False, fresh: bool = Fals
     """Apply every object; remove what the tenant no longer has (nothing to look for when `fresh`,
     a first creation). Returns what had drifted."""
     st = state()
-    drifted = []
     with metrics.timed("kubernetes"):
         want = kside.desired_objects(t, st.kueue)
-        created = kside.claim_namespaces(
-            st.kube, t.name, [o for o in want if o["kind"] == "Namespace"], fresh
-        )
-        for obj in want:
-            if obj["kind"] == "Namespace" and obj["metadata"]["name"] in created:
-                continue
-            if check_drift:
-                live = st.kube.get(kside.object_path(obj))
-                if not kside.drifted(obj, live):
-                    continue
-                drifted.append(
-                    f"{obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
-                )
-            st.kube.apply(obj)
+        drifted = kside.write(st.kube, t.name, want, fresh, check_drift)
         wanted = {kside.object_path(o) for o in want}
         for p in [] if fresh else kside.owned(st.kube, t.name, st.kueue):
             if p not in wanted:

@@ -311,6 +311,25 @@ def claim_namespaces(
     return created
 
 
+def write(
+    kube: Kube, tenant: str, want: list[dict[str, Any]], fresh: bool = False, check_drift: bool = False
+) -> list[str]:
+    """Claim the tenant's namespaces (created at once when `fresh`, a first creation), then apply
+    every other object; with `check_drift`, only those that differ from the live ones. Returns
+    the objects that had drifted."""
+    created = claim_namespaces(kube, tenant, [o for o in want if o["kind"] == "Namespace"], fresh)
+    changed = []
+    for obj in want:
+        if obj["kind"] == "Namespace" and obj["metadata"]["name"] in created:
+            continue
+        if check_drift:
+            if not drifted(obj, kube.get(object_path(obj))):
+                continue
+            changed.append(f"{obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}")
+        kube.apply(obj)
+    return changed
+
+
 def owned(kube: Kube, tenant: str, kueue: bool) -> list[str]:
     """Paths of every object the tenant owns now (found by label), for cleanup of leftovers."""
     sel = f"{TENANT_LABEL}={tenant}"
