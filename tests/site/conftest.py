@@ -19,12 +19,13 @@ def wait_until(pred, timeout: float, what: str, interval: float = 0.5):
     """Poll until pred() is truthy and return that value; the timeout bounds a hang, it is not what
     is tested."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {value!r})")
 
 
 def skip_unless_root():

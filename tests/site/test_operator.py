@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from operators.tenants import capacity, install
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION
 from sandbox import ssh
+from tests.site.conftest import wait_until
 
 pytestmark = pytest.mark.site
 
@@ -35,15 +35,8 @@ RUN = uuid.uuid4().hex[:5]
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 90, every: float = 1) -> Any:
-    """Poll until fn() is truthy; the timeout only bounds a hang, it is not what is tested."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not reached in {timeout}s (last: {last!r})")
+    """conftest's wait_until with this module's default timeout and interval."""
+    return wait_until(fn, timeout, what, every)
 
 
 def free_port() -> int:
