@@ -260,6 +260,8 @@ def main() -> int:
     ap.add_argument("--tenants", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3, help="floor + operator rounds; ratios are medians")
     args = ap.parse_args()
+    if args.tenants < 1 or args.rounds < 1:
+        ap.error("--tenants and --rounds must be at least 1")
     site = load_site(args.site)
     kubeconfig = paths.site_state_dir(site.name) / "kubeconfig"
     running = daemons.pid_of(paths.site_state_dir(site.name) / "operator" / "operator.pid")
