@@ -336,6 +336,9 @@ def pulumi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] = "true"
     # Plugins come from the installed set (and the bundled ones beside the CLI), not whatever is on PATH.
     env["PULUMI_IGNORE_AMBIENT_PLUGINS"] = "true"
+    # Dynamic providers fork only to exec (ansible-runner's pexpect); gRPC's fork handlers, when
+    # another thread is inside gRPC, segfault that child before its exec (seen: Ansible killed at start).
+    env["GRPC_ENABLE_FORK_SUPPORT"] = "0"
     env.setdefault("PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK", "true")
     env.setdefault("PULUMI_DIY_BACKEND_NO_LEGACY_WARNING", "true")
     env.update(extra or {})

@@ -60,3 +60,13 @@ def test_manifest_lists_only_built_binaries_with_sums(cache):
     b.path.write_text("x")
     (cache / "bin" / ".stamps" / "etcd.json").write_text(json.dumps({"stamp": "s", "sha256": "ab"}))
     assert toolchain.manifest() == {"etcd": {"version": toolchain.ETCD_VERSION, "sha256": "ab"}}
+
+
+def test_pulumi_runs_offline_and_its_providers_can_fork_to_exec(monkeypatch):
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "1")
+    env = toolchain.pulumi_env({"EXTRA": "x"})
+    assert env["PATH"].split(":")[0] == str(toolchain.paths.bin_dir())
+    assert env["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] == "true"
+    # ansible-runner forks in the dynamic provider; gRPC's fork handlers crashed that child.
+    assert env["GRPC_ENABLE_FORK_SUPPORT"] == "0"
+    assert env["EXTRA"] == "x"
