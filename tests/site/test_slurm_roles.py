@@ -134,6 +134,18 @@ def test_mariadb_loopback_only(head: testinfra.host.Host) -> None:
     assert listening and set(listening) == {"127.0.0.1:3306"}, listening
 
 
+def test_slurmdbd_reached_with_quick_acks(head: testinfra.host.Host) -> None:
+    """The route sacctmgr and slurmctld take to DbdHost (head's own name) has quickack: without it
+    each Slurm RPC stalls on a delayed ACK."""
+    assert head.service("aifactory-local-quickack").is_enabled
+    dbd_host = head.check_output("awk -F= '/^DbdHost=/{print $2}' /etc/slurm/slurmdbd.conf")
+    address = head.check_output(f"getent ahostsv4 {dbd_host}").split()[0]
+    route = head.check_output(f"ip route get {address}")
+    assert "quickack 1" in route, f"{dbd_host} ({address}): {route}"
+    out = head.run("sacctmgr -nP show cluster format=cluster")
+    assert out.rc == 0 and out.stdout.strip(), out.stderr
+
+
 # generated configuration
 
 
