@@ -227,6 +227,22 @@ def test_group_commit_batches_concurrent_callers_and_attributes_errors():
     assert results[5] == 10 and isinstance(results[13], ValueError)
 
 
+def test_group_commit_lingers_so_a_burst_shares_its_first_batch():
+    batches: list[list[int]] = []
+
+    def fn(items):
+        batches.append(list(items))
+        return list(items)
+
+    gc = slurm.GroupCommit(fn, linger=0.3)
+    futures = [gc.submit_async(i) for i in range(5)]
+    assert [f.result(5) for f in futures] == list(range(5))
+    assert batches == [[0, 1, 2, 3, 4]]
+    # a full batch does not wait for the linger
+    gc = slurm.GroupCommit(fn, max_batch=2, linger=30)
+    assert [f.result(5) for f in [gc.submit_async(7), gc.submit_async(8)]] == [7, 8]
+
+
 def test_failed_batch_is_retried_per_tenant_to_find_the_culprit():
     r = FakeRunner(err="Unknown option\n")
     acc = slurm.SacctmgrAccounts(r)
