@@ -10,7 +10,7 @@ from pathlib import Path
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from operators.tenants import crd
+from operators.tenants import config, crd
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.spec import GROUP, KIND, VERSION
 
@@ -18,6 +18,9 @@ from operators.tenants.spec import GROUP, KIND, VERSION
 def kube(kubeconfig: Path) -> kside.Kube:
     conf = k8s_client.Configuration()
     k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=conf)
+    # A connection per thread of the operator's Kubernetes pool: callers that write with that many
+    # threads (the bench) otherwise open and discard a TLS connection per request over the default.
+    conf.connection_pool_maxsize = config.KUBE_CONCURRENCY
     return kside.Kube(k8s_client.ApiClient(conf))
 
 
