@@ -505,12 +505,11 @@ class SacctmgrAccounts:
         # Through the same single writer as every change: slurmdbd mixes up concurrent removals
         # ("Database is possibly corrupted", or silently nothing deleted).
         self._apply.submit(delete_plan(account))
-        left = self._observe_uncached(account)
+        # Batched like every observation: a batch takes only what was queued before it started, so
+        # this one is read after the removal above.
+        left = self.observe(account)
         if left.exists or left.qos_exists:
             raise SlurmError("DeleteIncomplete", f"account {account} or its QOS still present after delete")
-
-    def _observe_uncached(self, account: str) -> Observed:
-        return self.observe_many([account])[account]
 
     def observe_many(self, accounts: Sequence[str]) -> dict[str, Observed]:
         start = time.monotonic()
