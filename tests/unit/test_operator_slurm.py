@@ -227,20 +227,51 @@ def test_group_commit_batches_concurrent_callers_and_attributes_errors():
     assert results[5] == 10 and isinstance(results[13], ValueError)
 
 
-def test_group_commit_lingers_so_a_burst_shares_its_first_batch():
+def test_group_commit_waits_for_a_quiet_moment_so_a_burst_shares_its_first_batch():
     batches: list[list[int]] = []
 
     def fn(items):
         batches.append(list(items))
         return list(items)
 
-    gc = slurm.GroupCommit(fn, linger=0.3)
-    futures = [gc.submit_async(i) for i in range(5)]
+    gc = slurm.GroupCommit(fn, quiet=0.3, max_wait=5)
+    futures = []
+    for i in range(5):  # arrivals 0.1 s apart: never 0.3 s quiet until the last
+        futures.append(gc.submit_async(i))
+        time.sleep(0.1)
     assert [f.result(5) for f in futures] == list(range(5))
     assert batches == [[0, 1, 2, 3, 4]]
-    # a full batch does not wait for the linger
-    gc = slurm.GroupCommit(fn, max_batch=2, linger=30)
+    # a full batch does not wait
+    gc = slurm.GroupCommit(fn, max_batch=2, quiet=30, max_wait=30)
     assert [f.result(5) for f in [gc.submit_async(7), gc.submit_async(8)]] == [7, 8]
+
+
+def test_group_commit_holds_a_batch_for_an_announced_item_up_to_max_wait():
+    batches: list[list[int]] = []
+
+    def fn(items):
+        batches.append(list(items))
+        return list(items)
+
+    gc = slurm.GroupCommit(fn, quiet=0.05, max_wait=5)
+    gc.expect()
+    first = gc.submit_async(1)
+    time.sleep(0.3)  # quiet long past, but item 2 was announced
+    assert not first.done()
+    second = gc.submit_async(2, expected=True)
+    assert (first.result(5), second.result(5)) == (1, 2) and batches == [[1, 2]]
+    # an announced item that never comes (unexpect) releases the batch at once
+    gc.expect()
+    third = gc.submit_async(3)
+    time.sleep(0.2)
+    assert not third.done()
+    gc.unexpect()
+    assert third.result(1) == 3
+    # ... and one that never says so holds it no longer than max_wait
+    gc = slurm.GroupCommit(fn, quiet=0.05, max_wait=0.5)
+    gc.expect()
+    t0 = time.monotonic()
+    assert gc.submit_async(4).result(5) == 4 and 0.4 < time.monotonic() - t0 < 2
 
 
 def test_failed_batch_is_retried_per_tenant_to_find_the_culprit():
