@@ -441,9 +441,10 @@ class GroupCommit(Generic[T, R]):
                     start = self._queue[0][2] + self.max_wait
                     if not self._expected:
                         start = min(start, self._last_arrival + self.quiet)
-                    if start <= time.monotonic():
+                    now = time.monotonic()
+                    if start <= now:
                         break
-                    self._lock.wait(start - time.monotonic())
+                    self._lock.wait(start - now)
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 if not batch:
                     self._running = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -227,13 +228,19 @@ def test_group_commit_batches_concurrent_callers_and_attributes_errors():
     assert results[5] == 10 and isinstance(results[13], ValueError)
 
 
-def test_group_commit_waits_for_a_quiet_moment_so_a_burst_shares_its_first_batch():
+def recording_batches() -> tuple[list[list[int]], Callable[[list[int]], list[int]]]:
+    """A batch function that returns its items and records each batch it was called with."""
     batches: list[list[int]] = []
 
-    def fn(items):
+    def fn(items: list[int]) -> list[int]:
         batches.append(list(items))
         return list(items)
 
+    return batches, fn
+
+
+def test_group_commit_waits_for_a_quiet_moment_so_a_burst_shares_its_first_batch():
+    batches, fn = recording_batches()
     gc = slurm.GroupCommit(fn, quiet=0.3, max_wait=5)
     futures = []
     for i in range(5):  # arrivals 0.1 s apart: never 0.3 s quiet until the last
@@ -247,12 +254,7 @@ def test_group_commit_waits_for_a_quiet_moment_so_a_burst_shares_its_first_batch
 
 
 def test_group_commit_holds_a_batch_for_an_announced_item_up_to_max_wait():
-    batches: list[list[int]] = []
-
-    def fn(items):
-        batches.append(list(items))
-        return list(items)
-
+    batches, fn = recording_batches()
     gc = slurm.GroupCommit(fn, quiet=0.05, max_wait=5)
     gc.expect()
     first = gc.submit_async(1)
