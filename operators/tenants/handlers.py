@@ -64,6 +64,7 @@ class State:
     kube: kside.Kube
     slurm: slurm.SacctmgrAccounts
     kueue: bool
+    ledger: capacity.Ledger
     # The Kubernetes side's blocking REST calls run here, so many tenants at once write through a
     # bounded number of threads (async handlers wait for them without a thread of their own).
     kube_pool: ThreadPoolExecutor
@@ -110,9 +111,10 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         kube,
         slurm.SacctmgrAccounts(cfg.runner),
         kube.has_kueue(),
+        capacity.Ledger(cfg.capacity, cfg.policy),
         ThreadPoolExecutor(config.kube_concurrency(), "kubernetes-side"),
     )
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, _state.ledger)
     log.info(
         "tenant operator started: capacity %s, policy %s, drift every %ss, kueue %s",
         cfg.capacity,
@@ -133,15 +135,18 @@ def normal(body: kopf.Body, reason: str, message: str) -> None:
 @kopf.index(*TENANTS)
 async def quotas(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, capacity.TenantQuota]:
     quota = {str(k): int(v) for k, v in (spec.get("gpuQuota") or {}).items()}
-    return {name: capacity.TenantQuota(name, str(meta.get("creationTimestamp", "")), quota)}
+    tq = capacity.TenantQuota(name, str(meta.get("creationTimestamp", "")), quota)
+    state().ledger.put(tq)
+    return {name: tq}
 
 
 def verdict(name: str, index: kopf.Index[str, capacity.TenantQuota]) -> capacity.Verdict:
-    tenants = [tq for key in index for tq in index[key]]
-    metrics.TENANTS.set(len(tenants))
-    mine, overcommitted = capacity.assess(tenants, state().cfg.capacity, name)
-    metrics.OVERCOMMITTED.set(overcommitted)
-    return mine
+    ledger = state().ledger
+    # kopf's index is the truth on which tenants exist (it drops deleted ones); the ledger, fed by
+    # `quotas` as they change, answers without going over every tenant.
+    if len(index) != len(ledger):
+        ledger.replace(tq for key in index for tq in index[key])
+    return ledger.verdict(name)
 
 
 # --- the two sides -----------------------------------------------------------------------

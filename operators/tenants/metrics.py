@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from operators.tenants.capacity import Ledger
+
 RECONCILES = Counter(
     "aifactory_tenant_reconcile_total", "Reconciles of one side of a tenant", ["side", "result"]
 )
@@ -44,6 +46,9 @@ def timed(side: str) -> Iterator[None]:
     record(side, start)
 
 
-def serve(port: int) -> None:
+def serve(port: int, ledger: Ledger) -> None:
+    # Counted when scraped: counting on every reconcile made a burst of new tenants quadratic.
+    TENANTS.set_function(lambda: len(ledger))
+    OVERCOMMITTED.set_function(ledger.overcommitted_tenants)
     if port:
         start_http_server(port)

@@ -8,6 +8,7 @@ it made (tenants with the force annotation, then a check that Slurm and Kubernet
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -455,6 +456,10 @@ def test_metrics_count_reconciles(operator):
     assert 'aifactory_tenant_reconcile_total{result="ok",side="kubernetes"}' in text
     assert 'aifactory_tenant_reconcile_total{result="ok",side="slurm"}' in text
     assert "aifactory_tenant_reconcile_seconds_bucket" in text
+    # Counted from the ledger when scraped
+    gauges = dict(re.findall(r"^(aifactory_tenants(?:_overcommitted)?) (\S+)$", text, re.M))
+    assert set(gauges) == {"aifactory_tenants", "aifactory_tenants_overcommitted"}
+    assert 0 <= float(gauges["aifactory_tenants_overcommitted"]) <= float(gauges["aifactory_tenants"])
 
 
 def test_nothing_left_behind(operator, kube, head):

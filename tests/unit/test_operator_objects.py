@@ -159,8 +159,17 @@ def test_capacity_of_a_site_sums_machines_per_model():
     assert capacity.site_capacity(load_site(REPO / "sites" / "local.yaml")) == {"h100": 48}
 
 
-def assess_all(tenants: list[capacity.TenantQuota], cap: dict[str, int]) -> dict[str, capacity.Verdict]:
-    return {t.name: capacity.assess(tenants, cap, t.name)[0] for t in tenants}
+def ledger(tenants: list[capacity.TenantQuota], cap: dict[str, int], policy="reject") -> capacity.Ledger:
+    book = capacity.Ledger(cap, policy)
+    book.replace(tenants)
+    return book
+
+
+def assess_all(
+    tenants: list[capacity.TenantQuota], cap: dict[str, int], policy="reject"
+) -> dict[str, capacity.Verdict]:
+    book = ledger(tenants, cap, policy)
+    return {t.name: book.verdict(t.name) for t in tenants}
 
 
 def test_no_overcommit_within_capacity():
@@ -176,12 +185,27 @@ def test_overcommit_is_reported_on_every_tenant_of_that_model_only():
     assert not v["c"].overcommitted
     assert "h100: tenants' quotas sum to 18, site has 16" in v["a"].message()
     tenants = [tq("a", "1", h100=8), tq("b", "2", h100=10), tq("c", "3", a100=1)]
-    assert capacity.assess(tenants, {"h100": 16, "a100": 4}, "c")[1] == 2  # a and b
+    assert ledger(tenants, {"h100": 16, "a100": 4}).overcommitted_tenants() == 2  # a and b
 
 
-def test_reject_admits_oldest_first():
-    v = assess_all([tq("new", "2026-02", h100=10), tq("old", "2026-01", h100=8)], {"h100": 16})
+def test_ledger_follows_quota_changes_and_removals():
+    book = ledger([tq("old", "1", h100=8), tq("new", "2", h100=8)], {"h100": 12})
+    assert not book.verdict("new").admitted and book.overcommitted_tenants() == 2
+    book.put(tq("new", "2", h100=4))  # lowered: fits in what "old" left
+    assert book.verdict("new") == capacity.Verdict({}, True) and book.overcommitted_tenants() == 0
+    book.put(tq("old", "1", h100=10))  # raised: now "new" no longer fits, "old" still does
+    assert book.verdict("old").admitted and not book.verdict("new").admitted
+    assert book.verdict("new").overcommitted == {"h100": (14, 12)}
+    book.replace([tq("new", "2", h100=4)])  # "old" deleted
+    assert len(book) == 1 and book.verdict("new") == capacity.Verdict({}, True)
+
+
+def test_reject_admits_oldest_first_and_warn_admits_all():
+    tenants = [tq("new", "2026-02", h100=10), tq("old", "2026-01", h100=8)]
+    v = assess_all(tenants, {"h100": 16})
     assert v["old"].admitted and not v["new"].admitted
+    v = assess_all(tenants, {"h100": 16}, "warn")
+    assert v["old"].admitted and v["new"].admitted and v["new"].overcommitted == {"h100": (18, 16)}
 
 
 def test_a_model_the_site_lacks_is_overcommitted_by_any_quota():
