@@ -11,7 +11,6 @@ Both schedulers share one fleet, so capacity is every GPU machine of the site. P
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aifactory.site.model import Site
@@ -64,7 +63,7 @@ class Ledger:
 
     Every reconcile asks for its tenant's verdict. Assessing all tenants each time made a burst
     quadratic (200 new tenants: 12% of the operator's CPU), so the per-model totals are kept as
-    quotas change. Only `reject` needs the walk in creation order, and only while something is
+    tenants come, change and go. Only `reject` needs the walk in creation order, and only while something is
     over-committed; it is redone after a change. Under `warn` every tenant is admitted."""
 
     def __init__(self, capacity: dict[str, int], policy: str):
@@ -72,7 +71,8 @@ class Ledger:
         self._tenants: dict[str, TenantQuota] = {}
         self._totals: dict[str, int] = {}
         self._admitted: dict[str, bool] | None = None
-        self._lock = threading.Lock()  # the metrics server reads from its own thread
+        # Changed and read from the event loop, the deletion handler's threads and the metrics server.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._tenants)
@@ -81,20 +81,30 @@ class Ledger:
         with self._lock:
             self._put(t)
 
-    def replace(self, tenants: Iterable[TenantQuota]) -> None:
+    def add(self, t: TenantQuota) -> None:
+        """Put `t` unless its tenant is known: a reconcile's view is newer than a listing's."""
         with self._lock:
-            self._tenants, self._totals, self._admitted = {}, {}, None
-            for t in tenants:
+            if t.name not in self._tenants:
                 self._put(t)
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return set(self._tenants)
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            self._count(self._tenants.pop(name, None), -1)
 
     def _put(self, t: TenantQuota) -> None:
         old = self._tenants.get(t.name)
-        if old == t:
-            return
-        for sign, tq in ((-1, old), (1, t)):
-            for model, n in tq.quota.items() if tq else ():
-                self._totals[model] = self._totals.get(model, 0) + sign * n
-        self._tenants[t.name] = t
+        if old != t:
+            self._count(old, -1)
+            self._tenants[t.name] = t
+            self._count(t, 1)
+
+    def _count(self, t: TenantQuota | None, sign: int) -> None:
+        for model, n in t.quota.items() if t else ():
+            self._totals[model] = self._totals.get(model, 0) + sign * n
         self._admitted = None
 
     def over(self) -> dict[str, tuple[int, int]]:
@@ -104,20 +114,24 @@ class Ledger:
         return {m: (n, self.capacity.get(m, 0)) for m, n in totals if n > self.capacity.get(m, 0)}
 
     def verdict(self, name: str) -> Verdict:
+        with self._lock:
+            return self._verdict(name)
+
+    def _verdict(self, name: str) -> Verdict:
         over = self.over()
-        quota = self._tenants[name].quota if name in self._tenants else {}
-        mine = {m: over[m] for m, n in quota.items() if m in over and n > 0}
+        t = self._tenants.get(name)
+        mine = {m: over[m] for m, n in (t.quota if t else {}).items() if m in over and n > 0}
         # Within capacity, every tenant fits in what older ones left.
         if self.policy != "reject" or not over:
             return Verdict(mine, True)
         if self._admitted is None:
             left, self._admitted = dict(self.capacity), {}
-            for t in sorted(self._tenants.values(), key=lambda t: (t.created, t.name)):
-                fits = all(n <= left.get(m, 0) for m, n in t.quota.items())
+            for tq in sorted(self._tenants.values(), key=lambda tq: (tq.created, tq.name)):
+                fits = all(n <= left.get(m, 0) for m, n in tq.quota.items())
                 if fits:
-                    for m, n in t.quota.items():
+                    for m, n in tq.quota.items():
                         left[m] = left.get(m, 0) - n
-                self._admitted[t.name] = fits
+                self._admitted[tq.name] = fits
         return Verdict(mine, self._admitted.get(name, True))
 
     def overcommitted_tenants(self) -> int:

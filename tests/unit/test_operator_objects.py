@@ -161,7 +161,8 @@ def test_capacity_of_a_site_sums_machines_per_model():
 
 def ledger(tenants: list[capacity.TenantQuota], cap: dict[str, int], policy="reject") -> capacity.Ledger:
     book = capacity.Ledger(cap, policy)
-    book.replace(tenants)
+    for t in tenants:
+        book.put(t)
     return book
 
 
@@ -196,8 +197,11 @@ def test_ledger_follows_quota_changes_and_removals():
     book.put(tq("old", "1", h100=10))  # raised: now "new" no longer fits, "old" still does
     assert book.verdict("old").admitted and not book.verdict("new").admitted
     assert book.verdict("new").overcommitted == {"h100": (14, 12)}
-    book.replace([tq("new", "2", h100=4)])  # "old" deleted
-    assert len(book) == 1 and book.verdict("new") == capacity.Verdict({}, True)
+    book.drop("new")
+    assert book.names() == {"old"} and book.overcommitted_tenants() == 0 and book.verdict("new").admitted
+    book.add(tq("old", "1", h100=2))  # a listing older than the reconcile that put h100=10
+    book.add(tq("new", "2", h100=4))
+    assert book.verdict("new") == capacity.Verdict({"h100": (14, 12)}, False)
 
 
 def test_reject_admits_oldest_first_and_warn_admits_all():
