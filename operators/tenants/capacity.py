@@ -63,8 +63,8 @@ class Ledger:
 
     Every reconcile asks for its tenant's verdict. Assessing all tenants each time made a burst
     quadratic (200 new tenants: 12% of the operator's CPU), so the per-model totals are kept as
-    tenants come, change and go. Only `reject` needs the walk in creation order, and only while something is
-    over-committed; it is redone after a change. Under `warn` every tenant is admitted."""
+    tenants come, change and go. Only `reject` needs the walk in creation order, and only while
+    something is over-committed; it is redone after a change. Under `warn` every tenant is admitted."""
 
     def __init__(self, capacity: dict[str, int], policy: str):
         self.capacity, self.policy = dict(capacity), policy

@@ -288,6 +288,8 @@ async def converge(
 ) -> tuple[Outcome, capacity.Verdict]:
     st = state()
     if time.monotonic() - st.ledger_read_at > st.cfg.drift_interval:
+        # Stamped here, not only when the pool gets to it: one re-read, not one per reconcile in flight.
+        st.ledger_read_at = time.monotonic()
         st.kube_pool.submit(reread_ledger)  # drops tenants removed without their finalizer
     st.ledger.put(tenant_quota(t.name, t.gpu_quota, meta))
     v = st.ledger.verdict(t.name)
