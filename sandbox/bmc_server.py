@@ -27,6 +27,15 @@ def main() -> int:
     # exit status (subprocess then reports 0); the fake driver starts no other children.
     emulator.cleanup_zombies = signal.SIG_DFL
     app.logger.setLevel(logging.INFO)  # power changes and hook runs in the BMC's log
+    serve = app.run
+
+    def run(*args, **kwargs):
+        # The driver is built at the first Systems request; build it now, so that it restores the
+        # power state it stored (LastState) when the BMC starts, not when someone first asks.
+        _ = app.systems
+        return serve(*args, **kwargs)
+
+    app.run = run
     return emulator.main()
 
 

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -145,6 +145,14 @@ def _up(site: Site, power_on: bool, progress: Progress) -> None:
         )
     except RuntimeError as e:
         raise SiteError(str(e)) from e
+    powers = bmc.power_states(site, creds.username, creds.password)
+    restored = [m for m in site.machines if powers[m.name] == "On"]
+    if restored and not power_on:
+        _step(
+            progress,
+            f"{len(restored)} hosts powered on before booted again (BMC power restore: last state)",
+            lambda: _wait_all_ssh(site, restored),
+        )
     inventory.write(site, inventory_path(site), ssh.config_path(site))
     progress(f"  inventory {inventory_path(site)}; ssh config {ssh.config_path(site)}")
     if power_on:
@@ -180,9 +188,13 @@ def power_on_all(site: Site, timeout: float = 90) -> None:
     creds = _bmc_credentials(site)
     for m in site.machines:
         bmc.set_power(m, creds.username, creds.password, "On")
-    with ThreadPoolExecutor(max_workers=len(site.machines)) as pool:
-        states = list(pool.map(lambda m: wait_for_ssh(site, m, timeout), site.machines))
-    bad = [f"{m.name}: {s}" for m, s in zip(site.machines, states, strict=True) if s != "running"]
+    _wait_all_ssh(site, site.machines, timeout)
+
+
+def _wait_all_ssh(site: Site, machines: Sequence[Machine], timeout: float = 90) -> None:
+    with ThreadPoolExecutor(max_workers=len(machines)) as pool:
+        states = list(pool.map(lambda m: wait_for_ssh(site, m, timeout), machines))
+    bad = [f"{m.name}: {s}" for m, s in zip(machines, states, strict=True) if s != "running"]
     if bad:
         raise SiteError("hosts booted but are not healthy: " + "; ".join(bad))
 

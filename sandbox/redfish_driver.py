@@ -19,7 +19,8 @@
   system are an off then an on. Hooks run one at a time, in order, on a worker thread, so the HTTP
   request does not wait for them and an "off" never overtakes the "on" before it; their output goes
   to the emulator's log, and a failure or a timeout (`SUSHY_AIFACTORY_POWER_HOOK_TIMEOUT`, s) is
-  logged there as an error.
+  logged there as an error. A BMC that starts with its system stored On runs the "on" hook again
+  (PowerRestorePolicy LastState).
 
 sushy-tools has no plug-in point for system drivers; `sandbox.bmc_server` swaps this class in.
 """
@@ -81,10 +82,15 @@ class AifactoryDriver(fakedriver.FakeDriver):
         self._hook_queue: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
         # An "off" cut short by a BMC restart is finished now (the hook is idempotent), or the
         # system would say On and count as stopping for ever.
+        # A system stored On is booted again (the hook does nothing for a running host): after the
+        # machine running the site restarts, the BMCs come back as real ones do after a power cut
+        # with PowerRestorePolicy LastState, and the site with them.
         for system in self._config["SUSHY_EMULATOR_FAKE_SYSTEMS"]:
             stored = self._systems[system["uuid"]]
             if stored.get(_STOPPING):
                 self._hook_queue.put((stored["uuid"], stored["name"], "off"))
+            elif stored.get("power_state") == "On":
+                self._hook_queue.put((stored["uuid"], stored["name"], "on"))
         threading.Thread(target=self._run_hooks, name="power-hook", daemon=True).start()
 
     def get_total_memory(self, identity):

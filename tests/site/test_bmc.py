@@ -78,6 +78,14 @@ def _wait_for_line(path: Path, line: str, timeout: float = 20) -> list[str]:
         time.sleep(0.1)
 
 
+def _wait_for_more_lines(path: Path, n: int, timeout: float = 20) -> int:
+    """Wait until the file has more than n lines; return how many it has."""
+    deadline = time.monotonic() + timeout
+    while len(lines := path.read_text().splitlines()) <= n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(lines)
+
+
 def test_service_root_is_public_systems_need_credentials(bmcs):
     site, _, _ = bmcs
     for machine in site.machines:
@@ -134,9 +142,7 @@ def test_failed_power_off_leaves_the_machine_on(bmcs):
     before = len(calls.read_text().splitlines())
     bmc.set_power(gpu, USER, PASSWORD, "On")
     assert bmc.wait_for_power(gpu, USER, PASSWORD, "On", timeout=20)
-    deadline = time.monotonic() + 20
-    while len(calls.read_text().splitlines()) == before and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_for_more_lines(calls, before)
     assert calls.read_text().splitlines()[before:] == ["gpu-01 on"]
     (calls.parent / "fail-off").touch()
     try:
@@ -146,6 +152,23 @@ def test_failed_power_off_leaves_the_machine_on(bmcs):
     finally:
         (calls.parent / "fail-off").unlink()
     bmc.set_power(gpu, USER, PASSWORD, "ForceOff")  # a retry runs the hook again
+    assert bmc.wait_for_power(gpu, USER, PASSWORD, "Off", timeout=20)
+
+
+def test_restarted_bmc_restores_the_last_power_state(bmcs):
+    """After the machine running the site restarts, a system that was On boots again (LastState)."""
+    site, state, calls = bmcs
+    gpu = site.machine("gpu-01")
+    n = len(calls.read_text().splitlines())
+    bmc.set_power(gpu, USER, PASSWORD, "On")
+    n = _wait_for_more_lines(calls, n)
+    bmc.stop_bmcs(state)
+    bmc.start_bmcs(site, state, USER, PASSWORD, [str(calls.parent / "hook.sh")])
+    _wait_for_more_lines(calls, n)
+    time.sleep(0.5)
+    assert calls.read_text().splitlines()[n:] == ["gpu-01 on"]  # head-01 was Off: no hook
+    assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "On"}
+    bmc.set_power(gpu, USER, PASSWORD, "ForceOff")
     assert bmc.wait_for_power(gpu, USER, PASSWORD, "Off", timeout=20)
 
 
