@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import aiohttp
 import kopf
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -129,6 +130,23 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         cfg.policy,
         cfg.drift_interval,
         _state.kueue,
+    )
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own credentials, in a session that keeps at most `kube_concurrency` connections:
+    kopf's default session has no limit, so a burst of status writes opened ~130 connections, each
+    a TLS handshake with RSA signatures on both ends. Created here, in the operator's event loop."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=config.kube_concurrency(), ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session, server=info.server, default_namespace=info.default_namespace
     )
 
 
