@@ -109,10 +109,12 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
     kconf = k8s_client.Configuration.get_default_copy()
-    # One connection per handler thread: a smaller pool discards connections under load, and each
-    # new one costs a TLS handshake (measured: 291 discards creating 200 tenants with 48).
-    kconf.connection_pool_maxsize = workers
+    # A bounded pool whose threads wait for a free connection: urllib3's default opens one more
+    # and discards it under load (291 discards creating 200 tenants with 48), and one per deletion
+    # thread opened 256 at once, each a TLS handshake.
+    kconf.connection_pool_maxsize = config.kube_concurrency()
     kube = kside.Kube(k8s_client.ApiClient(kconf))
+    kube.api.rest_client.pool_manager.connection_pool_kw["block"] = True
     _state = State(
         cfg,
         kube,
