@@ -145,14 +145,15 @@ def _up(site: Site, power_on: bool, progress: Progress) -> None:
         )
     except RuntimeError as e:
         raise SiteError(str(e)) from e
-    powers = bmc.power_states(site, creds.username, creds.password)
-    restored = [m for m in site.machines if powers[m.name] == "On"]
-    if restored and not power_on:
-        _step(
-            progress,
-            f"{len(restored)} hosts powered on before booted again (BMC power restore: last state)",
-            lambda: _wait_all_ssh(site, restored),
-        )
+    if not power_on:  # with power_on, every machine is booted and waited for below
+        powers = bmc.power_states(site, creds.username, creds.password)
+        restored = [m for m in site.machines if powers[m.name] == "On"]
+        if restored:
+            _step(
+                progress,
+                f"{len(restored)} hosts powered on before booted again (BMC power restore: last state)",
+                lambda: _wait_all_ssh(site, restored),
+            )
     inventory.write(site, inventory_path(site), ssh.config_path(site))
     progress(f"  inventory {inventory_path(site)}; ssh config {ssh.config_path(site)}")
     if power_on:

@@ -146,6 +146,8 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=config.kube_concurrency(), ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
     )
     return kopf.AiohttpSession(
         aiohttp_session=session, server=info.server, default_namespace=info.default_namespace
