@@ -235,7 +235,7 @@ class Outcome:
 
 def write_status(
     patch: kopf.Patch,
-    status: kopf.Status,
+    status: Mapping[str, Any],
     t: TenantSpec,
     generation: int,
     out: Outcome,
