@@ -251,33 +251,44 @@ def operator_status(t: TenantSpec, created: dict, ledger: capacity.Ledger) -> di
     return dict(patch)
 
 
-def run_floor(site, kube: kside.Kube, runner: slurm.Runner, names: list[str], tenants: bool) -> float:
+def run_floor(
+    site, kubeconfig: Path, kube: kside.Kube, runner: slurm.Runner, names: list[str], tenants: bool
+) -> float:
     """The same Kubernetes objects and sacctmgr commands, written directly: no operator. With
     `tenants`, also each Tenant's create and, once both sides are applied, its status write."""
     specs = [parse(n, tenant_spec(8)) for n in names]
     ledger = capacity.Ledger(capacity.site_capacity(site), "warn")
-    created: dict[str, dict] = {}
-
-    def objects(t: TenantSpec) -> None:
-        if tenants:
-            created[t.name] = create_tenant(kube, t.name)
-            ledger.put(handlers.tenant_quota(t.name, t.gpu_quota, created[t.name]["metadata"]))
-        kside.write(kube, t.name, kside.desired_objects(t), fresh=True)
-
-    def status(t: TenantSpec) -> None:
-        body = operator_status(t, created[t.name], ledger)
-        kube.request("PATCH", f"{TENANTS}/{t.name}/status", body, content_type="application/merge-patch+json")
-
+    status_kube = install.kube(kubeconfig)
     start = time.monotonic()
     accounts = slurm.SacctmgrAccounts(runner)
     cmds = [c for t in specs for c in slurm.plan(slurm.desired(t), slurm.Observed(t.name))]
     sacct = threading.Thread(target=accounts.apply, args=(cmds,))
     sacct.start()
-    with ThreadPoolExecutor(WORKERS) as pool:  # the operator's requests for a new tenant
+
+    def status(t: TenantSpec, created: dict) -> None:
+        sacct.join()  # both sides applied
+        body = operator_status(t, created, ledger)
+        status_kube.request(
+            "PATCH", f"{TENANTS}/{t.name}/status", body, content_type="application/merge-patch+json"
+        )
+
+    # Status writes have threads and connections of their own (the operator's go through kopf's)
+    # and start once the tenant's objects are written and the Slurm batch is done.
+    with ThreadPoolExecutor(WORKERS) as pool, ThreadPoolExecutor(WORKERS) as status_pool:
+        statuses = []
+
+        def objects(t: TenantSpec) -> None:
+            if tenants:
+                created = create_tenant(kube, t.name)
+                ledger.put(handlers.tenant_quota(t.name, t.gpu_quota, created["metadata"]))
+            kside.write(kube, t.name, kside.desired_objects(t), fresh=True)
+            if tenants:
+                statuses.append(status_pool.submit(status, t, created))
+
         list(pool.map(objects, specs))
         sacct.join()
-        if tenants:
-            list(pool.map(status, specs))
+        for done in statuses:
+            done.result()
     elapsed = time.monotonic() - start
     # cleanup (no operator runs to remove the Tenants' finalizer)
     accounts.apply([c for t in specs for c in slurm.delete_plan(t.name)])
@@ -320,8 +331,8 @@ def main() -> int:
     rounds = []
     for r in range(args.rounds):
         names = [f"bench-{run}-{r}-{i:03d}" for i in range(args.tenants)]
-        objects_floor = run_floor(site, kube, runner, [f"{n}j" for n in names], tenants=False)
-        floor = run_floor(site, kube, runner, [f"{n}f" for n in names], tenants=True)
+        objects_floor = run_floor(site, kubeconfig, kube, runner, [f"{n}j" for n in names], tenants=False)
+        floor = run_floor(site, kubeconfig, kube, runner, [f"{n}f" for n in names], tenants=True)
         log = Path(tempfile.mkdtemp()) / "operator.log"
         op = run_operator(site, kube, kubeconfig, runner, [f"{n}o" for n in names], log)
         rounds.append((floor, objects_floor, op, log))
