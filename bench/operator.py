@@ -245,7 +245,7 @@ def operator_status(t: TenantSpec, created: dict, ledger: capacity.Ledger) -> di
     patch = kopf.Patch()
     out = handlers.Outcome(observed=slurm.Observed(t.name, exists=True, running_jobs=0, gpu_minutes_used=0.0))
     verdict = ledger.verdict(t.name)
-    handlers.write_status(patch, {}, t, created["metadata"]["generation"], out, verdict, "warn")
+    handlers.write_status(patch, {}, t, created["metadata"]["generation"], out, verdict, ledger.policy)
     essence = json.dumps({"spec": created["spec"]}, separators=(",", ":"))
     patch.status["kopf"] = {"last-handled-configuration": essence}
     return dict(patch)
@@ -278,14 +278,15 @@ def run_floor(
         statuses = []
 
         def objects(t: TenantSpec) -> None:
-            if tenants:
-                created = create_tenant(kube, t.name)
-                ledger.put(handlers.tenant_quota(t.name, t.gpu_quota, created["metadata"]))
             kside.write(kube, t.name, kside.desired_objects(t), fresh=True)
-            if tenants:
-                statuses.append(status_pool.submit(status, t, created))
 
-        list(pool.map(objects, specs))
+        def tenant(t: TenantSpec) -> None:
+            created = create_tenant(kube, t.name)
+            ledger.put(handlers.tenant_quota(t.name, t.gpu_quota, created["metadata"]))
+            objects(t)
+            statuses.append(status_pool.submit(status, t, created))
+
+        list(pool.map(tenant if tenants else objects, specs))
         sacct.join()
         for done in statuses:
             done.result()
@@ -342,16 +343,18 @@ def main() -> int:
             flush=True,
         )
 
+    floors, objects_floors = [r[0] for r in rounds], [r[1] for r in rounds]
+    readies = [r[2]["all_ready_s"] for r in rounds]
+
     def ratio_line(label: str, floors: list[float], target: str = "") -> str:
-        ratios = sorted(o["all_ready_s"] / f for f, (_, _, o, _) in zip(floors, rounds, strict=True))
+        ratios = sorted(o / f for o, f in zip(readies, floors, strict=True))
         median = statistics.median(ratios)
         return f"  {label:33s}{median:7.2f} x median ({', '.join(f'{x:.2f}' for x in ratios)}){target}"
 
-    floors, objects_floors = [r[0] for r in rounds], [r[1] for r in rounds]
     _, _, op, log = rounds[-1]
     n = args.tenants
     print(f"tenant operator, {n} tenants created at once (site {site.name}; last operator log {log})")
-    ready = statistics.median(r[2]["all_ready_s"] for r in rounds)
+    ready = statistics.median(readies)
     print(f"  all Ready (median of {len(rounds)} rounds):  {ready:7.1f} s")
     print(f"  each tenant Ready (last round): p50 {op['ready_p50_s']:.1f} s, p90 {op['ready_p90_s']:.1f} s")
     print(f"  floor (the run's requests, direct): {statistics.median(floors):4.1f} s")
