@@ -1,6 +1,7 @@
 """The binaries no package registry ships, built from pinned Go modules in `toolchain/`.
 
-Each Go module under toolchain/ pins one upstream project (go.mod + go.sum are the pins). A binary
+Each Go module under toolchain/ pins one upstream project (go.mod + go.sum are the pins); the
+emulated site's own Go programs (`sandbox/gpu-device-plugin`) are built the same way. A binary
 is rebuilt only when its stamp changes: the stamp hashes the module's go.mod/go.sum, the build
 flags and the Go version. Binaries land in `~/.cache/aifactory/bin` (outside the repo); the same
 directory, copied to an air-gapped site, is its offline install bundle.
@@ -20,15 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aifactory import paths
+from aifactory import images, paths
 
-TOOLCHAIN = paths.REPO / "toolchain"
 K8S_VERSION = "v1.37.2"
 PULUMI_VERSION = "v3.274.1"
 LANGUAGE_HOST_VERSION = "v3.79.0"
 KUBERNETES_PROVIDER_VERSION = "4.25.0"
 KWOK_VERSION = "v0.8.0"
 ETCD_VERSION = "v3.7.0"
+# Our own small Go programs: their version is the project's.
+PAUSE_VERSION = "3.10"
+GPU_DEVICE_PLUGIN_VERSION = "0.1.0"
 
 _K8S_LDFLAGS = [
     f"-X k8s.io/component-base/version.gitVersion={K8S_VERSION}",
@@ -44,7 +47,7 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class Binary:
     name: str
-    module: str  # folder under toolchain/
+    module: str  # the Go module's folder, relative to the repository
     package: str  # Go package to build, relative to that module's build list
     version: str
     ldflags: tuple[str, ...] = ()
@@ -55,19 +58,23 @@ class Binary:
     def path(self) -> Path:
         return paths.bin_dir() / self.name
 
+    @property
+    def module_dir(self) -> Path:
+        return paths.REPO / self.module
 
-def _module_dir(module: str, go_module: str) -> Path:
-    """Where the Go module cache holds `go_module` at the version `module` pins."""
-    out = _go(["mod", "download", "-json", go_module], TOOLCHAIN / module, capture=True)
+
+def _module_dir(module_dir: Path, go_module: str) -> Path:
+    """Where the Go module cache holds `go_module` at the version `module_dir`'s go.mod pins."""
+    out = _go(["mod", "download", "-json", go_module], module_dir, capture=True)
     return Path(json.loads(out)["Dir"])
 
 
 def _stamp_kubernetes_schema(binary: Binary, progress: Progress) -> None:
     """The provider embeds its schema stamped with its version (upstream does this in `make`)."""
-    src = _module_dir(binary.module, "github.com/pulumi/pulumi-kubernetes/provider/v4") / (
+    src = _module_dir(binary.module_dir, "github.com/pulumi/pulumi-kubernetes/provider/v4") / (
         "cmd/pulumi-resource-kubernetes"
     )
-    dst = TOOLCHAIN / binary.module
+    dst = binary.module_dir
     schema = json.loads((src / "schema.json").read_text())
     schema["version"] = binary.version
     (dst / "schema-embed.json").write_text(json.dumps(schema, separators=(",", ":")))
@@ -78,7 +85,7 @@ def _stamp_kubernetes_schema(binary: Binary, progress: Progress) -> None:
 BINARIES: tuple[Binary, ...] = (
     Binary(
         "pulumi",
-        "pulumi",
+        "toolchain/pulumi",
         "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi",
         PULUMI_VERSION,
         (f"-X {_PULUMI_VERSION_VAR}={PULUMI_VERSION}",),
@@ -86,7 +93,7 @@ BINARIES: tuple[Binary, ...] = (
     ),
     Binary(
         "pulumi-language-python",
-        "pulumi-language-python",
+        "toolchain/pulumi-language-python",
         "github.com/pulumi/pulumi/sdk/v3/python/cmd/pulumi-language-python",
         LANGUAGE_HOST_VERSION,
         (f"-X {_PULUMI_VERSION_VAR}={LANGUAGE_HOST_VERSION}",),
@@ -94,7 +101,7 @@ BINARIES: tuple[Binary, ...] = (
     ),
     Binary(
         "pulumi-resource-kubernetes",
-        "pulumi-kubernetes",
+        "toolchain/pulumi-kubernetes",
         ".",
         KUBERNETES_PROVIDER_VERSION,
         (
@@ -104,29 +111,43 @@ BINARIES: tuple[Binary, ...] = (
         ("-version",),
         prepare=_stamp_kubernetes_schema,
     ),
-    Binary("etcd", "kubernetes", "go.etcd.io/etcd/server/v3", ETCD_VERSION),
+    Binary("etcd", "toolchain/kubernetes", "go.etcd.io/etcd/server/v3", ETCD_VERSION),
     Binary(
         "kube-apiserver",
-        "kubernetes",
+        "toolchain/kubernetes",
         "k8s.io/kubernetes/cmd/kube-apiserver",
         K8S_VERSION,
         tuple(_K8S_LDFLAGS),
     ),
     Binary(
         "kube-controller-manager",
-        "kubernetes",
+        "toolchain/kubernetes",
         "k8s.io/kubernetes/cmd/kube-controller-manager",
         K8S_VERSION,
         tuple(_K8S_LDFLAGS),
     ),
     Binary(
         "kube-scheduler",
-        "kubernetes",
+        "toolchain/kubernetes",
         "k8s.io/kubernetes/cmd/kube-scheduler",
         K8S_VERSION,
         tuple(_K8S_LDFLAGS),
     ),
-    Binary("kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
+    # Node binaries: every worker runs them, on real and emulated sites alike.
+    *(
+        Binary(name, "toolchain/kubernetes", f"k8s.io/kubernetes/cmd/{name}", K8S_VERSION, (*_K8S_LDFLAGS,))
+        for name in ("kubelet", "kube-proxy")
+    ),
+    Binary("pause", "toolchain/pause", ".", PAUSE_VERSION, (f"-X main.version={PAUSE_VERSION}",)),
+    Binary("kwok", "toolchain/kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
+    # The emulated GPUs' device plugin (sandbox/: emulated sites only; real sites run NVIDIA's).
+    Binary(
+        "aifactory-gpu-device-plugin",
+        "sandbox/gpu-device-plugin",
+        ".",
+        GPU_DEVICE_PLUGIN_VERSION,
+        (f"-X main.version={GPU_DEVICE_PLUGIN_VERSION}",),
+    ),
 )
 BY_NAME = {b.name: b for b in BINARIES}
 PULUMI_PLUGIN_PARTS = ("pulumi", "pulumi-language-python", "pulumi-resource-kubernetes")
@@ -168,7 +189,7 @@ def go_version() -> str:
 def stamp(binary: Binary, gover: str) -> str:
     h = hashlib.sha256()
     for f in ("go.mod", "go.sum", "main.go"):
-        p = TOOLCHAIN / binary.module / f
+        p = binary.module_dir / f
         if p.exists():
             h.update(p.read_bytes())
     cgo = _go_env()["CGO_ENABLED"]
@@ -185,7 +206,8 @@ def _sha256(path: Path) -> str:
 
 
 def manifest() -> dict[str, dict[str, str]]:
-    """Name -> {version, sha256} of every built binary: what an offline bundle ships."""
+    """Name -> {version, sha256} of every built binary, and {version, sha256, image} of every image
+    archive: what an offline bundle ships."""
     out = {}
     for b in BINARIES:
         try:
@@ -194,7 +216,28 @@ def manifest() -> dict[str, dict[str, str]]:
             continue
         if b.path.exists() and "sha256" in rec:
             out[b.name] = {"version": b.version, "sha256": rec["sha256"]}
+    try:
+        built_images = json.loads(_images_stamp().read_text())
+    except (OSError, ValueError):
+        built_images = {}
+    for name, rec in built_images.items():
+        if (paths.bin_dir() / name).exists():
+            tag = rec["ref"].rsplit(":", 1)[1]
+            out[name] = {"version": tag, "sha256": rec["sha256"], "image": rec["ref"]}
     return out
+
+
+def _images_stamp() -> Path:
+    return paths.bin_dir() / ".stamps" / "images.json"
+
+
+def build_images(progress: Progress = print) -> None:
+    """The node images (pause, toolbox) as archives beside the binaries; cheap and deterministic."""
+    try:
+        built = images.build_all(paths.bin_dir(), paths.bin_dir(), images.BUNDLE_REGISTRY, progress)
+    except images.ImageError as e:
+        raise ToolchainError(str(e)) from e
+    _images_stamp().write_text(json.dumps(built, indent=2, sort_keys=True))
 
 
 def _stamp_file(binary: Binary) -> Path:
@@ -237,6 +280,8 @@ def build(names: list[str] | None = None, force: bool = False, progress: Progres
     if not todo:
         progress(f"toolchain: all {len(wanted)} binaries up to date in {paths.bin_dir()}")
         _ensure_pulumi_plugins(set(), progress)
+        if not names:
+            build_images(progress)
         return []
     paths.bin_dir().mkdir(parents=True, exist_ok=True)
     (paths.bin_dir() / ".stamps").mkdir(exist_ok=True)
@@ -244,14 +289,14 @@ def build(names: list[str] | None = None, force: bool = False, progress: Progres
         f"toolchain: building {len(todo)} of {len(wanted)} binaries with {gover} (cold: 20-40 min on 2 cores)"
     )
     for i, b in enumerate(todo, 1):
-        progress(f"[{i}/{len(todo)}] {b.name} {b.version} (toolchain/{b.module})")
+        progress(f"[{i}/{len(todo)}] {b.name} {b.version} ({b.module})")
         if b.prepare:
             b.prepare(b, progress)
         tmp = b.path.with_name(f".{b.name}.tmp")
         flags = ["-trimpath", "-ldflags", " ".join(("-s", "-w", *b.ldflags))]
 
         def run(b: Binary = b, tmp: Path = tmp, flags: list[str] = flags) -> None:
-            _go(["build", *flags, "-o", str(tmp), b.package], TOOLCHAIN / b.module)
+            _go(["build", *flags, "-o", str(tmp), b.package], b.module_dir)
 
         secs = _with_heartbeat(b.name, progress, run)
         tmp.replace(b.path)
@@ -268,6 +313,8 @@ def build(names: list[str] | None = None, force: bool = False, progress: Progres
         progress(f"  built {b.path} in {secs:.0f}s")
     built = {b.name for b in todo}
     _ensure_pulumi_plugins(built, progress)
+    if not names:
+        build_images(progress)
     return [b.name for b in todo]
 
 
@@ -295,7 +342,7 @@ def install_pulumi_plugins(progress: Progress = print) -> None:
     release as the Python `pulumi` package (argument-compatible with the pinned language host).
     """
     bin_dir = paths.bin_dir()
-    sdk_python = _module_dir("pulumi", "github.com/pulumi/pulumi/sdk/v3") / "python"
+    sdk_python = _module_dir(BY_NAME["pulumi"].module_dir, "github.com/pulumi/pulumi/sdk/v3") / "python"
     for shim in (
         sdk_python / "cmd/pulumi-language-python-exec",
         sdk_python / "dist/pulumi-resource-pulumi-python",

@@ -1,6 +1,7 @@
-"""The built toolchain runs: Kubernetes control plane, Pulumi CLI and plugins, kwok."""
+"""The built toolchain runs: Kubernetes control plane and node, Pulumi CLI and plugins, kwok, our own."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -41,8 +42,27 @@ def test_pulumi_reports_pinned_versions_and_plugins(built):
 
 
 def test_binaries_report_their_pinned_versions(built):
-    built("kwok", "etcd", "kube-controller-manager", "kube-scheduler")
+    node = ("kubelet", "kube-proxy")
+    built("kwok", "etcd", "kube-controller-manager", "kube-scheduler", *node, "pause", "aifactory-gpu-device-plugin")
     assert toolchain.KWOK_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["kwok"])
     assert toolchain.ETCD_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["etcd"])
-    for name in ("kube-controller-manager", "kube-scheduler", "kube-apiserver"):
+    for name in ("kube-controller-manager", "kube-scheduler", "kube-apiserver", *node):
         assert toolchain.reported_version(toolchain.BY_NAME[name]) == f"Kubernetes {toolchain.K8S_VERSION}"
+    assert toolchain.reported_version(toolchain.BY_NAME["pause"]) == f"pause {toolchain.PAUSE_VERSION}"
+    plugin = toolchain.BY_NAME["aifactory-gpu-device-plugin"]
+    assert toolchain.reported_version(plugin) == f"gpu-device-plugin {toolchain.GPU_DEVICE_PLUGIN_VERSION}"
+
+
+def test_emulated_gpu_device_plugin_go_tests():
+    """The device plugin's own Go tests: discovery, Allocate, and a registration round trip."""
+    plugin = toolchain.BY_NAME["aifactory-gpu-device-plugin"]
+    proc = subprocess.run(
+        ["go", "test", "-count=1", "./..."],
+        cwd=plugin.module_dir,
+        env={**os.environ, "GOFLAGS": "-mod=readonly"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

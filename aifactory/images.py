@@ -1,0 +1,342 @@
+"""Small OCI container images built from local files: no Docker, no registry, no network.
+
+An air-gapped site cannot pull images, so the few it needs (the pod sandbox's pause, a busybox toolbox for
+validation pods) are built here from files already on the machine and shipped as image archives that
+`ctr -n k8s.io images import` loads and a later registry push can reuse.
+
+One archive is both layouts at once, sharing the same blobs:
+- an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/<hex>`): containerd's importer takes the
+  OCI path whenever `oci-layout` is present and reads `index.json` as the image index; each index entry is
+  named by its `io.containerd.image.name` annotation, else by `org.opencontainers.image.ref.name`;
+- docker-archive's `manifest.json` (Config/RepoTags/Layers pointing into `blobs/sha256/`, as Docker 25+
+  writes it) for tools that only read that.
+
+Archives are byte-for-byte reproducible: every tar entry has mtime 0, uid/gid 0 and a fixed mode, entries
+are sorted, JSON is written with sorted keys, and the config has no `created` time. The same inputs give
+the same digests, so a rebuilt bundle shows no spurious change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import struct
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+Progress = Callable[[str], None]
+
+IMAGES_DIR_NAME = "images"
+BUSYBOX = Path("/bin/busybox")
+PAUSE_TAG = "3.10"  # the pause version the toolchain builds (toolchain.PAUSE_VERSION)
+# The registry name the bundle's images carry. They are imported into every node's containerd from
+# the site's offline bundle and never pulled, so no registry answers to this name.
+BUNDLE_REGISTRY = "bundle.aifactory.local"
+TOOLBOX_TAG = "1.0"
+TOOLBOX_REF = f"{BUNDLE_REGISTRY}/aifactory/toolbox:{TOOLBOX_TAG}"
+TOOLBOX_APPLETS = (
+    "sh", "ls", "cat", "echo", "sleep", "env", "ps", "kill", "wget", "nc", "nslookup", "ip", "ping",
+    "hostname", "id", "grep", "true", "false", "test", "mkdir", "rm", "date", "timeout", "head", "tail",
+)  # fmt: skip
+
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+
+# platform.machine() -> GOARCH, the architecture names image configs and containerd's platform matcher use.
+_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le"}
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One entry of the image's single layer: a copied file, literal bytes, or a symlink."""
+
+    path_in_image: str
+    source: Path | None
+    mode: int
+    symlink_to: str | None = None
+    content: bytes | None = None
+    missing_hint: str = field(default="", compare=False)  # how to get `source` when it is absent
+
+    def __post_init__(self) -> None:
+        kinds = sum(x is not None for x in (self.source, self.symlink_to, self.content))
+        if kinds != 1:
+            raise ImageError(f"{self.path_in_image}: give exactly one of source, symlink_to, content")
+        if not self.path_in_image.startswith("/") or _member_name(self.path_in_image) in ("", "."):
+            raise ImageError(f"{self.path_in_image!r}: path_in_image must be an absolute file path")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str  # repository path without registry, e.g. "aifactory/pause"
+    tag: str
+    files: tuple[ImageFile, ...]
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    user: str = ""
+
+    def ref(self, registry: str) -> str:
+        return f"{registry.rstrip('/')}/{self.name}:{self.tag}"
+
+    @property
+    def archive_name(self) -> str:
+        return f"{self.name.replace('/', '_')}_{self.tag}.tar"
+
+    def missing_inputs(self) -> list[str]:
+        """One message per source file that does not exist, with the hint on how to get it."""
+        return [
+            f"{f.source} missing" + (f": {f.missing_hint}" if f.missing_hint else "")
+            for f in self.files
+            if f.source is not None and not f.source.is_file()
+        ]
+
+
+def goarch(machine: str | None = None) -> str:
+    m = machine or platform.machine()
+    try:
+        return _GOARCH[m]
+    except KeyError:
+        raise ImageError(f"no GOARCH known for machine {m!r}") from None
+
+
+def _member_name(path_in_image: str) -> str:
+    # Layer members are relative ("bin/sh"), as image builders write them; appliers root them at /.
+    return str(PurePosixPath("/", path_in_image)).lstrip("/")
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _tarinfo(name: str, kind: bytes, mode: int, size: int = 0, linkname: str = "") -> tarfile.TarInfo:
+    """A tar header with nothing taken from the build machine (times, owners, umask)."""
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mode, ti.size, ti.linkname = kind, mode, size, linkname
+    ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "", ""
+    return ti
+
+
+def _dynamic_interpreter(path: Path) -> bool:
+    """True when `path` is an ELF file with a PT_INTERP header: it needs a libc that a scratch image lacks."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 52 or head[:4] != b"\x7fELF":
+            return False
+        end = "<" if head[5] == 1 else ">"
+        if head[4] == 2:  # ELFCLASS64
+            (phoff,) = struct.unpack_from(end + "Q", head, 32)
+            phentsize, phnum = struct.unpack_from(end + "HH", head, 54)
+        else:
+            (phoff,) = struct.unpack_from(end + "I", head, 28)
+            phentsize, phnum = struct.unpack_from(end + "HH", head, 42)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return any(
+        struct.unpack_from(end + "I", table, i * phentsize)[0] == 3  # PT_INTERP
+        for i in range(min(phnum, len(table) // max(phentsize, 1)))
+    )
+
+
+def _layer(files: Iterable[ImageFile]) -> bytes:
+    """The image's one layer: an uncompressed tar, sorted, parent directories included."""
+    entries: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
+    for f in files:
+        name = _member_name(f.path_in_image)
+        if name in entries:
+            raise ImageError(f"/{name} is given twice (or is also a parent directory)")
+        for parent in map(str, PurePosixPath(name).parents):
+            if parent == ".":
+                continue
+            ti, _ = entries.setdefault(parent, (_tarinfo(parent, tarfile.DIRTYPE, 0o755), b""))
+            if ti.type != tarfile.DIRTYPE:
+                raise ImageError(f"/{parent} is both a file and a parent directory")
+        if f.symlink_to is not None:
+            entries[name] = (_tarinfo(name, tarfile.SYMTYPE, 0o777, linkname=f.symlink_to), b"")
+            continue
+        if f.source is not None:
+            if _dynamic_interpreter(f.source):
+                raise ImageError(f"{f.source} is dynamically linked and the image has no libc")
+            data = f.source.read_bytes()
+        else:
+            data = f.content or b""
+        entries[name] = (_tarinfo(name, tarfile.REGTYPE, f.mode, len(data)), data)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(entries):
+            ti, data = entries[name]
+            tar.addfile(ti, io.BytesIO(data) if ti.type == tarfile.REGTYPE else None)
+    return buf.getvalue()
+
+
+def build(spec: ImageSpec, out: Path, registry: str) -> str:
+    """Write `spec` as an image archive at `out` (atomically); return the manifest digest."""
+    missing = spec.missing_inputs()
+    if missing:
+        raise ImageError(f"{spec.name}:{spec.tag}: " + "; ".join(missing))
+    ref, arch = spec.ref(registry), goarch()
+    layer = _layer(spec.files)
+    image_config: dict[str, Any] = {"Entrypoint": list(spec.entrypoint)}
+    if spec.cmd:
+        image_config["Cmd"] = list(spec.cmd)
+    if spec.env:
+        image_config["Env"] = list(spec.env)
+    if spec.user:
+        image_config["User"] = spec.user
+    config = _json(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "config": image_config,
+            "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},  # uncompressed: diff_id == digest
+        }
+    )
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": _digest(config), "size": len(config)},
+            "layers": [{"mediaType": MEDIA_LAYER, "digest": _digest(layer), "size": len(layer)}],
+        }
+    )
+    # Both annotations carry the full ref: containerd 1.6 names the image from io.containerd.image.name,
+    # and a full ref in ref.name is kept as is by ctr's ref translators (a bare tag would become
+    # "import-<date>:<tag>").
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_INDEX,
+            "manifests": [
+                {
+                    "mediaType": MEDIA_MANIFEST,
+                    "digest": _digest(manifest),
+                    "size": len(manifest),
+                    "platform": {"architecture": arch, "os": "linux"},
+                    "annotations": {ANNOTATION_CONTAINERD_NAME: ref, ANNOTATION_REF_NAME: ref},
+                }
+            ],
+        }
+    )
+
+    def blob(data: bytes) -> str:
+        return "blobs/sha256/" + hashlib.sha256(data).hexdigest()
+
+    docker_manifest = _json([{"Config": blob(config), "RepoTags": [ref], "Layers": [blob(layer)]}])
+    members = {
+        blob(layer): layer,
+        blob(config): config,
+        blob(manifest): manifest,
+        "index.json": index,
+        "manifest.json": docker_manifest,
+        "oci-layout": _json({"imageLayoutVersion": "1.0.0"}),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for d in ("blobs", "blobs/sha256"):
+                    tar.addfile(_tarinfo(d, tarfile.DIRTYPE, 0o755))
+                for name in sorted(members):
+                    data = members[name]
+                    tar.addfile(_tarinfo(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.chmod(0o644)  # mkstemp creates 0600; the bundle is world-readable like the binaries
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _digest(manifest)
+
+
+# The site's images. Each takes the paths of its inputs so tests can point them at temporary files.
+
+
+def pause_image(bin_dir: Path) -> ImageSpec:
+    """The pod sandbox image: the toolchain's static `pause` binary alone (kubelet's sandbox_image)."""
+    return ImageSpec(
+        name="aifactory/pause",
+        tag=PAUSE_TAG,
+        files=(
+            ImageFile(
+                "/pause",
+                bin_dir / "pause",
+                0o755,
+                missing_hint="build it with `aifactory toolchain build pause`",
+            ),
+        ),
+        entrypoint=("/pause",),
+    )
+
+
+_PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+_GROUP = b"root:x:0:\nnogroup:x:65534:\n"
+
+
+def toolbox_image(busybox: Path = BUSYBOX) -> ImageSpec:
+    """Validation pods' and tests' image: Debian's static busybox with a shell and network tools."""
+    return ImageSpec(
+        name="aifactory/toolbox",
+        tag=TOOLBOX_TAG,
+        files=(
+            ImageFile("/bin/busybox", busybox, 0o755, missing_hint="install Debian's busybox-static"),
+            *(ImageFile(f"/bin/{a}", None, 0o777, symlink_to="busybox") for a in TOOLBOX_APPLETS),
+            ImageFile("/etc/passwd", None, 0o644, content=_PASSWD),
+            ImageFile("/etc/group", None, 0o644, content=_GROUP),
+        ),
+        entrypoint=("/bin/sh",),
+        env=("PATH=/bin",),
+    )
+
+
+def catalogue(bin_dir: Path, busybox: Path = BUSYBOX) -> tuple[ImageSpec, ...]:
+    return (pause_image(bin_dir), toolbox_image(busybox))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_all(
+    bin_dir: Path, out_dir: Path, registry: str, progress: Progress = print, busybox: Path = BUSYBOX
+) -> dict[str, dict[str, str]]:
+    """Build every catalogued image into `out_dir`; {archive file name: {ref, digest, sha256}}.
+
+    Every input is checked first, so a missing one fails before anything is written, with one line per
+    missing file saying how to get it.
+    """
+    specs = catalogue(bin_dir, busybox)
+    missing = [m for s in specs for m in s.missing_inputs()]
+    if missing:
+        raise ImageError("cannot build the site's images:\n  " + "\n  ".join(missing))
+    built: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        out = out_dir / spec.archive_name
+        digest = build(spec, out, registry)
+        built[out.name] = {"ref": spec.ref(registry), "digest": digest, "sha256": _sha256_file(out)}
+        progress(f"  image {spec.ref(registry)} {digest[:19]} -> {out}")
+    return built

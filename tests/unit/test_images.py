@@ -1,0 +1,226 @@
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from aifactory import images
+
+pytestmark = pytest.mark.unit
+
+REGISTRY = "registry.local:5000"
+CTR = Path("/usr/bin/ctr")
+CONTAINERD_SOCK = Path("/run/containerd/containerd.sock")
+
+
+def _elf(p_type: int) -> bytes:
+    """A minimal ELF64 header with one program header of type `p_type` (3 = PT_INTERP)."""
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    header = struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    return ident + header + struct.pack("<IIQQQQQQ", p_type, 5, 0, 0, 0, 0, 0, 0)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """A fake static pause binary and busybox, as build_all's bin_dir and busybox arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pause").write_bytes(_elf(1) + b"fake pause")
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(_elf(1) + b"fake busybox")
+    return bin_dir, busybox
+
+
+def _members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def _layer_members(layer: bytes, tmp_path: Path) -> list[tarfile.TarInfo]:
+    p = tmp_path / "layer.tar"
+    p.write_bytes(layer)
+    with tarfile.open(p) as tar:
+        return tar.getmembers()
+
+
+def test_ref_and_archive_name(inputs):
+    bin_dir, busybox = inputs
+    spec = images.pause_image(bin_dir)
+    assert spec.ref(REGISTRY) == "registry.local:5000/aifactory/pause:3.10"
+    assert spec.ref(REGISTRY + "/") == "registry.local:5000/aifactory/pause:3.10"
+    assert images.toolbox_image(busybox).archive_name == "aifactory_toolbox_1.0.tar"
+
+
+def test_same_inputs_give_identical_archives(inputs, tmp_path):
+    _, busybox = inputs
+    spec = images.toolbox_image(busybox)
+    a, b = tmp_path / "a" / "x.tar", tmp_path / "b" / "x.tar"
+    da = images.build(spec, a, REGISTRY)
+    os.utime(busybox, (1_000_000, 1_000_000))  # the source's own times must not leak in
+    db = images.build(spec, b, REGISTRY)
+    assert da == db
+    assert a.read_bytes() == b.read_bytes()
+    assert not [p for p in a.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_archive_is_an_oci_layout_and_a_docker_archive(inputs, tmp_path):
+    _, busybox = inputs
+    spec = images.toolbox_image(busybox)
+    archive = tmp_path / spec.archive_name
+    digest = images.build(spec, archive, REGISTRY)
+    files = _members(archive)
+    ref = "registry.local:5000/aifactory/toolbox:1.0"
+
+    # Every blob is named by its sha256.
+    blobs = {n: d for n, d in files.items() if n.startswith("blobs/sha256/")}
+    assert len(blobs) == 3
+    for name, data in blobs.items():
+        assert name == "blobs/sha256/" + hashlib.sha256(data).hexdigest()
+
+    assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads(files["index.json"])
+    (entry,) = index["manifests"]
+    assert entry["annotations"] == {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": ref}
+    assert entry["digest"] == digest and entry["mediaType"] == images.MEDIA_MANIFEST
+    assert entry["platform"] == {"architecture": images.goarch(), "os": "linux"}
+
+    manifest = json.loads(blobs["blobs/sha256/" + digest.removeprefix("sha256:")])
+    config_name = "blobs/sha256/" + manifest["config"]["digest"].removeprefix("sha256:")
+    (layer_desc,) = manifest["layers"]
+    layer_name = "blobs/sha256/" + layer_desc["digest"].removeprefix("sha256:")
+    assert layer_desc["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+    assert layer_desc["size"] == len(blobs[layer_name])
+
+    assert json.loads(files["manifest.json"]) == [
+        {"Config": config_name, "RepoTags": [ref], "Layers": [layer_name]}
+    ]
+
+    config = json.loads(blobs[config_name])
+    layer = blobs[layer_name]
+    assert config["rootfs"] == {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}
+    assert config["os"] == "linux" and config["architecture"] == images.goarch()
+    assert config["config"] == {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]}
+
+    members = _layer_members(layer, tmp_path)
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    assert names[:2] == ["bin", "bin/busybox"]
+    assert {"etc", "etc/passwd", "etc/group", "bin/sh", "bin/wget"} <= set(names)
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 for m in members)
+    by_name = {m.name: m for m in members}
+    assert by_name["bin"].isdir() and by_name["bin"].mode == 0o755
+    assert by_name["bin/busybox"].isfile() and by_name["bin/busybox"].mode == 0o755
+    for applet in images.TOOLBOX_APPLETS:
+        assert by_name[f"bin/{applet}"].issym() and by_name[f"bin/{applet}"].linkname == "busybox"
+    with tarfile.open(tmp_path / "layer.tar") as tar:
+        assert tar.extractfile("bin/busybox").read() == busybox.read_bytes()
+        passwd = tar.extractfile("etc/passwd").read().decode()
+    assert "nobody:x:65534:65534" in passwd
+
+    # The outer archive is deterministic too: no times, no owners.
+    with tarfile.open(archive) as tar:
+        assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 for m in tar.getmembers())
+
+
+def test_pause_image_has_only_the_binary(inputs, tmp_path):
+    bin_dir, _ = inputs
+    archive = tmp_path / "pause.tar"
+    images.build(images.pause_image(bin_dir), archive, REGISTRY)
+    files = _members(archive)
+    config_name = json.loads(files["manifest.json"])[0]["Config"]
+    assert json.loads(files[config_name])["config"] == {"Entrypoint": ["/pause"]}
+    layer_name = json.loads(files["manifest.json"])[0]["Layers"][0]
+    members = _layer_members(files[layer_name], tmp_path)
+    assert [(m.name, m.mode) for m in members] == [("pause", 0o755)]
+
+
+def test_build_all_writes_every_image(inputs, tmp_path):
+    bin_dir, busybox = inputs
+    out = tmp_path / images.IMAGES_DIR_NAME
+    lines: list[str] = []
+    built = images.build_all(bin_dir, out, REGISTRY, lines.append, busybox=busybox)
+    assert set(built) == {"aifactory_pause_3.10.tar", "aifactory_toolbox_1.0.tar"}
+    for name, rec in built.items():
+        assert rec["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+        assert rec["digest"].startswith("sha256:")
+    assert built["aifactory_pause_3.10.tar"]["ref"] == "registry.local:5000/aifactory/pause:3.10"
+    assert len(lines) == 2
+
+
+def test_build_all_names_a_missing_input(inputs, tmp_path):
+    bin_dir, _ = inputs
+    out = tmp_path / "out"
+    with pytest.raises(images.ImageError) as e:
+        images.build_all(bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox")
+    assert f"{tmp_path / 'no-busybox'} missing: install Debian's busybox-static" in str(e.value)
+    assert not out.exists()  # nothing built when an input is absent
+    (bin_dir / "pause").unlink()
+    with pytest.raises(images.ImageError, match="pause missing: build it with"):
+        images.build_all(bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox")
+
+
+def test_dynamically_linked_binary_is_refused(inputs, tmp_path):
+    bin_dir, _ = inputs
+    (bin_dir / "pause").write_bytes(_elf(3))
+    with pytest.raises(images.ImageError, match="dynamically linked"):
+        images.build(images.pause_image(bin_dir), tmp_path / "p.tar", REGISTRY)
+    assert not (tmp_path / "p.tar").exists()
+
+
+def test_bad_specs_are_refused(tmp_path):
+    with pytest.raises(images.ImageError, match="exactly one"):
+        images.ImageFile("/x", tmp_path, 0o644, content=b"")
+    with pytest.raises(images.ImageError, match="absolute"):
+        images.ImageFile("x", None, 0o644, content=b"")
+    clash = images.ImageSpec(
+        "t/clash",
+        "1",
+        (
+            images.ImageFile("/a", None, 0o644, content=b""),
+            images.ImageFile("/a/b", None, 0o644, content=b""),
+        ),
+        ("/a",),
+    )
+    with pytest.raises(images.ImageError, match="both a file and a parent directory"):
+        images.build(clash, tmp_path / "c.tar", REGISTRY)
+    with pytest.raises(images.ImageError, match="no GOARCH"):
+        images.goarch("vax")
+    assert images.goarch("x86_64") == "amd64" and images.goarch("aarch64") == "arm64"
+
+
+def _ctr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CTR), "--address", str(CONTAINERD_SOCK), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_containerd_imports_the_archive(inputs, tmp_path):
+    if not CTR.exists():
+        pytest.skip(f"{CTR} not installed")
+    try:
+        answered = _ctr("version").returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        answered = False
+    if not answered:
+        pytest.skip(f"containerd does not answer on {CONTAINERD_SOCK}")
+    _, busybox = inputs
+    spec = images.toolbox_image(busybox)
+    archive = tmp_path / spec.archive_name
+    digest = images.build(spec, archive, REGISTRY)
+    ref, ns = spec.ref(REGISTRY), "aifactory-test"  # not k8s.io: the kubelet never sees this image
+    try:
+        proc = _ctr("-n", ns, "images", "import", str(archive))
+        assert proc.returncode == 0, proc.stderr
+        listed = _ctr("-n", ns, "images", "ls")
+        rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+        assert [ref, digest] in [row[:1] + row[2:3] for row in rows], listed.stdout
+    finally:
+        _ctr("-n", ns, "images", "rm", "--sync", ref)
