@@ -3,8 +3,9 @@
 Each host is an overlayfs over the shared image (its disk, kept across power cycles until
 `site down`), with its own hostname, machine-id, ssh host keys and static address on the bridge.
 A small supervisor loop restarts nspawn when the host reboots (nspawn exits 133), so Ansible's
-reboot module works. Processes live in their own cgroups under `aifactory/<site>/<host>`, which is
-also how `down` proves nothing is left.
+reboot module works. Processes live in their own cgroups under `aifactory/<site>/<host>`, in every
+cgroup hierarchy of this machine (the controllers too: the host's containers and pods are created
+below it), which is also how `down` proves nothing is left.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from pathlib import Path
 
 from aifactory import paths
 from aifactory.site.model import Machine, Site
+from sandbox import hardware
 from sandbox.daemons import pid_of
 
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+CGROUP_FS = Path("/sys/fs/cgroup")
 NSPAWN_REBOOT = 133
 
 
@@ -60,9 +62,28 @@ def host_paths(site: Site, name: str) -> HostPaths:
     return HostPaths(paths.site_state_dir(site.name) / "hosts" / name)
 
 
+def cgroup_roots() -> list[Path]:
+    """Every cgroup hierarchy mounted under /sys/fs/cgroup (v1 controllers, name=systemd, unified)."""
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split() for line in f]
+    return sorted(
+        Path(m[1]) for m in mounts if m[2] in ("cgroup", "cgroup2") and Path(m[1]).parent == CGROUP_FS
+    )
+
+
 def cgroup_dirs(site: Site, name: str | None = None) -> list[Path]:
     rel = Path("aifactory") / site.name / (name or "")
-    return [root / rel for root in CGROUP_ROOTS if root.exists()]
+    return [root / rel for root in cgroup_roots()]
+
+
+def make_cgroup(path: Path) -> None:
+    """mkdir -p in a hierarchy; a v1 cpuset cgroup takes no process until it has CPUs and memory nodes."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for d in reversed(missing):
+        d.mkdir()
+        for key in ("cpuset.cpus", "cpuset.mems"):
+            if (d / key).exists():
+                (d / key).write_text((d.parent / key).read_text())
 
 
 def is_mounted(path: Path) -> bool:
@@ -82,6 +103,7 @@ def prepare(site: Site, machine: Machine, image: Path, ssh_pub: str, host_key_di
     etc = hp.root / "etc"
     (etc / "hostname").write_text(machine.name + "\n")
     mid = etc / "machine-id"
+    hardware.install(hp.root, machine)
     if not mid.exists() or not mid.read_text().strip():
         mid.write_text(secrets.token_hex(16) + "\n")
     hosts = ["127.0.0.1 localhost", f"127.0.1.1 {machine.name}"]
@@ -118,8 +140,12 @@ def power_on(site: Site, machine: Machine) -> bool:
         raise RuntimeError(f"{machine.name}: its disk is not prepared; run `aifactory site up` first")
     dirs = cgroup_dirs(site, machine.name)
     for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
+        make_cgroup(d)
+    # nspawn's default seccomp filter refuses the keyring calls every container runtime makes
+    # (crun: "create keyring: Operation not permitted"); a server's kernel has no such filter.
     nspawn = [
+        "env",
+        "SYSTEMD_SECCOMP=0",
         "systemd-nspawn",
         "--boot",
         f"--directory={hp.root}",
@@ -129,8 +155,9 @@ def power_on(site: Site, machine: Machine) -> bool:
         "--keep-unit",
         f"--network-bridge={site.management.bridge}",
         "--console=passive",
-        # Slurm's simulated GPUs are character devices made inside the host (platform notes).
-        "--capability=CAP_MKNOD",
+        # GPU device nodes are made inside the host (sandbox/hardware.py); containers need the
+        # capabilities a container runtime hands on to them, within nspawn's bounding set.
+        "--capability=CAP_MKNOD,CAP_NET_ADMIN,CAP_SYS_ADMIN,CAP_IPC_LOCK,CAP_SYSLOG",
     ]
     # nspawn exits 133 when the host reboots: start it again, as a machine would power-cycle.
     join = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}; " for d in dirs)
@@ -215,6 +242,20 @@ def ensure_inotify_limits() -> None:
         path = Path("/proc/sys") / key
         if int(path.read_text()) < minimum:
             path.write_text(str(minimum))
+
+
+# The kernel settings a kubelet insists on (it sets them at start, and fails where /proc/sys is
+# read-only, as in every host here). The hosts share this machine's kernel, so the machine gets the
+# values every Kubernetes node runs with: overcommit always, reboot 10 s after a panic, and panic on
+# an oops. They stay set after `site down`, like the inotify limits.
+KUBELET_KERNEL_SETTINGS = {"vm/overcommit_memory": 1, "kernel/panic": 10, "kernel/panic_on_oops": 1}
+
+
+def ensure_kubelet_kernel_settings() -> None:
+    for key, value in KUBELET_KERNEL_SETTINGS.items():
+        path = Path("/proc/sys") / key
+        if int(path.read_text()) != value:
+            path.write_text(str(value))
 
 
 def unmount(site: Site, name: str) -> None:

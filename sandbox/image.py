@@ -69,7 +69,13 @@ HOST_PACKAGES: tuple[str, ...] = (
     "slurm-wlm-jwt-plugin",
     "slurm-client",
     "mariadb-server",
+    # the Kubernetes data plane: containerd with crun (runc cannot start containers inside an nspawn
+    # host), CNI plugins, and what kube-proxy drives (iptables, conntrack)
     "containerd",
+    "crun",
+    "containernetworking-plugins",
+    "iptables",
+    "conntrack",
 )
 
 # Enabled in the image: the network (each host gets a .network file for host0) and ssh.

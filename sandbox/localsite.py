@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aifactory import credentials, inventory, paths
+from aifactory import credentials, inventory, paths, toolchain
 from aifactory.site.model import Machine, Site
-from sandbox import bmc, daemons, hosts, image, mirror, network, ssh
+from sandbox import bmc, daemons, hardware, hosts, image, mirror, network, ssh
 
 HOST_TOOLS = {
     "systemd-nspawn": "systemd-container",
@@ -119,13 +119,17 @@ def _up(site: Site, power_on: bool, progress: Progress) -> None:
     _step(progress, "host tools present", lambda: ensure_host_tools(progress))
     _step(progress, f"bridge {site.management.bridge} and guard route", lambda: network.ensure(site))
     _step(progress, "inotify limits for many hosts", hosts.ensure_inotify_limits)
+    _step(progress, "kernel settings a kubelet requires", hosts.ensure_kubelet_kernel_settings)
     img = _step(progress, "host image ready", lambda: image.ensure_image(progress))
     pub, host_keys = ssh.ensure_keys(site)
     creds = _bmc_credentials(site)
 
     def prepare_all() -> None:
         for m in site.machines:
-            hosts.prepare(site, m, Path(str(img)), pub, host_keys)
+            try:
+                hosts.prepare(site, m, Path(str(img)), pub, host_keys)
+            except hardware.HardwareError as e:
+                raise SiteError(f"{m.name}: {e}") from e
 
     _step(progress, f"{len(site.machines)} host disks prepared", prepare_all)
     man = mirror.publish(site)
@@ -133,8 +137,11 @@ def _up(site: Site, power_on: bool, progress: Progress) -> None:
         mirror.start(site)
     except OSError as e:
         raise SiteError(f"artifact mirror failed to start: {e}") from e
-    if len(man) < 8:
-        progress(f"  WARNING: the bundle has {len(man)} of 8 binaries; run `aifactory toolchain build`")
+    if len(man) < len(toolchain.BINARIES):
+        progress(
+            f"  WARNING: the bundle has {len(man)} of {len(toolchain.BINARIES)} binaries; "
+            "run `aifactory toolchain build`"
+        )
     try:
         _step(
             progress,

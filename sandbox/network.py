@@ -2,7 +2,9 @@
 
 The guard is an `unreachable` route for the whole emulated range, added before the bridge exists:
 a packet for a test address that is not on the bridge (a typo, a host not yet up, a daemon started
-early) is dropped here instead of following the default route out of the machine.
+early) is dropped here instead of following the default route out of the machine. The site's pod and
+service ranges get the same guard: the hosts route pod traffic among themselves, and a pod packet
+that reaches this machine must die here too.
 """
 
 from __future__ import annotations
@@ -22,8 +24,15 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def guard_present() -> bool:
-    out = _ip("route", "show", "type", "unreachable", str(EMULATED_RANGE)).stdout
+def guarded_ranges(site: Site | None = None) -> list[str]:
+    ranges = [str(EMULATED_RANGE)]
+    if site is not None and site.kubernetes:
+        ranges += [site.kubernetes.pod_cidr, site.kubernetes.service_cidr]
+    return ranges
+
+
+def guard_present(cidr: str = str(EMULATED_RANGE)) -> bool:
+    out = _ip("route", "show", "type", "unreachable", cidr).stdout
     return f"metric {GUARD_METRIC}" in out
 
 
@@ -35,7 +44,8 @@ def ensure(site: Site) -> None:
     """Guard route first, then the bridge with the gateway address (idempotent)."""
     net = site.management
     assert net.bridge and net.gateway, "validated emulated sites have a bridge and gateway"
-    _ip("route", "replace", "unreachable", str(EMULATED_RANGE), "metric", GUARD_METRIC)
+    for cidr in guarded_ranges(site):
+        _ip("route", "replace", "unreachable", cidr, "metric", GUARD_METRIC)
     if not bridge_present(net.bridge):
         _ip("link", "add", net.bridge, "type", "bridge")
     gw = f"{net.gateway}/{net.cidr.prefixlen}"
@@ -49,5 +59,6 @@ def remove(site: Site, keep_guard: bool = False) -> None:
     bridge = site.management.bridge
     if bridge and bridge_present(bridge):
         _ip("link", "del", bridge)
-    while not keep_guard and guard_present():
-        _ip("route", "del", "unreachable", str(EMULATED_RANGE), "metric", GUARD_METRIC)
+    for cidr in guarded_ranges(site):
+        while not keep_guard and guard_present(cidr):
+            _ip("route", "del", "unreachable", cidr, "metric", GUARD_METRIC)
