@@ -198,9 +198,10 @@ def test_gres_conf_matches_site(configured_site: Site, hosts, workers: list[Mach
         assert line["NodeName"] == m.name and line["Name"] == "gpu" and line["Type"] == m.gpu_model
         files = expand(line["File"])
         assert len(files) == m.gpu_count, f"{m.name}: {line['File']}"
-        if configured_site.emulated:  # simulated GPUs: character devices with NVIDIA's major
-            kinds = host.check_output("stat -c '%F %t' " + " ".join(files)).splitlines()
-            assert kinds == ["character special file c3"] * m.gpu_count, f"{m.name}: {kinds}"
+        # The driver's devices (the emulated hardware makes the same): character devices, NVIDIA's major.
+        assert files == [f"/dev/nvidia{i}" for i in range(m.gpu_count)], f"{m.name}: {files}"
+        kinds = host.check_output("stat -c '%F %t' " + " ".join(files)).splitlines()
+        assert kinds == ["character special file c3"] * m.gpu_count, f"{m.name}: {kinds}"
 
 
 # the running cluster

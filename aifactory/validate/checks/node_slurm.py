@@ -32,7 +32,7 @@ def probes(ctx: Context, m: Machine) -> dict:
         p["scontrol_nodes"] = "scontrol show node -o"
     if _worker(ctx, m):
         p["gres_conf"] = "cat " + roles.default("slurm_node", "slurm_node_gres_conf_path")
-        p["gpu_devices"] = "stat -c '%n %F %t' /dev/aifactory-gpu/nvidia* /dev/nvidia[0-9]* 2>/dev/null; true"
+        p["gpu_devices"] = "stat -c '%n %F %t' /dev/nvidia[0-9]* 2>/dev/null; true"
     return p
 
 
