@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Configure the site's machines with Ansible (through ansible-runner): GPU drivers and tools, "
             "munge + Slurm with accounting on the head and the slurm pool, the Kubernetes control plane "
-            "on k8s-control machines and worker preparation on the kubernetes pool (kwok nodes on emulated "
-            "sites). Prints one line per task and a per-host summary; exit 1 naming the failed task and host."
+            "on k8s-control machines, the routed pod network, and a node (containerd + crun + kubelet) on "
+            "every worker. Prints one line per task and a per-host summary; exit 1 naming the failed task "
+            "and host."
         ),
     )
     _site_arg(cf)
@@ -195,12 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     tc = sub.add_parser(
         "toolchain",
-        help="build or show the binaries no registry ships (Pulumi, Kubernetes, etcd, kwok)",
+        help="build or show the binaries no registry ships (Pulumi, Kubernetes, etcd, kwok) and node images",
         description=(
             "The Pulumi CLI, its Python language host, the Kubernetes provider plugin, etcd, kube-apiserver, "
-            "kube-controller-manager, kube-scheduler and kwok are built from the Go modules pinned in "
-            f"toolchain/ into {paths.bin_dir()} (AIFACTORY_CACHE moves it). Only what a changed pin affects "
-            "is rebuilt. That folder is also the offline bundle for an air-gapped site."
+            "kube-controller-manager, kube-scheduler, kubelet, kube-proxy, pause and kwok are built from the "
+            f"Go modules pinned in toolchain/ into {paths.bin_dir()} (AIFACTORY_CACHE moves it), with the "
+            "node images (pause, toolbox) as OCI archives. Only what a changed pin affects is rebuilt. That "
+            "folder is also the offline bundle for an air-gapped site."
         ),
     )
     tc_sub = tc.add_subparsers(dest="toolchain_command", required=True, metavar="ACTION")

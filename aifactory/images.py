@@ -41,6 +41,8 @@ PAUSE_TAG = "3.10"  # the pause version the toolchain builds (toolchain.PAUSE_VE
 BUNDLE_REGISTRY = "bundle.aifactory.local"
 TOOLBOX_TAG = "1.0"
 TOOLBOX_REF = f"{BUNDLE_REGISTRY}/aifactory/toolbox:{TOOLBOX_TAG}"
+COREDNS_TAG = "1.15.0"  # the CoreDNS version the toolchain builds (toolchain.COREDNS_VERSION)
+COREDNS_REF = f"{BUNDLE_REGISTRY}/aifactory/coredns:{COREDNS_TAG}"
 TOOLBOX_APPLETS = (
     "sh", "ls", "cat", "echo", "sleep", "env", "ps", "kill", "wget", "nc", "nslookup", "ip", "ping",
     "hostname", "id", "grep", "true", "false", "test", "mkdir", "rm", "date", "timeout", "head", "tail",
@@ -289,6 +291,24 @@ def pause_image(bin_dir: Path) -> ImageSpec:
     )
 
 
+def coredns_image(bin_dir: Path) -> ImageSpec:
+    """The cluster DNS (infra/dns.py): the toolchain's static CoreDNS alone (its pod keeps only the
+    capability to bind port 53)."""
+    return ImageSpec(
+        name="aifactory/coredns",
+        tag=COREDNS_TAG,
+        files=(
+            ImageFile(
+                "/coredns",
+                bin_dir / "coredns",
+                0o755,
+                missing_hint="build it with `aifactory toolchain build`",
+            ),
+        ),
+        entrypoint=("/coredns",),
+    )
+
+
 _PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 _GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 
@@ -310,21 +330,13 @@ def toolbox_image(busybox: Path = BUSYBOX) -> ImageSpec:
 
 
 def catalogue(bin_dir: Path, busybox: Path = BUSYBOX) -> tuple[ImageSpec, ...]:
-    return (pause_image(bin_dir), toolbox_image(busybox))
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return (pause_image(bin_dir), toolbox_image(busybox), coredns_image(bin_dir))
 
 
 def build_all(
     bin_dir: Path, out_dir: Path, registry: str, progress: Progress = print, busybox: Path = BUSYBOX
 ) -> dict[str, dict[str, str]]:
-    """Build every catalogued image into `out_dir`; {archive file name: {ref, digest, sha256}}.
+    """Build every catalogued image into `out_dir`; {archive file name: {ref, digest}}.
 
     Every input is checked first, so a missing one fails before anything is written, with one line per
     missing file saying how to get it.
@@ -337,6 +349,6 @@ def build_all(
     for spec in specs:
         out = out_dir / spec.archive_name
         digest = build(spec, out, registry)
-        built[out.name] = {"ref": spec.ref(registry), "digest": digest, "sha256": _sha256_file(out)}
+        built[out.name] = {"ref": spec.ref(registry), "digest": digest}
         progress(f"  image {spec.ref(registry)} {digest[:19]} -> {out}")
     return built

@@ -33,6 +33,10 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
             "gpu_count": m.gpu_count,
             "pool": m.pool,
         }
+        if site.kubernetes and m.pool:
+            hostvars[m.name]["k8s_pod_cidr"] = site.kubernetes.node_pod_cidr(
+                m.nics[0].address, site.management.cidr
+            )
         for role in m.roles:
             add(role.replace("-", "_"), m.name)
         if m.pool:
@@ -55,6 +59,7 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
         all_vars["kubernetes_version"] = site.kubernetes.version
         all_vars["kubernetes_service_cidr"] = site.kubernetes.service_cidr
         all_vars["kubernetes_api_port"] = site.kubernetes.api_port
+        all_vars["kubernetes_pod_cidr"] = site.kubernetes.pod_cidr
     if ssh_config:
         all_vars["ansible_ssh_common_args"] = f"-F {ssh_config}"
     return {"all": {"hosts": hostvars, "vars": all_vars, "children": groups}}

@@ -32,6 +32,7 @@ ETCD_VERSION = "v3.7.0"
 # Our own small Go programs: their version is the project's.
 PAUSE_VERSION = "3.10"
 GPU_DEVICE_PLUGIN_VERSION = "0.1.0"
+COREDNS_VERSION = "1.15.0"
 
 _K8S_LDFLAGS = [
     f"-X k8s.io/component-base/version.gitVersion={K8S_VERSION}",
@@ -139,6 +140,7 @@ BINARIES: tuple[Binary, ...] = (
         for name in ("kubelet", "kube-proxy")
     ),
     Binary("pause", "toolchain/pause", ".", PAUSE_VERSION, (f"-X main.version={PAUSE_VERSION}",)),
+    Binary("coredns", "toolchain/coredns", ".", COREDNS_VERSION, version_args=("-version",)),
     Binary("kwok", "toolchain/kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
     # The emulated GPUs' device plugin (sandbox/: emulated sites only; real sites run NVIDIA's).
     Binary(
@@ -237,6 +239,8 @@ def build_images(progress: Progress = print) -> None:
         built = images.build_all(paths.bin_dir(), paths.bin_dir(), images.BUNDLE_REGISTRY, progress)
     except images.ImageError as e:
         raise ToolchainError(str(e)) from e
+    for name, rec in built.items():
+        rec["sha256"] = _sha256(paths.bin_dir() / name)
     _images_stamp().write_text(json.dumps(built, indent=2, sort_keys=True))
 
 

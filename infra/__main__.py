@@ -9,7 +9,7 @@ Stack configuration (Pulumi.<stack>.yaml):
   aifactory:shutdownTimeout   seconds of graceful shutdown before forcing off (default 60)
   aifactory:devicePluginImage NVIDIA device plugin image on the site's registry (real sites)
   aifactory:tenantOperatorImage  the tenant operator's image: deploys it in the cluster (real sites;
-                              the local site runs `aifactory operator run` instead, kwok nodes run no pods)
+                              the local site runs `aifactory operator run` instead)
   aifactory:waitForSsh        wait for ssh after power-on (default true; false for BMC-only emulation)
 BMC credentials come from the credentials store by the references in the site file and are
 secrets from the moment they are read.

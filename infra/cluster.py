@@ -2,7 +2,8 @@
 
 A pulumi-kubernetes provider from the kubeconfig the control-plane role fetched, then: priority
 classes for GPU work, GPU labels and taints on every worker's Node (server-side apply patches, so
-Ansible/kwok keep owning the Node objects), and on real sites the NVIDIA device plugin.
+the kubelets keep owning the Node objects), the cluster DNS (infra/dns.py), and on real sites the
+NVIDIA device plugin.
 
 Every worker is a Node whichever pool it serves; which pool is Ansible's business (node_pool role:
 label aifactory.io/pool, cordon), because `aifactory node move` changes it without `pulumi up`.
@@ -18,6 +19,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from aifactory.site.model import Site
+from infra.dns import ClusterDns, ClusterDnsArgs
 
 PRIORITY_CLASSES = {
     # name: (value, description)
@@ -78,8 +80,10 @@ class KubernetesLayer(pulumi.ComponentResource):
             for m in args.site.machines
             if m.pool
         ]
+        assert args.site.kubernetes, "a KubernetesLayer needs the site's kubernetes settings"
+        self.dns = ClusterDns(f"{name}-dns", ClusterDnsArgs(args.site.kubernetes.service_cidr), child)
         self.device_plugin = None
-        if not args.site.emulated and args.device_plugin_image:
+        if args.device_plugin_image:  # the local stack sets none: its hardware brings its own
             self.device_plugin = _device_plugin(args.device_plugin_image, child)
         self.tenant_operator = None
         if args.tenant_operator_image:
@@ -97,7 +101,8 @@ class KubernetesLayer(pulumi.ComponentResource):
 
 
 def _device_plugin(image: str, opts: pulumi.ResourceOptions) -> k8s.apps.v1.DaemonSet:
-    """NVIDIA's device plugin, advertising nvidia.com/gpu on real GPU nodes (kwok does it when emulated)."""
+    """NVIDIA's device plugin, advertising nvidia.com/gpu on real GPU nodes (the emulated GPUs come with
+    their own, sandbox/gpu-device-plugin)."""
     labels = {"app.kubernetes.io/name": "nvidia-device-plugin"}
     return k8s.apps.v1.DaemonSet(
         "nvidia-device-plugin",

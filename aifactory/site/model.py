@@ -70,6 +70,19 @@ class KubernetesSettings:
     version: str
     service_cidr: str
     api_port: int = 6443
+    # Pods: each node routes one /node_pod_prefix of pod_cidr, numbered by its management address
+    # (stable when machines are added or reordered; see node_pod_cidr).
+    pod_cidr: str = "10.244.0.0/16"
+    node_pod_prefix: int = 24
+
+    def node_pod_cidr(self, address: ipaddress.IPv4Address, mgmt: ipaddress.IPv4Network) -> str:
+        """The pod subnet of the node at `address`: the n-th subnet for the n-th management address."""
+        index = int(address) - int(mgmt.network_address)
+        subnets = ipaddress.ip_network(self.pod_cidr).subnets(new_prefix=self.node_pod_prefix)
+        for i, subnet in enumerate(subnets):
+            if i == index:
+                return str(subnet)
+        raise ValueError(f"{address}: pod_cidr {self.pod_cidr} has no /{self.node_pod_prefix} number {index}")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls"}
 NIC_KEYS = {"name", "mac", "address"}
 NETWORK_KEYS = {"name", "cidr", "gateway", "bridge"}
 SLURM_KEYS = {"cluster_name", "partitions", "accounting_enforce"}
-KUBE_KEYS = {"version", "service_cidr", "api_port"}
+KUBE_KEYS = {"version", "service_cidr", "api_port", "pod_cidr", "node_pod_prefix"}
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
     networks = _check_networks(c, raw.get("networks"), emulated)
     machines = _check_machines(c, raw.get("machines"), networks, emulated)
     slurm = _check_slurm(c, raw.get("slurm"), machines)
-    kube = _check_kubernetes(c, raw.get("kubernetes"), machines)
+    kube = _check_kubernetes(c, raw.get("kubernetes"), machines, networks[0].cidr if networks else None)
     bundle_url = c.field(raw, "bundle_url", str, "", required=False)
     ssh_user = c.field(raw, "ssh_user", str, "", required=False) or "root"
     validation = _check_validation(c, raw.get("validation"))
@@ -514,7 +514,9 @@ def _check_slurm(c: _Checker, raw: Any, machines: list[Machine] | None) -> Slurm
     return SlurmSettings(cluster, tuple(parts), enforce or SlurmSettings.accounting_enforce)
 
 
-def _check_kubernetes(c: _Checker, raw: Any, machines: list[Machine] | None) -> KubernetesSettings | None:
+def _check_kubernetes(
+    c: _Checker, raw: Any, machines: list[Machine] | None, mgmt: ipaddress.IPv4Network | None
+) -> KubernetesSettings | None:
     if raw is None:
         if machines and any(m.pool == "kubernetes" for m in machines):
             c.add(
@@ -530,17 +532,42 @@ def _check_kubernetes(c: _Checker, raw: Any, machines: list[Machine] | None) -> 
     version = c.field(raw, "version", str, "kubernetes")
     svc = c.field(raw, "service_cidr", str, "kubernetes")
     port = c.field(raw, "api_port", int, "kubernetes", required=False)
+    pods = c.field(raw, "pod_cidr", str, "kubernetes", required=False) or KubernetesSettings.pod_cidr
+    prefix = c.field(raw, "node_pod_prefix", int, "kubernetes", required=False) or 24
     if version and not re.match(r"^v\d+\.\d+\.\d+$", version):
         c.add(ERROR, "kubernetes.version", f"{version!r} is not a version like v1.37.2")
-    if svc:
-        try:
-            ipaddress.ip_network(svc)
-        except ValueError as e:
-            c.add(ERROR, "kubernetes.service_cidr", f"not a network: {e}")
+    nets: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+    for key, value in (("service_cidr", svc), ("pod_cidr", pods)):
+        if value:
+            try:
+                nets[key] = ipaddress.ip_network(value)
+            except ValueError as e:
+                c.add(ERROR, f"kubernetes.{key}", f"not a network: {e}")
+    if len(nets) == 2 and nets["service_cidr"].overlaps(nets["pod_cidr"]):
+        c.add(ERROR, "kubernetes.pod_cidr", f"{pods} overlaps service_cidr {svc}")
+    if "pod_cidr" in nets and not nets["pod_cidr"].prefixlen < prefix <= 28:
+        c.add(
+            ERROR,
+            "kubernetes.node_pod_prefix",
+            f"/{prefix} must be longer than pod_cidr's /{nets['pod_cidr'].prefixlen} and at most /28",
+        )
+    elif "pod_cidr" in nets and machines and mgmt is not None:
+        # Node n of the management network gets pod subnet n: it must exist.
+        room = 2 ** (prefix - nets["pod_cidr"].prefixlen)
+        for m in machines:
+            if m.pool:
+                index = int(ipaddress.ip_address(m.address)) - int(mgmt.network_address)
+                if index >= room:
+                    c.add(
+                        ERROR,
+                        "kubernetes.pod_cidr",
+                        f"{pods} has {room} node subnets of /{prefix}; "
+                        f"{m.name} ({m.address}) needs number {index}",
+                    )
     if machines is not None and not any(m.pool == "kubernetes" for m in machines):
         c.add(
             WARNING, "kubernetes", "the kubernetes pool has no machines: the control plane will have no nodes"
         )
     if version is None or svc is None:
         return None
-    return KubernetesSettings(version, svc, port or 6443)
+    return KubernetesSettings(version, svc, port or 6443, pods, prefix)

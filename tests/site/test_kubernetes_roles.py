@@ -1,17 +1,18 @@
 """The Kubernetes roles (playbooks/kubernetes.yml) on the live local site.
 
 Over ssh with testinfra: the control-plane services, the PKI file modes, the binaries against the
-bundle manifest, the worker preparation and its report of what an emulated host cannot verify.
+bundle manifest, the worker's runtime settings as its host decides them and its running kubelet.
 With the official `kubernetes` client and the admin kubeconfig the roles hand back: every worker
-is a Ready Node with the site file's capacity, schedulable in the kubernetes pool and cordoned in
-the slurm pool (node_pool role), a ResourceQuota gets its status from the controller manager, and a
-1-GPU pod is scheduled and Running on a kubernetes-pool Node.
+is a Ready Node with its GPUs (the device plugin's), schedulable in the kubernetes pool and cordoned
+in the slurm pool (node_pool role), a ResourceQuota gets its status from the controller manager, a
+pod asking for 2 GPUs sees exactly 2 GPU devices, and pods on different nodes reach each other.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import time
 import uuid
@@ -24,10 +25,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from aifactory import paths
+from aifactory import images, inventory, paths
 from aifactory.site.model import Site
 from sandbox import mirror, ssh
-from tests.site.conftest import wait_until
+from tests.site.conftest import toolbox_pod, wait_until
 
 pytestmark = pytest.mark.site
 
@@ -86,9 +87,8 @@ def _manifest(site: Site) -> dict:
 # --- control plane over ssh -------------------------------------------------------------------
 
 
-def test_control_plane_services_enabled_and_running(configured_site, control_host):
-    services = [*CONTROL_SERVICES, *(("kwok",) if configured_site.emulated else ())]
-    for name in services:
+def test_control_plane_services_enabled_and_running(control_host):
+    for name in CONTROL_SERVICES:
         svc = control_host.service(name)
         assert svc.is_enabled, f"{name} is not enabled"
         assert svc.is_running, f"{name} is not running"
@@ -104,7 +104,14 @@ def test_etcd_only_on_loopback_and_apiserver_on_the_site_port(configured_site, c
 def test_pki_keys_are_private_and_certs_signed_by_the_ca(control_host, all_workers):
     pki = control_host.file(PKI)
     assert pki.is_directory and pki.user == "root" and pki.mode == 0o700
-    names = ["apiserver", "apiserver-kubelet-client", "admin", "controller-manager", "scheduler"]
+    names = [
+        "apiserver",
+        "apiserver-kubelet-client",
+        "admin",
+        "controller-manager",
+        "scheduler",
+        "kube-proxy",
+    ]
     names += [f"kubelet-{m.name}" for m in all_workers]
     for key in ["ca", "sa", *names]:
         f = control_host.file(f"{PKI}/{key}.key")
@@ -132,11 +139,12 @@ def test_apiserver_cert_names_the_control_plane_and_first_service_ip(configured_
     assert "O = system:masters" in admin
 
 
-def test_binaries_match_the_bundle_manifest(configured_site, control_host):
+def test_binaries_match_the_bundle_manifest(configured_site, control_host, all_workers):
     manifest = _manifest(configured_site)
-    binaries = [*CONTROL_BINARIES, *(("kwok",) if configured_site.emulated else ())]
-    for name in binaries:
-        f = control_host.file(f"/usr/local/bin/{name}")
+    installed = [(control_host, name) for name in CONTROL_BINARIES]
+    installed += [(_host(configured_site, m.name), b) for m in all_workers for b in ("kubelet", "kube-proxy")]
+    for host, name in installed:
+        f = host.file(f"/usr/local/bin/{name}")
         assert f.is_file and f.mode == 0o755, name
         assert name in manifest, f"the site's bundle manifest lacks {name}: republish the mirror (site up)"
         assert f.sha256sum == manifest[name]["sha256"], f"{name} differs from the bundle manifest"
@@ -152,44 +160,51 @@ def test_admin_kubeconfig_points_at_the_control_plane(configured_site, control, 
 # --- workers over ssh -------------------------------------------------------------------------
 
 
-def test_workers_prepared(configured_site, all_workers):
+def test_workers_run_containerd_with_crun_and_a_kubelet(configured_site, all_workers):
     for m in all_workers:
         host = _host(configured_site, m.name)
-        containerd = host.service("containerd")
-        assert containerd.is_enabled and containerd.is_running, f"{m.name}: containerd"
+        for name in ("containerd", "kubelet", "kube-proxy"):
+            svc = host.service(name)
+            assert svc.is_enabled and svc.is_running, f"{m.name}: {name}"
         # The effective configuration, not just the file: containerd 1.6 lets an imported file replace
         # the whole CRI table.
         dump = host.check_output("containerd config dump")
-        assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in dump
-        assert re.search(r"runtimes\.runc\.options\]\s+SystemdCgroup = true", dump)
-        if m.gpu_count:
-            assert 'default_runtime_name = "nvidia"' in dump
+        assert f'sandbox_image = "{images.BUNDLE_REGISTRY}/aifactory/pause:{images.PAUSE_TAG}"' in dump
+        assert 'default_runtime_name = "crun"' in dump  # no NVIDIA runtime on these hosts
+        assert re.search(r'runtimes\.crun\.options\]\s+BinaryName = "/usr/bin/crun"', dump)
+        # What the host reveals decides the cgroup driver and the snapshotter (tasks/host_facts.yml).
+        v2 = host.check_output("stat -f -c %T /sys/fs/cgroup") == "cgroup2fs"
+        overlay_disk = host.check_output("stat -f -c %T /var/lib") == "overlayfs"
+        assert f'snapshotter = "{"native" if overlay_disk else "overlayfs"}"' in dump
         kubelet_conf = yaml.safe_load(host.file("/var/lib/kubelet/config.yaml").content_string)
-        assert kubelet_conf["kind"] == "KubeletConfiguration" and kubelet_conf["cgroupDriver"] == "systemd"
+        assert kubelet_conf["kind"] == "KubeletConfiguration"
+        assert kubelet_conf["cgroupDriver"] == ("systemd" if v2 else "cgroupfs")
+        init_cgroup = host.check_output("awk -F: '$2 ~ /(^|,)cpu(,|$)/ {print $3}' /proc/1/cgroup")
+        assert kubelet_conf["cgroupRoot"] == ("/" if v2 else init_cgroup)
         key = host.file("/var/lib/kubelet/pki/kubelet-client.key")
         assert key.mode == 0o600 and key.user == "root"
         assert host.file("/etc/kubernetes/kubelet.conf").mode == 0o600
         assert host.sysctl("net.ipv4.ip_forward") == 1
-        assert host.sysctl("net.bridge.bridge-nf-call-iptables") == 1
         assert host.file("/proc/swaps").content_string.strip().count("\n") == 0, f"{m.name}: swap on"
         labels = json.loads(host.file("/etc/aifactory/k8s-node-labels.json").content_string)
         assert labels["aifactory.io/pool"] == m.pool
         assert labels["aifactory.io/gpu-model"] == m.gpu_model
         assert labels["nvidia.com/gpu.count"] == str(m.gpu_count)
-
-
-def test_emulated_workers_report_what_they_could_not_verify(configured_site, all_workers):
-    for m in all_workers:
-        host = _host(configured_site, m.name)
         report = json.loads(host.file("/etc/aifactory/k8s-worker.json").content_string)
-        assert report["emulated"] is configured_site.emulated
-        if configured_site.emulated:
-            assert not host.service("kubelet").is_enabled, "a kubelet cannot run on an emulated host"
-            assert any("kubelet" in u for u in report["unverified"]), report
-            assert report["kubelet_started"] is False
-        else:
-            assert host.service("kubelet").is_running and report["unverified"] == []
-        assert any("containerd" in v for v in report["verified"] + report["unverified"])
+        assert report["kubelet_started"] is True and "kubelet enabled and running" in report["verified"]
+        # The node images come from the bundle, imported with the CRI's snapshotter.
+        refs = host.check_output("ctr -n k8s.io images list -q").split()
+        assert images.TOOLBOX_REF in refs, refs
+
+
+def test_pod_routes_reach_every_other_worker(configured_site, all_workers, control):
+    inv = inventory.render(configured_site)["all"]["hosts"]
+    for m in [control, *all_workers]:
+        routes = _host(configured_site, m.name).check_output("ip -4 route show")
+        for peer in all_workers:
+            if peer.name != m.name:
+                want = f"{inv[peer.name]['k8s_pod_cidr']} via {peer.address}"
+                assert want in routes, f"{m.name} lacks the route {want}:\n{routes}"
 
 
 # --- the cluster, through the official client -------------------------------------------------
@@ -205,10 +220,11 @@ def test_pool_machines_are_ready_gpu_nodes(core, workers):
         assert m.name in nodes, f"{m.name} is not a Node (have {sorted(nodes)})"
         node = nodes[m.name]
         assert _ready(node), f"{m.name} is not Ready: {node.status.conditions}"
+        # GPUs from the device plugin; CPU and memory as the host reveals them (a real kubelet).
         assert node.status.allocatable["nvidia.com/gpu"] == str(m.gpu_count)
         assert node.status.capacity["nvidia.com/gpu"] == str(m.gpu_count)
-        assert node.status.capacity["cpu"] == str(m.cpus)
-        assert node.status.capacity["memory"] == f"{m.memory_gib}Gi"
+        assert node.status.capacity["cpu"] == str(os.cpu_count())
+        assert not any(t.key == "node.kubernetes.io/not-ready" for t in node.spec.taints or [])
         labels = node.metadata.labels
         assert labels["aifactory.io/pool"] == "kubernetes"
         assert labels["aifactory.io/gpu-model"] == m.gpu_model
@@ -287,7 +303,9 @@ def test_quota_filled_and_gpu_pod_runs_on_a_pool_node(core, namespace, workers):
                 containers=[
                     client.V1Container(
                         name="main",
-                        image="registry.k8s.io/pause:3.10",
+                        image=images.TOOLBOX_REF,
+                        image_pull_policy="IfNotPresent",
+                        command=["sleep", "3600"],
                         resources=client.V1ResourceRequirements(limits={gpus: "1"}),
                     )
                 ],
@@ -308,3 +326,76 @@ def test_quota_filled_and_gpu_pod_runs_on_a_pool_node(core, namespace, workers):
 
     used = wait_until(counted, timeout=20, what="the quota to count the pod's GPU")
     assert used == {f"requests.{gpus}": "1"}
+
+
+def _phase(core, namespace: str, name: str, *phases: str):
+    p = core.read_namespaced_pod(name, namespace)
+    return p if p.status.phase in phases else None
+
+
+def _finished(core, namespace: str, name: str, timeout: float = 90):
+    pod = wait_until(
+        lambda: _phase(core, namespace, name, "Succeeded", "Failed"),
+        timeout=timeout,
+        what=f"pod {name} to finish",
+    )
+    return pod, core.read_namespaced_pod_log(name, namespace)
+
+
+def test_a_pod_with_two_gpus_sees_exactly_two_devices(core, namespace, workers):
+    node = workers[0].name
+    script = "ls /dev | grep -E '^nvidia[0-9]+$' | sort | tr '\\n' ' '; echo; echo $NVIDIA_VISIBLE_DEVICES"
+    _create_pod(core, namespace, toolbox_pod("two-gpus", node, ["sh", "-c", script], gpus=2))
+    pod, log = _finished(core, namespace, "two-gpus")
+    print(f"two-gpus on {pod.spec.node_name}: {log!r}")
+    assert pod.status.phase == "Succeeded", log
+    devices, visible = log.strip().splitlines()
+    assert len(devices.split()) == 2, f"the container sees {devices!r}, not 2 GPU devices"
+    # Exactly the allocated ones: NVIDIA_VISIBLE_DEVICES names the same indices.
+    assert sorted(devices.split()) == sorted(f"nvidia{i}" for i in visible.split(",")), log
+
+
+def test_a_pod_asking_more_gpus_than_any_node_has_stays_pending_with_the_reason(core, namespace, workers):
+    most = max(m.gpu_count for m in workers)
+    _create_pod(core, namespace, toolbox_pod("too-many", workers[0].name, ["true"], gpus=most + 1))
+
+    def unschedulable():
+        p = core.read_namespaced_pod("too-many", namespace)
+        cond = next((c for c in p.status.conditions or [] if c.type == "PodScheduled"), None)
+        return cond if cond and cond.reason == "Unschedulable" else None
+
+    cond = wait_until(unschedulable, timeout=30, what="the scheduler to refuse the pod")
+    assert "Insufficient nvidia.com/gpu" in cond.message, cond.message
+    assert core.read_namespaced_pod("too-many", namespace).status.phase == "Pending"
+
+
+@pytest.mark.parametrize("by", ["pod address", "service name"])
+def test_a_pod_reaches_a_pod_on_another_node(core, namespace, workers, by):
+    """Pod to pod across nodes over the routed pod network; by Service name through the cluster DNS
+    (CoreDNS, deployed by Pulumi) and the Service address (kube-proxy)."""
+    if len(workers) < 2:
+        pytest.skip("one kubernetes-pool machine: no second node to connect from")
+    a, b = workers[0].name, workers[1].name
+    serve = "echo hello-from-$(hostname) | nc -l -p 8080"
+    _create_pod(core, namespace, toolbox_pod("server", a, ["sh", "-c", serve], labels={"app": "server"}))
+    server = wait_until(lambda: _phase(core, namespace, "server", "Running"), timeout=60, what="the server")
+    target = server.status.pod_ip
+    if by == "service name":
+        core.create_namespaced_service(
+            namespace,
+            client.V1Service(
+                metadata=client.V1ObjectMeta(name="web"),
+                spec=client.V1ServiceSpec(
+                    selector={"app": "server"}, ports=[client.V1ServicePort(port=80, target_port=8080)]
+                ),
+            ),
+        )
+        target = f"web.{namespace}.svc.cluster.local"
+    port = 80 if by == "service name" else 8080
+    # Retries: the Service's endpoints reach kube-proxy and CoreDNS a moment after it is created.
+    client_cmd = f"for i in $(seq 20); do nc -w 2 {target} {port} && exit 0; sleep 1; done; exit 1"
+    _create_pod(core, namespace, toolbox_pod("client", b, ["sh", "-c", client_cmd]))
+    pod, log = _finished(core, namespace, "client")
+    print(f"client on {pod.spec.node_name} ({pod.status.pod_ip}) -> {target}:{port}: {log!r}")
+    assert pod.status.phase == "Succeeded" and log.strip() == "hello-from-server", log
+    assert pod.spec.node_name != server.spec.node_name

@@ -22,7 +22,7 @@ from aifactory import cli, nodemove, paths
 from aifactory.site.model import Machine, Site
 from aifactory.site.validate import load_site
 from sandbox import ssh
-from tests.site.conftest import wait_until
+from tests.site.conftest import toolbox_pod, wait_until
 
 pytestmark = pytest.mark.site
 
@@ -157,21 +157,7 @@ def test_move_to_kubernetes_waits_for_the_running_job(site: Site, core, worker: 
 
 
 def gpu_pod(name: str, node: str, labels: dict[str, str] | None = None) -> client.V1Pod:
-    return client.V1Pod(
-        metadata=client.V1ObjectMeta(name=name, labels=labels),
-        spec=client.V1PodSpec(
-            automount_service_account_token=False,
-            node_selector={"kubernetes.io/hostname": node},
-            tolerations=[client.V1Toleration(operator="Exists")],
-            containers=[
-                client.V1Container(
-                    name="main",
-                    image="registry.k8s.io/pause:3.10",
-                    resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
-                )
-            ],
-        ),
-    )
+    return toolbox_pod(name, node, ["sleep", "3600"], gpus=1, labels=labels, restart="Always")
 
 
 def run_pod(core, namespace: str, pod: client.V1Pod) -> None:

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from aifactory.site.model import Machine, Site
 from aifactory.site.validate import load_site
 from aifactory.validate.context import EMULATED_NO_GPU
 from sandbox import ssh
+from tests.site.conftest import wait_until
 
 pytestmark = pytest.mark.site
 
@@ -259,29 +261,36 @@ def core(site: Site):
     api.close()
 
 
-def _gpu_capacity(core, name: str, count: int | None) -> None:
-    """Remove (None) or set the Node's nvidia.com/gpu capacity and allocatable, as kwok reports them."""
-    if count is None:
-        ops = [{"op": "remove", "path": f"/status/{k}/nvidia.com~1gpu"} for k in ("capacity", "allocatable")]
-        core.patch_node_status(name, ops)
-    else:
-        value = {"nvidia.com/gpu": str(count)}
-        core.patch_node_status(name, {"status": {"capacity": value, "allocatable": value}})
-
-
-def test_kwok_node_without_gpu_capacity(site: Site, tmp_path: Path, core) -> None:
+@contextmanager
+def gpu_lost(site: Site, core, m: Machine):
+    """A GPU falls off the bus: its device node goes, the device plugin reports it Unhealthy and the
+    kubelet's allocatable drops by one (capacity stays); on leaving, the GPU comes back."""
     if not site.emulated:
-        pytest.skip("kwok nodes exist on emulated sites only")
-    m = site.in_pool("kubernetes")[0]
-    _gpu_capacity(core, m.name, None)
+        pytest.skip("removing a device node fakes a lost GPU for the emulated device plugin only")
+    last = f"/dev/nvidia{m.gpu_count - 1}"
+    h = host(site, m.name)
+
+    def allocatable(n: int):
+        return lambda: (core.read_node(m.name).status.allocatable or {}).get("nvidia.com/gpu") == str(n)
+
+    h.check_output(f"rm {last}")
     try:
+        wait_until(allocatable(m.gpu_count - 1), timeout=60, what=f"{m.name} to lose a GPU")
+        yield
+    finally:
+        h.check_output(f"mknod -m 0666 {last} c 195 {m.gpu_count - 1}")
+        wait_until(allocatable(m.gpu_count), timeout=60, what=f"{m.name} to get its GPU back")
+
+
+def test_node_with_a_lost_gpu(site: Site, tmp_path: Path, core) -> None:
+    m = site.in_pool("kubernetes")[0]
+    with gpu_lost(site, core, m):
         rc, records, out = validate(site.path, tmp_path, "--level", "quick")
         assert rc == 1, out
         assert failed(records) == {(m.name, "k8s.node")}, out
-        assert "allocatable nvidia.com/gpu=missing" in message(records, m.name, "k8s.node")
-        assert f"FAILED {m.name} k8s.node: allocatable nvidia.com/gpu=missing" in out
-    finally:
-        _gpu_capacity(core, m.name, m.gpu_count)
+        want = f"allocatable nvidia.com/gpu={m.gpu_count - 1}, the site file says {m.gpu_count}"
+        assert want in message(records, m.name, "k8s.node")
+        assert f"FAILED {m.name} k8s.node: allocatable nvidia.com/gpu={m.gpu_count - 1}" in out
 
 
 # --- --drain-on-failure ------------------------------------------------------------------------
@@ -294,9 +303,9 @@ def test_drain_on_failure_drains_then_resumes(site: Site, tmp_path: Path, core) 
         "cp -p /etc/slurm/gres.conf /root/gres.conf.validate-test && echo '# drift' >> /etc/slurm/gres.conf"
     )
     h.check_output("sed -i 's/Type=/Type=x/' /etc/slurm/gres.conf")
-    _gpu_capacity(core, k.name, None)
     try:
-        rc, _, out = validate(site.path, tmp_path / "1", "--level", "quick", "--drain-on-failure")
+        with gpu_lost(site, core, k):
+            rc, _, out = validate(site.path, tmp_path / "1", "--level", "quick", "--drain-on-failure")
         assert rc == 1, out
         node = head(site).check_output(f"scontrol show node {s.name} -o")
         assert "DRAIN" in node and "Reason=aifactory validate: slurm.gres_conf failed" in node, node
@@ -305,7 +314,6 @@ def test_drain_on_failure_drains_then_resumes(site: Site, tmp_path: Path, core) 
         assert "k8s.node" in cordoned.metadata.annotations["aifactory.io/cordon-reason"]
     finally:
         h.check_output("mv /root/gres.conf.validate-test /etc/slurm/gres.conf")
-        _gpu_capacity(core, k.name, k.gpu_count)
     try:
         # Fixed: the next periodic run passes and returns the machines it drained.
         rc, _, out = validate(site.path, tmp_path / "2", "--level", "quick", "--drain-on-failure")

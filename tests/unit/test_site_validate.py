@@ -139,3 +139,26 @@ def test_not_a_site_at_all(write_site, text, expected):
 def test_missing_file(tmp_path):
     findings, _ = check(tmp_path / "nope.yaml")
     assert findings[0].message == "file not found"
+
+
+def test_pod_subnets_follow_the_management_address():
+    from aifactory import inventory
+
+    site = load_site(LOCAL)
+    hosts = inventory.render(site)["all"]["hosts"]
+    # 198.18.0.16 is address 16 of the management network: pod subnet 16 of 10.244.0.0/16.
+    assert hosts["gpu-05"]["k8s_pod_cidr"] == "10.244.16.0/24"
+    assert "k8s_pod_cidr" not in hosts["head-01"]  # no pool: runs no pods
+    cidrs = [h["k8s_pod_cidr"] for h in hosts.values() if "k8s_pod_cidr" in h]
+    assert len(set(cidrs)) == len(cidrs)
+
+
+def test_pod_cidr_overlapping_services_or_too_small(write_site):
+    p = mutate(write_site, lambda d: d["kubernetes"].update(pod_cidr="10.96.0.0/12"))
+    assert (ERROR, "kubernetes.pod_cidr", "10.96.0.0/12 overlaps service_cidr 10.96.0.0/16") in messages(p)
+    p = mutate(write_site, lambda d: d["kubernetes"].update(pod_cidr="10.244.0.0/28", node_pod_prefix=28))
+    found = [m for m in messages(p) if m[1] == "kubernetes.node_pod_prefix"]
+    assert found and "longer than pod_cidr's /28" in found[0][2]
+    p = mutate(write_site, lambda d: d["kubernetes"].update(pod_cidr="10.244.0.0/20"))
+    found = [m for m in messages(p) if m[1] == "kubernetes.pod_cidr"]
+    assert found and "has 16 node subnets of /24; gpu-05 (198.18.0.16) needs number 16" in found[0][2]

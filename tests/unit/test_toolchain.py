@@ -30,6 +30,7 @@ def test_every_binary_is_pinned_by_a_module_with_go_sum():
         "kubelet",
         "kube-proxy",
         "pause",
+        "coredns",
         "kwok",
         "aifactory-gpu-device-plugin",
     }

@@ -1,4 +1,4 @@
-"""Whole-cluster checks: a 1-GPU Slurm job and a 1-GPU pod are placed; the tenant operator works."""
+"""Whole-cluster checks: a 1-GPU Slurm job and a 1-GPU pod run and see one GPU; the tenant operator works."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from aifactory.images import TOOLBOX_REF
 from aifactory.validate.context import Context, check
 
 NAMESPACE = "aifactory-validate"
@@ -79,7 +80,10 @@ def check_k8s_pod(ctx: Context, measure) -> None:
             containers=[
                 client.V1Container(
                     name="main",
-                    image="registry.k8s.io/pause:3.10",
+                    image=TOOLBOX_REF,
+                    image_pull_policy="IfNotPresent",
+                    # The device plugin hands the container exactly the GPUs it was allocated.
+                    command=["sh", "-c", "ls /dev | grep -cE '^nvidia[0-9]+$'; echo $NVIDIA_VISIBLE_DEVICES"],
                     resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
                 )
             ],
@@ -98,17 +102,25 @@ def check_k8s_pod(ctx: Context, measure) -> None:
     try:
         while True:
             p = core.read_namespaced_pod(name, NAMESPACE)
-            if p.status.phase == "Running" or time.monotonic() > deadline:
+            if p.status.phase in ("Succeeded", "Failed") or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         took = time.monotonic() - t0
-        measure(f"{p.spec.node_name or 'unscheduled'} {p.status.phase} in {took:.1f}s")
+        seen = core.read_namespaced_pod_log(name, NAMESPACE).split() if p.status.phase != "Pending" else []
+        count, visible = [*seen, "?", "?"][:2]
+        measure(
+            f"{p.spec.node_name or 'unscheduled'} {p.status.phase} in {took:.1f}s: "
+            f"{count} GPU device(s), NVIDIA_VISIBLE_DEVICES={visible}"
+        )
         why = "; ".join(f"{c.type}: {c.message}" for c in p.status.conditions or [] if c.message)
-        assert p.status.phase == "Running", (
+        assert p.status.phase == "Succeeded", (
             f"1-GPU pod {p.status.phase} after {took:.0f}s: {why or 'no reason'}"
         )
         assert p.spec.node_name in {m.name for m in nodes}, (
             f"placed on {p.spec.node_name}, not a pool GPU node"
+        )
+        assert count == "1" and len(seen) == 2, (
+            f"the 1-GPU pod saw {count} GPU devices (NVIDIA_VISIBLE_DEVICES={visible}), not 1"
         )
     finally:
         core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
@@ -147,16 +159,13 @@ def check_tenant_operator(ctx: Context, measure) -> None:
     from kubernetes import client
 
     where = []
-    # On an emulated site kwok reports any pod Running while nothing runs: a Deployment proves nothing.
-    if not ctx.site.emulated:
-        deployments = client.AppsV1Api(ctx.kube_api()).list_deployment_for_all_namespaces(
-            label_selector=OPERATOR_DEPLOYMENT_LABEL, _request_timeout=15
-        )
-        for d in deployments.items:
-            if d.status and (d.status.available_replicas or 0) > 0:
-                where.append(
-                    f"deployment {getattr(d.metadata, 'namespace', '?')}/{getattr(d.metadata, 'name', '?')}"
-                )
+    deployments = client.AppsV1Api(ctx.kube_api()).list_deployment_for_all_namespaces(
+        label_selector=OPERATOR_DEPLOYMENT_LABEL, _request_timeout=15
+    )
+    for d in deployments.items:
+        if d.status and (d.status.available_replicas or 0) > 0:
+            meta = d.metadata
+            where.append(f"deployment {getattr(meta, 'namespace', '?')}/{getattr(meta, 'name', '?')}")
     if _local_operator():
         where.append("aifactory operator run on this machine")
     measure(", ".join(where) or "not running")

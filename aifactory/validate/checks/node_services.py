@@ -1,8 +1,8 @@
 """Services each role leaves enabled and running, per machine.
 
 Workers run the daemons of the scheduler(s) they are a node of: slurmd and munge when slurmctld
-knows them (always in the slurm pool), containerd (and a kubelet on real sites) when they are a
-Kubernetes Node (always in the kubernetes pool).
+knows them (always in the slurm pool), containerd and the kubelet when they are a Kubernetes Node
+(always in the kubernetes pool).
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ def _fixed(ctx: Context, m: Machine) -> list[str]:
     names: list[str] = []
     for role in m.roles:
         names += [s for s in SERVICES.get(role, ()) if s not in names]
-    if m.has_role("k8s-control") and ctx.site.emulated:
-        names.append("kwok")  # stands in for the kubelets of an emulated site
     return names
 
 
 def _worker_candidates(ctx: Context, m: Machine) -> list[str]:
     if m.pool is None:
         return []
-    return [*SERVICES["slurm"], *SERVICES["kubernetes"], *([] if ctx.site.emulated else ["kubelet"])]
+    return [*SERVICES["slurm"], *SERVICES["kubernetes"]]
 
 
 def expected(ctx: Context, m: Machine) -> list[str]:
@@ -33,11 +31,7 @@ def expected(ctx: Context, m: Machine) -> list[str]:
     if is_slurm_node(ctx, m):
         names += [s for s in SERVICES["slurm"] if s not in names]
     if is_k8s_node(ctx, m):
-        names += [
-            s
-            for s in (*SERVICES["kubernetes"], *([] if ctx.site.emulated else ["kubelet"]))
-            if s not in names
-        ]
+        names += [s for s in SERVICES["kubernetes"] if s not in names]
     return names
 
 
