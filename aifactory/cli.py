@@ -199,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="build or show the binaries no registry ships (Pulumi, Kubernetes, etcd, kwok) and node images",
         description=(
             "The Pulumi CLI, its Python language host, the Kubernetes provider plugin, etcd, kube-apiserver, "
-            "kube-controller-manager, kube-scheduler, kubelet, kube-proxy, pause and kwok are built from the "
-            f"Go modules pinned in toolchain/ into {paths.bin_dir()} (AIFACTORY_CACHE moves it), with the "
-            "node images (pause, toolbox) as OCI archives. Only what a changed pin affects is rebuilt. That "
-            "folder is also the offline bundle for an air-gapped site."
+            "kube-controller-manager, kube-scheduler, kubelet, kube-proxy, CoreDNS, kube-router, pause and "
+            f"kwok are built from the Go modules pinned in toolchain/ into {paths.bin_dir()} "
+            "(AIFACTORY_CACHE moves it), with the node images (pause, CoreDNS, toolbox) as OCI archives. "
+            "Only what a changed pin affects is rebuilt. That folder is also the offline bundle for an "
+            "air-gapped site."
         ),
     )
     tc_sub = tc.add_subparsers(dest="toolchain_command", required=True, metavar="ACTION")

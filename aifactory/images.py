@@ -352,3 +352,39 @@ def build_all(
         built[out.name] = {"ref": spec.ref(registry), "digest": digest}
         progress(f"  image {spec.ref(registry)} {digest[:19]} -> {out}")
     return built
+
+
+def toolbox_pod(
+    name: str,
+    command: list[str],
+    node: str | None = None,
+    gpus: int = 0,
+    labels: dict[str, str] | None = None,
+    restart: str = "Never",
+) -> Any:
+    """A pod of the toolbox image (validation, benchmarks, tests): no service account token, the GPU
+    taint tolerated, `gpus` nvidia.com/gpu, optionally pinned to `node`."""
+    from kubernetes import client
+
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        spec=client.V1PodSpec(
+            automount_service_account_token=False,
+            restart_policy=restart,
+            node_selector={"kubernetes.io/hostname": node} if node else None,
+            tolerations=[client.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+            # sleep as PID 1 ignores SIGTERM: a deletion or eviction would wait 30 s for nothing.
+            termination_grace_period_seconds=1,
+            containers=[
+                client.V1Container(
+                    name="main",
+                    image=TOOLBOX_REF,
+                    image_pull_policy="IfNotPresent",
+                    command=command,
+                    resources=client.V1ResourceRequirements(
+                        limits={"nvidia.com/gpu": str(gpus)} if gpus else None
+                    ),
+                )
+            ],
+        ),
+    )

@@ -33,6 +33,7 @@ ETCD_VERSION = "v3.7.0"
 PAUSE_VERSION = "3.10"
 GPU_DEVICE_PLUGIN_VERSION = "0.1.0"
 COREDNS_VERSION = "1.15.0"
+KUBE_ROUTER_VERSION = "v2.1.0"
 
 _K8S_LDFLAGS = [
     f"-X k8s.io/component-base/version.gitVersion={K8S_VERSION}",
@@ -141,6 +142,14 @@ BINARIES: tuple[Binary, ...] = (
     ),
     Binary("pause", "toolchain/pause", ".", PAUSE_VERSION, (f"-X main.version={PAUSE_VERSION}",)),
     Binary("coredns", "toolchain/coredns", ".", COREDNS_VERSION, version_args=("-version",)),
+    # NetworkPolicy enforcement on every node (iptables + ipset; router and proxy off).
+    Binary(
+        "kube-router",
+        "toolchain/kube-router",
+        "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
+        KUBE_ROUTER_VERSION,
+        (f"-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={KUBE_ROUTER_VERSION}",),
+    ),
     Binary("kwok", "toolchain/kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
     # The emulated GPUs' device plugin (sandbox/: emulated sites only; real sites run NVIDIA's).
     Binary(

@@ -2,8 +2,8 @@
 
 A pulumi-kubernetes provider from the kubeconfig the control-plane role fetched, then: priority
 classes for GPU work, GPU labels and taints on every worker's Node (server-side apply patches, so
-the kubelets keep owning the Node objects), the cluster DNS (infra/dns.py), and on real sites the
-NVIDIA device plugin.
+the kubelets keep owning the Node objects), the cluster DNS (infra/dns.py), what the nodes'
+NetworkPolicy agent may read (infra/network_policy.py), and on real sites the NVIDIA device plugin.
 
 Every worker is a Node whichever pool it serves; which pool is Ansible's business (node_pool role:
 label aifactory.io/pool, cordon), because `aifactory node move` changes it without `pulumi up`.
@@ -20,6 +20,7 @@ import pulumi_kubernetes as k8s
 
 from aifactory.site.model import Site
 from infra.dns import ClusterDns, ClusterDnsArgs
+from infra.network_policy import NetworkPolicyAgentAccess
 
 PRIORITY_CLASSES = {
     # name: (value, description)
@@ -82,6 +83,7 @@ class KubernetesLayer(pulumi.ComponentResource):
         ]
         assert args.site.kubernetes, "a KubernetesLayer needs the site's kubernetes settings"
         self.dns = ClusterDns(f"{name}-dns", ClusterDnsArgs(args.site.kubernetes.service_cidr), child)
+        self.network_policy = NetworkPolicyAgentAccess(f"{name}-network-policy", child)
         self.device_plugin = None
         if args.device_plugin_image:  # the local stack sets none: its hardware brings its own
             self.device_plugin = _device_plugin(args.device_plugin_image, child)

@@ -70,11 +70,12 @@ HOST_PACKAGES: tuple[str, ...] = (
     "slurm-client",
     "mariadb-server",
     # the Kubernetes data plane: containerd with crun (runc cannot start containers inside an nspawn
-    # host), CNI plugins, and what kube-proxy drives (iptables, conntrack)
+    # host), CNI plugins, and what kube-proxy and the policy agent drive (iptables, ipset, conntrack)
     "containerd",
     "crun",
     "containernetworking-plugins",
     "iptables",
+    "ipset",
     "conntrack",
 )
 

@@ -10,36 +10,10 @@ import time
 import pytest
 import yaml
 
-from aifactory import images
+from aifactory.images import toolbox_pod  # noqa: F401 - the site tests' pod, imported from here
 from aifactory.site.validate import load_site
 from sandbox.scratch import scratch_site
 from tests.conftest import REPO
-
-
-def toolbox_pod(name: str, node: str, command: list[str], gpus: int = 0, labels=None, restart="Never"):
-    """A pod of the bundle's toolbox image pinned to `node`, tolerating the GPU taint."""
-    from kubernetes import client
-
-    return client.V1Pod(
-        metadata=client.V1ObjectMeta(name=name, labels=labels),
-        spec=client.V1PodSpec(
-            automount_service_account_token=False,
-            restart_policy=restart,
-            node_selector={"kubernetes.io/hostname": node},
-            tolerations=[client.V1Toleration(operator="Exists")],
-            # sleep as PID 1 ignores SIGTERM: a deletion or eviction would wait 30 s for nothing.
-            termination_grace_period_seconds=1,
-            containers=[
-                client.V1Container(
-                    name="main",
-                    image=images.TOOLBOX_REF,
-                    image_pull_policy="IfNotPresent",
-                    command=command,
-                    resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}),
-                )
-            ],
-        ),
-    )
 
 
 def wait_until(pred, timeout: float, what: str, interval: float = 0.5):

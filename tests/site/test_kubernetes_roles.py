@@ -35,6 +35,7 @@ pytestmark = pytest.mark.site
 
 CONTROL_SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CONTROL_BINARIES = CONTROL_SERVICES
+NODE_BINARIES = ("kubelet", "kube-proxy", "kube-router")
 PKI = "/etc/kubernetes/pki"
 
 
@@ -142,7 +143,7 @@ def test_apiserver_cert_names_the_control_plane_and_first_service_ip(configured_
 def test_binaries_match_the_bundle_manifest(configured_site, control_host, all_workers):
     manifest = _manifest(configured_site)
     installed = [(control_host, name) for name in CONTROL_BINARIES]
-    installed += [(_host(configured_site, m.name), b) for m in all_workers for b in ("kubelet", "kube-proxy")]
+    installed += [(_host(configured_site, m.name), b) for m in all_workers for b in NODE_BINARIES]
     for host, name in installed:
         f = host.file(f"/usr/local/bin/{name}")
         assert f.is_file and f.mode == 0o755, name
@@ -163,7 +164,7 @@ def test_admin_kubeconfig_points_at_the_control_plane(configured_site, control, 
 def test_workers_run_containerd_with_crun_and_a_kubelet(configured_site, all_workers):
     for m in all_workers:
         host = _host(configured_site, m.name)
-        for name in ("containerd", "kubelet", "kube-proxy"):
+        for name in ("containerd", *NODE_BINARIES):
             svc = host.service(name)
             assert svc.is_enabled and svc.is_running, f"{m.name}: {name}"
         # The effective configuration, not just the file: containerd 1.6 lets an imported file replace
@@ -291,27 +292,7 @@ def test_quota_filled_and_gpu_pod_runs_on_a_pool_node(core, namespace, workers):
     assert quota.status.hard == {f"requests.{gpus}": "8"}
     assert quota.status.used == {f"requests.{gpus}": "0"}
 
-    _create_pod(
-        core,
-        namespace,
-        client.V1Pod(
-            metadata=client.V1ObjectMeta(name="one-gpu"),
-            spec=client.V1PodSpec(
-                automount_service_account_token=False,
-                # GPU nodes carry the nvidia.com/gpu NoSchedule taint (infra/cluster.py).
-                tolerations=[client.V1Toleration(key=gpus, operator="Exists", effect="NoSchedule")],
-                containers=[
-                    client.V1Container(
-                        name="main",
-                        image=images.TOOLBOX_REF,
-                        image_pull_policy="IfNotPresent",
-                        command=["sleep", "3600"],
-                        resources=client.V1ResourceRequirements(limits={gpus: "1"}),
-                    )
-                ],
-            ),
-        ),
-    )
+    _create_pod(core, namespace, toolbox_pod("one-gpu", ["sleep", "3600"], gpus=1))
     pod = wait_until(
         lambda: (p := core.read_namespaced_pod("one-gpu", namespace)).status.phase == "Running" and p,
         timeout=60,
@@ -345,7 +326,7 @@ def _finished(core, namespace: str, name: str, timeout: float = 90):
 def test_a_pod_with_two_gpus_sees_exactly_two_devices(core, namespace, workers):
     node = workers[0].name
     script = "ls /dev | grep -E '^nvidia[0-9]+$' | sort | tr '\\n' ' '; echo; echo $NVIDIA_VISIBLE_DEVICES"
-    _create_pod(core, namespace, toolbox_pod("two-gpus", node, ["sh", "-c", script], gpus=2))
+    _create_pod(core, namespace, toolbox_pod("two-gpus", ["sh", "-c", script], node=node, gpus=2))
     pod, log = _finished(core, namespace, "two-gpus")
     print(f"two-gpus on {pod.spec.node_name}: {log!r}")
     assert pod.status.phase == "Succeeded", log
@@ -357,7 +338,7 @@ def test_a_pod_with_two_gpus_sees_exactly_two_devices(core, namespace, workers):
 
 def test_a_pod_asking_more_gpus_than_any_node_has_stays_pending_with_the_reason(core, namespace, workers):
     most = max(m.gpu_count for m in workers)
-    _create_pod(core, namespace, toolbox_pod("too-many", workers[0].name, ["true"], gpus=most + 1))
+    _create_pod(core, namespace, toolbox_pod("too-many", ["true"], node=workers[0].name, gpus=most + 1))
 
     def unschedulable():
         p = core.read_namespaced_pod("too-many", namespace)
@@ -377,7 +358,7 @@ def test_a_pod_reaches_a_pod_on_another_node(core, namespace, workers, by):
         pytest.skip("one kubernetes-pool machine: no second node to connect from")
     a, b = workers[0].name, workers[1].name
     serve = "echo hello-from-$(hostname) | nc -l -p 8080"
-    _create_pod(core, namespace, toolbox_pod("server", a, ["sh", "-c", serve], labels={"app": "server"}))
+    _create_pod(core, namespace, toolbox_pod("server", ["sh", "-c", serve], node=a, labels={"app": "server"}))
     server = wait_until(lambda: _phase(core, namespace, "server", "Running"), timeout=60, what="the server")
     target = server.status.pod_ip
     if by == "service name":
@@ -394,8 +375,69 @@ def test_a_pod_reaches_a_pod_on_another_node(core, namespace, workers, by):
     port = 80 if by == "service name" else 8080
     # Retries: the Service's endpoints reach kube-proxy and CoreDNS a moment after it is created.
     client_cmd = f"for i in $(seq 20); do nc -w 2 {target} {port} && exit 0; sleep 1; done; exit 1"
-    _create_pod(core, namespace, toolbox_pod("client", b, ["sh", "-c", client_cmd]))
+    _create_pod(core, namespace, toolbox_pod("client", ["sh", "-c", client_cmd], node=b))
     pod, log = _finished(core, namespace, "client")
     print(f"client on {pod.spec.node_name} ({pod.status.pod_ip}) -> {target}:{port}: {log!r}")
     assert pod.status.phase == "Succeeded" and log.strip() == "hello-from-server", log
     assert pod.spec.node_name != server.spec.node_name
+
+
+def test_a_network_policy_admits_its_own_namespace_and_refuses_another(
+    configured_site, core, namespace, workers
+):
+    """Two tenants' namespaces: a policy admitting only its own namespace is enforced on the node
+    (the NetworkPolicy agent); the same connection works from inside and is refused from outside."""
+    if len(workers) < 2:
+        pytest.skip("one kubernetes-pool machine: no second node to connect from")
+    # Right after a first deploy the agents may still wait for their RBAC (Pulumi grants it after
+    # Ansible started them; they retry every minute): wait until each reports healthy.
+    health = "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:20244/healthz')\""
+    for m in workers[:2]:
+        h = _host(configured_site, m.name)
+        wait_until(lambda h=h: h.run(health).rc == 0, timeout=150, what=f"the policy agent on {m.name}")
+    other = f"{namespace}-other"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        serve = "while true; do echo hello | nc -l -p 8080; done"
+        _create_pod(
+            core,
+            namespace,
+            toolbox_pod("server", ["sh", "-c", serve], node=workers[0].name, labels={"app": "s"}),
+        )
+        server = wait_until(
+            lambda: _phase(core, namespace, "server", "Running"), timeout=60, what="the server"
+        )
+        client.NetworkingV1Api(core.api_client).create_namespaced_network_policy(
+            namespace,
+            client.V1NetworkPolicy(
+                metadata=client.V1ObjectMeta(name="own-namespace-only"),
+                spec=client.V1NetworkPolicySpec(
+                    pod_selector=client.V1LabelSelector(),
+                    policy_types=["Ingress"],
+                    ingress=[
+                        client.V1NetworkPolicyIngressRule(
+                            _from=[
+                                client.V1NetworkPolicyPeer(
+                                    namespace_selector=client.V1LabelSelector(
+                                        match_labels={"kubernetes.io/metadata.name": namespace}
+                                    )
+                                )
+                            ]
+                        )
+                    ],
+                ),
+            ),
+        )
+        ip = server.status.pod_ip
+        # The agent applies the policy within seconds: the outsider is retried until it is refused,
+        # then the insider must still get through.
+        refused = f"for i in $(seq 30); do nc -w 2 {ip} 8080 || exit 0; sleep 1; done; exit 1"
+        _create_pod(core, other, toolbox_pod("outsider", ["sh", "-c", refused], node=workers[1].name))
+        outsider, log = _finished(core, other, "outsider")
+        assert outsider.status.phase == "Succeeded", f"the other namespace still reaches the pod: {log!r}"
+        admitted = f"nc -w 5 {ip} 8080"
+        _create_pod(core, namespace, toolbox_pod("insider", ["sh", "-c", admitted], node=workers[1].name))
+        insider, log = _finished(core, namespace, "insider")
+        assert insider.status.phase == "Succeeded" and log.strip() == "hello", log
+    finally:
+        core.delete_namespace(other)

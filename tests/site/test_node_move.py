@@ -157,7 +157,7 @@ def test_move_to_kubernetes_waits_for_the_running_job(site: Site, core, worker: 
 
 
 def gpu_pod(name: str, node: str, labels: dict[str, str] | None = None) -> client.V1Pod:
-    return toolbox_pod(name, node, ["sleep", "3600"], gpus=1, labels=labels, restart="Always")
+    return toolbox_pod(name, ["sleep", "3600"], node=node, gpus=1, labels=labels, restart="Always")
 
 
 def run_pod(core, namespace: str, pod: client.V1Pod) -> None:

@@ -287,7 +287,9 @@ def test_node_with_a_lost_gpu(site: Site, tmp_path: Path, core) -> None:
     with gpu_lost(site, core, m):
         rc, records, out = validate(site.path, tmp_path, "--level", "quick")
         assert rc == 1, out
-        assert failed(records) == {(m.name, "k8s.node")}, out
+        # Both schedulers' views of the machine see it: Slurm's gres device and the kubelet's GPUs.
+        assert failed(records) == {(m.name, "k8s.node"), (m.name, "slurm.gres_conf")}, out
+        assert f"/dev/nvidia{m.gpu_count - 1}" in message(records, m.name, "slurm.gres_conf")
         want = f"allocatable nvidia.com/gpu={m.gpu_count - 1}, the site file says {m.gpu_count}"
         assert want in message(records, m.name, "k8s.node")
         assert f"FAILED {m.name} k8s.node: allocatable nvidia.com/gpu={m.gpu_count - 1}" in out

@@ -43,6 +43,7 @@ def test_pulumi_reports_pinned_versions_and_plugins(built):
 
 def test_binaries_report_their_pinned_versions(built):
     node = ("kubelet", "kube-proxy")
+    built("kube-router")
     built("kwok", "etcd", "kube-controller-manager", "kube-scheduler", *node, "pause", "coredns", "aifactory-gpu-device-plugin")
     assert toolchain.KWOK_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["kwok"])
     assert toolchain.ETCD_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["etcd"])
@@ -50,6 +51,7 @@ def test_binaries_report_their_pinned_versions(built):
         assert toolchain.reported_version(toolchain.BY_NAME[name]) == f"Kubernetes {toolchain.K8S_VERSION}"
     assert toolchain.reported_version(toolchain.BY_NAME["pause"]) == f"pause {toolchain.PAUSE_VERSION}"
     assert toolchain.COREDNS_VERSION in toolchain.reported_version(toolchain.BY_NAME["coredns"])
+    assert toolchain.KUBE_ROUTER_VERSION in toolchain.reported_version(toolchain.BY_NAME["kube-router"])
     plugin = toolchain.BY_NAME["aifactory-gpu-device-plugin"]
     assert toolchain.reported_version(plugin) == f"gpu-device-plugin {toolchain.GPU_DEVICE_PLUGIN_VERSION}"
 

@@ -31,6 +31,7 @@ def test_every_binary_is_pinned_by_a_module_with_go_sum():
         "kube-proxy",
         "pause",
         "coredns",
+        "kube-router",
         "kwok",
         "aifactory-gpu-device-plugin",
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aifactory.images import TOOLBOX_REF
+from aifactory.images import toolbox_pod
 from aifactory.validate.context import Context, check
 
 NAMESPACE = "aifactory-validate"
@@ -69,25 +69,10 @@ def check_k8s_pod(ctx: Context, measure) -> None:
         if e.status != 409:
             raise
     name = f"gpu-check-{uuid.uuid4().hex[:6]}"
-    pod = client.V1Pod(
-        metadata=client.V1ObjectMeta(
-            name=name, labels={"app.kubernetes.io/managed-by": "aifactory-validate"}
-        ),
-        spec=client.V1PodSpec(
-            automount_service_account_token=False,
-            restart_policy="Never",
-            tolerations=[client.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
-            containers=[
-                client.V1Container(
-                    name="main",
-                    image=TOOLBOX_REF,
-                    image_pull_policy="IfNotPresent",
-                    # The device plugin hands the container exactly the GPUs it was allocated.
-                    command=["sh", "-c", "ls /dev | grep -cE '^nvidia[0-9]+$'; echo $NVIDIA_VISIBLE_DEVICES"],
-                    resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
-                )
-            ],
-        ),
+    # The device plugin hands the container exactly the GPUs it was allocated.
+    count = "ls /dev | grep -cE '^nvidia[0-9]+$'; echo $NVIDIA_VISIBLE_DEVICES"
+    pod = toolbox_pod(
+        name, ["sh", "-c", count], gpus=1, labels={"app.kubernetes.io/managed-by": "aifactory-validate"}
     )
     t0 = time.monotonic()
     deadline = t0 + POD_TIMEOUT_S
