@@ -36,13 +36,14 @@ Progress = Callable[[str], None]
 IMAGES_DIR_NAME = "images"
 BUSYBOX = Path("/bin/busybox")
 PAUSE_TAG = "3.10"  # the pause version the toolchain builds (toolchain.PAUSE_VERSION)
-# The registry name the bundle's images carry. They are imported into every node's containerd from
-# the site's offline bundle and never pulled, so no registry answers to this name.
-BUNDLE_REGISTRY = "bundle.aifactory.local"
+# The name of the site registry, which the images carry: every node's containerd resolves it to the
+# registry on the head (site_registry role), which serves the bundle's images; the pod sandbox image
+# is also imported into each node from the bundle, so no pod depends on the registry to start.
+SITE_REGISTRY = "registry.aifactory.local"
 TOOLBOX_TAG = "1.0"
-TOOLBOX_REF = f"{BUNDLE_REGISTRY}/aifactory/toolbox:{TOOLBOX_TAG}"
+TOOLBOX_REF = f"{SITE_REGISTRY}/aifactory/toolbox:{TOOLBOX_TAG}"
 COREDNS_TAG = "1.15.0"  # the CoreDNS version the toolchain builds (toolchain.COREDNS_VERSION)
-COREDNS_REF = f"{BUNDLE_REGISTRY}/aifactory/coredns:{COREDNS_TAG}"
+COREDNS_REF = f"{SITE_REGISTRY}/aifactory/coredns:{COREDNS_TAG}"
 TOOLBOX_APPLETS = (
     "sh", "ls", "cat", "echo", "sleep", "env", "ps", "kill", "wget", "nc", "nslookup", "ip", "ping",
     "hostname", "id", "grep", "true", "false", "test", "mkdir", "rm", "date", "timeout", "head", "tail",

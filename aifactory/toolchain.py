@@ -34,6 +34,8 @@ PAUSE_VERSION = "3.10"
 GPU_DEVICE_PLUGIN_VERSION = "0.1.0"
 COREDNS_VERSION = "1.15.0"
 KUBE_ROUTER_VERSION = "v2.1.0"
+REGISTRY_VERSION = "v3.1.2"
+CRANE_VERSION = "v0.22.1"
 
 _K8S_LDFLAGS = [
     f"-X k8s.io/component-base/version.gitVersion={K8S_VERSION}",
@@ -150,6 +152,15 @@ BINARIES: tuple[Binary, ...] = (
         KUBE_ROUTER_VERSION,
         (f"-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={KUBE_ROUTER_VERSION}",),
     ),
+    # The site registry on the head, and what pushes the bundle's images into it.
+    Binary("registry", "toolchain/registry", ".", REGISTRY_VERSION),
+    Binary(
+        "crane",
+        "toolchain/crane",
+        "github.com/google/go-containerregistry/cmd/crane",
+        CRANE_VERSION,
+        version_args=("version",),
+    ),
     Binary("kwok", "toolchain/kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
     # The emulated GPUs' device plugin (sandbox/: emulated sites only; real sites run NVIDIA's).
     Binary(
@@ -234,7 +245,12 @@ def manifest() -> dict[str, dict[str, str]]:
     for name, rec in built_images.items():
         if (paths.bin_dir() / name).exists():
             tag = rec["ref"].rsplit(":", 1)[1]
-            out[name] = {"version": tag, "sha256": rec["sha256"], "image": rec["ref"]}
+            out[name] = {
+                "version": tag,
+                "sha256": rec["sha256"],
+                "image": rec["ref"],
+                "digest": rec["digest"],
+            }
     return out
 
 
@@ -245,7 +261,7 @@ def _images_stamp() -> Path:
 def build_images(progress: Progress = print) -> None:
     """The node images (pause, toolbox) as archives beside the binaries; cheap and deterministic."""
     try:
-        built = images.build_all(paths.bin_dir(), paths.bin_dir(), images.BUNDLE_REGISTRY, progress)
+        built = images.build_all(paths.bin_dir(), paths.bin_dir(), images.SITE_REGISTRY, progress)
     except images.ImageError as e:
         raise ToolchainError(str(e)) from e
     for name, rec in built.items():

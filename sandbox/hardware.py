@@ -35,14 +35,25 @@ DEVICE_PLUGIN = toolchain.BY_NAME["aifactory-gpu-device-plugin"]
 _HARDWARE_SCRIPT = """#!/bin/sh
 # Written by aifactory's sandbox (sandbox/hardware.py): what this emulated server's hardware gives.
 set -eu
-for dir in /sys/fs/cgroup/*/; do
+# The v1 controller hierarchies (not systemd's own, not the unified one) are read-only here.
+readonly_hierarchies=$(awk '$3 == "cgroup" && $4 ~ /^ro,/ && $2 !~ /systemd$/ {print $2}' /proc/self/mounts)
+for dir in $readonly_hierarchies; do
     name=$(basename "$dir")
-    # The v1 controller hierarchies (not systemd's own, not the unified one) are read-only here.
-    [ "$name" != systemd ] && [ "$name" != unified ] || continue
-    [ "$(stat -f -c %T "$dir")" = cgroupfs ] || continue
-    grep -q " ${dir%/} cgroup ro," /proc/self/mounts || continue
-    # Some (memory, blkio) refuse a remount as "busy": mount those afresh.
-    mount -o remount,rw "$dir" 2>/dev/null || { umount "$dir" && mount -t cgroup -o "$name" cgroup "$dir"; }
+    tries=0
+    # A remount (or the umount of some, memory and blkio first of all) can be refused as "busy" for
+    # a moment at boot: mount those afresh, and try again; fail the unit if one stays read-only.
+    until grep -q " $dir cgroup rw," /proc/self/mounts; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 10 ]; then
+            echo "aifactory-hardware: $dir stays read-only" >&2
+            exit 1
+        fi
+        if grep -q " $dir cgroup " /proc/self/mounts; then
+            mount -o remount,rw "$dir" 2>/dev/null || umount "$dir" 2>/dev/null || sleep 1
+        else
+            mount -t cgroup -o "$name" cgroup "$dir" || sleep 1
+        fi
+    done
 done
 [ -e /dev/kmsg ] || ln -s /dev/console /dev/kmsg
 gpus=@GPUS@

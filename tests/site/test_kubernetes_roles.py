@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -170,7 +171,7 @@ def test_workers_run_containerd_with_crun_and_a_kubelet(configured_site, all_wor
         # The effective configuration, not just the file: containerd 1.6 lets an imported file replace
         # the whole CRI table.
         dump = host.check_output("containerd config dump")
-        assert f'sandbox_image = "{images.BUNDLE_REGISTRY}/aifactory/pause:{images.PAUSE_TAG}"' in dump
+        assert f'sandbox_image = "{images.SITE_REGISTRY}/aifactory/pause:{images.PAUSE_TAG}"' in dump
         assert 'default_runtime_name = "crun"' in dump  # no NVIDIA runtime on these hosts
         assert re.search(r'runtimes\.crun\.options\]\s+BinaryName = "/usr/bin/crun"', dump)
         # What the host reveals decides the cgroup driver and the snapshotter (tasks/host_facts.yml).
@@ -193,9 +194,13 @@ def test_workers_run_containerd_with_crun_and_a_kubelet(configured_site, all_wor
         assert labels["nvidia.com/gpu.count"] == str(m.gpu_count)
         report = json.loads(host.file("/etc/aifactory/k8s-worker.json").content_string)
         assert report["kubelet_started"] is True and "kubelet enabled and running" in report["verified"]
-        # The node images come from the bundle, imported with the CRI's snapshotter.
+        # The pod sandbox comes from the bundle, imported with the CRI's snapshotter; every other image
+        # from the site registry on the head.
         refs = host.check_output("ctr -n k8s.io images list -q").split()
-        assert images.TOOLBOX_REF in refs, refs
+        assert f"{images.SITE_REGISTRY}/aifactory/pause:{images.PAUSE_TAG}" in refs, refs
+        hosts_toml = host.file(f"/etc/containerd/certs.d/{images.SITE_REGISTRY}/hosts.toml").content_string
+        head = configured_site.with_role("head")[0]
+        assert f'server = "http://{head.address}:5000"' in hosts_toml
 
 
 def test_pod_routes_reach_every_other_worker(configured_site, all_workers, control):
@@ -441,3 +446,32 @@ def test_a_network_policy_admits_its_own_namespace_and_refuses_another(
         assert insider.status.phase == "Succeeded" and log.strip() == "hello", log
     finally:
         core.delete_namespace(other)
+
+
+def test_the_site_registry_serves_the_bundles_images(configured_site):
+    head = configured_site.with_role("head")[0]
+    manifest = _manifest(configured_site)
+    served = {name: rec for name, rec in manifest.items() if "image" in rec}
+    assert served, "the bundle has no images"
+    for name, rec in served.items():
+        repo, tag = rec["image"].split("/", 1)[1].rsplit(":", 1)
+        req = urllib.request.Request(
+            f"http://{head.address}:5000/v2/{repo}/manifests/{tag}",
+            method="HEAD",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Docker-Content-Digest"] == rec["digest"], (
+                f"{name}: the registry serves another image"
+            )
+
+
+def test_a_pod_pulls_its_image_from_the_site_registry(core, namespace, workers):
+    pod = toolbox_pod("puller", ["true"], node=workers[0].name)
+    pod.spec.containers[0].image_pull_policy = "Always"
+    _create_pod(core, namespace, pod)
+    done, _ = _finished(core, namespace, "puller")
+    assert done.status.phase == "Succeeded"
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=puller").items
+    pulled = [e.message for e in events if e.reason == "Pulled"]
+    assert pulled and images.TOOLBOX_REF in pulled[0], [e.message for e in events]

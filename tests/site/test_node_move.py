@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from aifactory import cli, nodemove, paths
+from aifactory import cli, images, nodemove, paths
 from aifactory.site.model import Machine, Site
 from aifactory.site.validate import load_site
 from sandbox import ssh
@@ -299,3 +299,47 @@ def test_move_refuses_a_node_someone_else_drained(site: Site, core, worker: Mach
         assert slurm_node(site, worker.name)[1] == reason, "the operator's reason must survive"
     finally:
         head_run(site, f"scontrol update nodename={worker.name} state=resume")
+
+
+def test_move_to_slurm_stops_a_deployments_pod_and_its_replacement_runs_on_another_node(
+    site: Site, core, namespace: str, capsys
+):
+    """A real eviction: the container's process on the moved machine is gone, and the Deployment's
+    replacement pod runs on another kubernetes-pool machine."""
+    pool = {m.name for m in site.in_pool("kubernetes")}
+    if len(pool) < 2:
+        pytest.skip("the kubernetes pool needs two machines: the replacement must run somewhere")
+    apps = client.AppsV1Api(core.api_client)
+    labels = {"app": "mover"}
+    pod = images.toolbox_pod("mover", ["sleep", "3601"], restart="Always")
+    pod.spec.node_selector = {"aifactory.io/pool": "kubernetes"}
+    apps.create_namespaced_deployment(
+        namespace,
+        client.V1Deployment(
+            metadata=client.V1ObjectMeta(name="mover"),
+            spec=client.V1DeploymentSpec(
+                replicas=1,
+                selector=client.V1LabelSelector(match_labels=labels),
+                template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=labels), spec=pod.spec),
+            ),
+        ),
+    )
+
+    def running(exclude: str = ""):
+        pods = core.list_namespaced_pod(namespace, label_selector="app=mover").items
+        return next((p for p in pods if p.status.phase == "Running" and p.metadata.name != exclude), None)
+
+    first = wait_until(running, 60, "the Deployment's pod to run")
+    moved = first.spec.node_name
+    sleeping = "pgrep -f 'sleep [3]601'"  # [3]: the pattern does not match this command itself
+    assert ssh.run(site, moved, sleeping).returncode == 0, f"no container process on {moved}"
+    try:
+        rc, out = move(site, moved, "slurm", timeout=120, capsys=capsys)
+        assert rc == 0, out
+        replacement = wait_until(lambda: running(exclude=first.metadata.name), 60, "the replacement pod")
+        assert replacement.spec.node_name in pool - {moved}, replacement.spec.node_name
+        assert ssh.run(site, moved, sleeping).returncode == 1, f"the evicted container still runs on {moved}"
+        assert assert_never_both(site, core)[moved] == {"slurm"}
+    finally:
+        apps.delete_namespaced_deployment("mover", namespace)
+        nodemove.move(load_site(site.path), moved, "kubernetes", timeout=60, progress=lambda _: None)

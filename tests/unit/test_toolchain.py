@@ -32,6 +32,8 @@ def test_every_binary_is_pinned_by_a_module_with_go_sum():
         "pause",
         "coredns",
         "kube-router",
+        "registry",
+        "crane",
         "kwok",
         "aifactory-gpu-device-plugin",
     }
