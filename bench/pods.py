@@ -6,7 +6,8 @@ The site must be up and deployed (`./factory up`). First one pod alone, then N p
 spread over the kubernetes pool (toolbox image, no GPU). A pod's start latency is from its create
 call returning to a watch event showing it Running, on this machine's clock. Prints p50/p95/max,
 the ratio of the burst's p50 to the lone pod, pods per second, and the memory of the running site
-(every process of its hosts, and the kubelets and containerds among them).
+(proportional set size of every process of its hosts, idle and with the pods, and of the node
+daemons among them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from kubernetes import client, config, watch  # noqa: E402
 
 from aifactory import images, paths  # noqa: E402
 from aifactory.site.validate import load_site  # noqa: E402
-from sandbox import daemons, hosts  # noqa: E402
+from sandbox import hosts  # noqa: E402
 
 
 def start_pods(
@@ -78,22 +79,30 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages (the same binaries in every host) counted once overall."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def memory_mib(site) -> dict[str, float]:
-    pids = [p for p in hosts.cgroup_pids(hosts.cgroup_dirs(site)) if Path(f"/proc/{p}").exists()]
-
-    def comm(pid: int) -> str:
-        try:
-            return Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            return ""
-
-    by = {"kubelet": 0.0, "containerd": 0.0, "kube-proxy": 0.0}
+    """PSS of every process of the site's hosts, and of the node daemons among them."""
+    by = {"kubelet": 0.0, "containerd": 0.0, "kube-proxy": 0.0, "kube-router": 0.0}
     total = 0.0
-    for p in pids:
-        rss = daemons.rss_mib(p, with_children=False)
-        total += rss
-        if comm(p) in by:
-            by[comm(p)] += rss
+    for pid in hosts.cgroup_pids(hosts.cgroup_dirs(site)):
+        pss = _pss_mib(pid)
+        total += pss
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in by:
+            by[comm] += pss
     return {"hosts_total": round(total), **{f"{k}_total": round(v) for k, v in by.items()}}
 
 
@@ -118,6 +127,7 @@ def main() -> int:
         # The namespace's default ServiceAccount appears a moment after the namespace.
         while not core.list_namespaced_service_account(ns).items:
             time.sleep(0.2)
+        idle = memory_mib(site)
         lone = start_pods(core, ns, ["lone"], nodes, args.timeout)["lone"]
         t0 = time.monotonic()
         lat = list(start_pods(core, ns, [f"p{i}" for i in range(args.pods)], nodes, args.timeout).values())
@@ -134,6 +144,7 @@ def main() -> int:
             "all_running_s": round(wall, 1),
             "pods_per_s": round(args.pods / wall, 1),
             "burst_p50_to_lone_ratio": round(statistics.median(lat) / lone, 1),
+            "memory_mib_idle": idle,
             "memory_mib_with_pods": memory_mib(site),
         }
     finally:
