@@ -102,8 +102,8 @@ def prepare(site: Site, machine: Machine, image: Path, ssh_pub: str, host_key_di
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(hp.root)], check=True)
     etc = hp.root / "etc"
     (etc / "hostname").write_text(machine.name + "\n")
-    mid = etc / "machine-id"
     hardware.install(hp.root, machine)
+    mid = etc / "machine-id"
     if not mid.exists() or not mid.read_text().strip():
         mid.write_text(secrets.token_hex(16) + "\n")
     hosts = ["127.0.0.1 localhost", f"127.0.1.1 {machine.name}"]
@@ -155,8 +155,8 @@ def power_on(site: Site, machine: Machine) -> bool:
         "--keep-unit",
         f"--network-bridge={site.management.bridge}",
         "--console=passive",
-        # GPU device nodes are made inside the host (sandbox/hardware.py); containers need the
-        # capabilities a container runtime hands on to them, within nspawn's bounding set.
+        # Beyond nspawn's defaults: GPU device nodes are made inside the host (sandbox/hardware.py),
+        # containers may lock memory, and the kubelet reads the kernel log.
         "--capability=CAP_MKNOD,CAP_NET_ADMIN,CAP_SYS_ADMIN,CAP_IPC_LOCK,CAP_SYSLOG",
     ]
     # nspawn exits 133 when the host reboots: start it again, as a machine would power-cycle.

@@ -193,7 +193,7 @@ def test_workers_run_containerd_with_crun_and_a_kubelet(configured_site, all_wor
         assert labels["aifactory.io/gpu-model"] == m.gpu_model
         assert labels["nvidia.com/gpu.count"] == str(m.gpu_count)
         report = json.loads(host.file("/etc/aifactory/k8s-worker.json").content_string)
-        assert report["kubelet_started"] is True and "kubelet enabled and running" in report["verified"]
+        assert "kubelet enabled and running" in report["verified"], report
         # The pod sandbox comes from the bundle, imported with the CRI's snapshotter; every other image
         # from the site registry on the head.
         refs = host.check_output("ctr -n k8s.io images list -q").split()
