@@ -29,13 +29,13 @@ LANGUAGE_HOST_VERSION = "v3.79.0"
 KUBERNETES_PROVIDER_VERSION = "4.25.0"
 KWOK_VERSION = "v0.8.0"
 ETCD_VERSION = "v3.7.0"
-# Our own small Go programs: their version is the project's.
-PAUSE_VERSION = "3.10"
-GPU_DEVICE_PLUGIN_VERSION = "0.1.0"
 COREDNS_VERSION = "1.15.0"
 KUBE_ROUTER_VERSION = "v2.1.0"
 REGISTRY_VERSION = "v3.1.2"
 CRANE_VERSION = "v0.22.1"
+# Our own small Go programs: their version is the project's.
+PAUSE_VERSION = "3.10"
+GPU_DEVICE_PLUGIN_VERSION = "0.1.0"
 
 _K8S_LDFLAGS = [
     f"-X k8s.io/component-base/version.gitVersion={K8S_VERSION}",
