@@ -33,7 +33,6 @@ from typing import Any
 
 Progress = Callable[[str], None]
 
-IMAGES_DIR_NAME = "images"
 BUSYBOX = Path("/bin/busybox")
 PAUSE_TAG = "3.10"  # the pause version the toolchain builds (toolchain.PAUSE_VERSION)
 # The name of the site registry, which the images carry: every node's containerd resolves it to the

@@ -141,7 +141,7 @@ def test_pause_image_has_only_the_binary(inputs, tmp_path):
 
 def test_build_all_writes_every_image(inputs, tmp_path):
     bin_dir, busybox = inputs
-    out = tmp_path / images.IMAGES_DIR_NAME
+    out = tmp_path / "images"
     lines: list[str] = []
     built = images.build_all(bin_dir, out, REGISTRY, lines.append, busybox=busybox)
     assert set(built) == {
