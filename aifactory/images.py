@@ -23,13 +23,18 @@ import io
 import json
 import os
 import platform
+import stat
 import struct
+import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from aifactory import __version__, paths
 
 Progress = Callable[[str], None]
 
@@ -39,10 +44,25 @@ PAUSE_TAG = "3.10"  # the pause version the toolchain builds (toolchain.PAUSE_VE
 # registry on the head (site_registry role), which serves the bundle's images; the pod sandbox image
 # is also imported into each node from the bundle, so no pod depends on the registry to start.
 SITE_REGISTRY = "registry.aifactory.local"
+SITE_REGISTRY_PORT = 5000  # where the head serves it (site_registry role: site_registry_port)
 TOOLBOX_TAG = "1.0"
 TOOLBOX_REF = f"{SITE_REGISTRY}/aifactory/toolbox:{TOOLBOX_TAG}"
 COREDNS_TAG = "1.15.0"  # the CoreDNS version the toolchain builds (toolchain.COREDNS_VERSION)
 COREDNS_REF = f"{SITE_REGISTRY}/aifactory/coredns:{COREDNS_TAG}"
+OPERATOR_TAG = __version__  # the tenant operator is this repository's code
+OPERATOR_REF = f"{SITE_REGISTRY}/aifactory/tenant-operator:{OPERATOR_TAG}"
+# The operator image's interpreter and ssh client (to reach Slurm on the head) are Debian's, with the
+# libraries they load; its Python packages are the ones installed here, at the same versions.
+PYTHON = Path("/usr/bin/python3.11")
+SSH = Path("/usr/bin/ssh")
+OPERATOR_DISTRIBUTIONS = ("kopf", "uvloop", "kubernetes", "prometheus-client")
+# The operator uses the synchronous Kubernetes client; the asyncio twin would add 41 MiB.
+OPERATOR_SKIP = ("kubernetes/aio", "kubernetes/test", "kubernetes/e2e_test")
+OPERATOR_SOURCES = ("aifactory", "operators")  # this repository's packages the operator imports
+OPERATOR_HOME = "/opt/aifactory"
+OPERATOR_UID = 65532
+# Never in the image: tests, GUIs, and the static libpython of the -dev package.
+STDLIB_SKIP = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "__pycache__")
 TOOLBOX_APPLETS = (
     "sh", "ls", "cat", "echo", "sleep", "env", "ps", "kill", "wget", "nc", "nslookup", "ip", "ping",
     "hostname", "id", "grep", "true", "false", "test", "mkdir", "rm", "date", "timeout", "head", "tail",
@@ -65,19 +85,22 @@ class ImageError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One entry of the image's single layer: a copied file, literal bytes, or a symlink."""
+    """One entry of the image's single layer: a copied file, literal bytes, a symlink or a directory."""
 
     path_in_image: str
     source: Path | None
     mode: int
     symlink_to: str | None = None
     content: bytes | None = None
+    directory: bool = False  # an explicit directory (parents are implied, 0755); e.g. /tmp 1777
     missing_hint: str = field(default="", compare=False)  # how to get `source` when it is absent
 
     def __post_init__(self) -> None:
-        kinds = sum(x is not None for x in (self.source, self.symlink_to, self.content))
+        kinds = sum(x is not None for x in (self.source, self.symlink_to, self.content)) + self.directory
         if kinds != 1:
-            raise ImageError(f"{self.path_in_image}: give exactly one of source, symlink_to, content")
+            raise ImageError(
+                f"{self.path_in_image}: give exactly one of source, symlink_to, content, directory"
+            )
         if not self.path_in_image.startswith("/") or _member_name(self.path_in_image) in ("", "."):
             raise ImageError(f"{self.path_in_image!r}: path_in_image must be an absolute file path")
 
@@ -137,12 +160,12 @@ def _tarinfo(name: str, kind: bytes, mode: int, size: int = 0, linkname: str = "
     return ti
 
 
-def _dynamic_interpreter(path: Path) -> bool:
-    """True when `path` is an ELF file with a PT_INTERP header: it needs a libc that a scratch image lacks."""
+def _elf_interpreter(path: Path) -> str | None:
+    """The loader an ELF file names in its PT_INTERP header (it is dynamically linked), else None."""
     with open(path, "rb") as f:
         head = f.read(64)
         if len(head) < 52 or head[:4] != b"\x7fELF":
-            return False
+            return None
         end = "<" if head[5] == 1 else ">"
         if head[4] == 2:  # ELFCLASS64
             (phoff,) = struct.unpack_from(end + "Q", head, 32)
@@ -152,15 +175,42 @@ def _dynamic_interpreter(path: Path) -> bool:
             phentsize, phnum = struct.unpack_from(end + "HH", head, 42)
         f.seek(phoff)
         table = f.read(phentsize * phnum)
-    return any(
-        struct.unpack_from(end + "I", table, i * phentsize)[0] == 3  # PT_INTERP
-        for i in range(min(phnum, len(table) // max(phentsize, 1)))
-    )
+        for i in range(min(phnum, len(table) // max(phentsize, 1))):
+            if struct.unpack_from(end + "I", table, i * phentsize)[0] != 3:  # PT_INTERP
+                continue
+            if head[4] == 2:
+                offset, size = struct.unpack_from(end + "QQQQ", table, i * phentsize + 8)[0::3]
+            else:
+                offset, size = struct.unpack_from(end + "IIII", table, i * phentsize + 4)[0::3]
+            f.seek(offset)
+            return f.read(size).rstrip(b"\0").decode()
+    return None
+
+
+def _resolve(entries: dict[str, tuple[tarfile.TarInfo, bytes]], path: str) -> str | None:
+    """`path` inside the layer being built, through its symlinks; the member name, or None if absent."""
+    parts, done = list(PurePosixPath(path).parts[1:]), PurePosixPath("/")
+    for _ in range(40):  # symlink hops, as the kernel's limit
+        if not parts:
+            return _member_name(str(done))
+        name = _member_name(str(done / parts[0]))
+        if name not in entries:
+            return None
+        ti = entries[name][0]
+        if ti.type == tarfile.SYMTYPE:
+            target = PurePosixPath(ti.linkname)
+            joined = target if target.is_absolute() else done / target
+            parts = [*PurePosixPath(os.path.normpath(joined)).parts[1:], *parts[1:]]
+            done = PurePosixPath("/")
+        else:
+            done, parts = done / parts[0], parts[1:]
+    return None
 
 
 def _layer(files: Iterable[ImageFile]) -> bytes:
     """The image's one layer: an uncompressed tar, sorted, parent directories included."""
     entries: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
+    loaders: dict[str, Path] = {}  # the loader each dynamically linked file needs -> one such file
     for f in files:
         name = _member_name(f.path_in_image)
         if name in entries:
@@ -174,13 +224,21 @@ def _layer(files: Iterable[ImageFile]) -> bytes:
         if f.symlink_to is not None:
             entries[name] = (_tarinfo(name, tarfile.SYMTYPE, 0o777, linkname=f.symlink_to), b"")
             continue
+        if f.directory:
+            entries[name] = (_tarinfo(name, tarfile.DIRTYPE, f.mode), b"")
+            continue
         if f.source is not None:
-            if _dynamic_interpreter(f.source):
-                raise ImageError(f"{f.source} is dynamically linked and the image has no libc")
+            loader = _elf_interpreter(f.source)
+            if loader is not None:
+                loaders.setdefault(loader, f.source)
             data = f.source.read_bytes()
         else:
             data = f.content or b""
         entries[name] = (_tarinfo(name, tarfile.REGTYPE, f.mode, len(data)), data)
+    for loader, needed_by in loaders.items():
+        found = _resolve(entries, loader) if loader.startswith("/") else None
+        if found not in entries or entries[found][0].type != tarfile.REGTYPE:
+            raise ImageError(f"{needed_by} is dynamically linked and the image lacks its loader {loader}")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(entries):
@@ -271,6 +329,90 @@ def build(spec: ImageSpec, out: Path, registry: str) -> str:
     return _digest(manifest)
 
 
+# -- files taken from this machine: programs with the libraries they load, Python distributions ------
+
+
+def machine_file(path: Path, mode: int | None = None) -> list[ImageFile]:
+    """`path` laid out as on this machine: each symlink met on the way (merged /usr's /lib -> usr/lib
+    too) as a symlink, then the file, so a loader looking where it looks here finds it."""
+    out: list[ImageFile] = []
+    todo = PurePosixPath(os.path.abspath(path))
+    for _ in range(40):  # symlink hops
+        cur = PurePosixPath("/")
+        for i, part in enumerate(todo.parts[1:]):
+            cur = cur / part
+            if os.path.islink(cur):
+                target = os.readlink(cur)
+                out.append(ImageFile(str(cur), None, 0o777, symlink_to=target))
+                rest = todo.parts[i + 2 :]
+                todo = PurePosixPath(os.path.normpath((cur.parent / target).joinpath(*rest)))
+                break
+        else:
+            file_mode = stat.S_IMODE(os.stat(cur).st_mode) if mode is None else mode
+            return [*out, ImageFile(str(cur), Path(cur), file_mode)]
+    raise ImageError(f"{path}: too many levels of symlinks")
+
+
+def _is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def shared_libraries(files: Iterable[Path], own: Path | None = None) -> list[Path]:
+    """The loader and every shared library that the ELF files among `files` load, as `ldd` finds them
+    here; those under `own` (a wheel's bundled libraries, shipped with it) are left out."""
+    found: set[str] = set()
+    for f in files:
+        if not _is_elf(f):
+            continue
+        r = subprocess.run(["ldd", str(f)], capture_output=True, text=True, check=False)
+        if r.returncode != 0:  # statically linked: nothing to load
+            continue
+        for line in r.stdout.splitlines():
+            words = line.split()
+            if "not" in words and "found" in words:
+                raise ImageError(f"{f}: {line.strip()} (ldd)")
+            lib = next((w for w in words if w.startswith("/")), None)
+            if lib and not (own and Path(lib).is_relative_to(own)):
+                found.add(lib)
+    return sorted(Path(x) for x in found)
+
+
+def python_distributions(roots: Iterable[str], target: str, skip: Iterable[str] = ()) -> list[ImageFile]:
+    """The installed distributions `roots` need, their requirements followed (extras not), as the running
+    interpreter has them, under `target`: the image runs exactly the versions installed here. Bytecode
+    is left out (it carries source times, and the image's files have none), and so is every path under
+    one of `skip` (relative to site-packages)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo, dists = list(roots), {}
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in dists:
+            continue
+        try:
+            dists[name] = dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise ImageError(f"Python distribution {name!r} is not installed here") from None
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    files = []
+    for name in sorted(dists):
+        base = Path(str(dists[name].locate_file("")))
+        for rel in map(PurePosixPath, map(str, dists[name].files or [])):
+            src = base / rel
+            if ".." in rel.parts or "__pycache__" in rel.parts or rel.suffix == ".pyc" or not src.is_file():
+                continue
+            if any(rel.is_relative_to(s) for s in skip):
+                continue
+            files.append(ImageFile(f"{target}/{rel}", src, 0o755 if os.access(src, os.X_OK) else 0o644))
+    return files
+
+
 # The site's images. Each takes the paths of its inputs so tests can point them at temporary files.
 
 
@@ -329,19 +471,93 @@ def toolbox_image(busybox: Path = BUSYBOX) -> ImageSpec:
     )
 
 
-def catalogue(bin_dir: Path, busybox: Path = BUSYBOX) -> tuple[ImageSpec, ...]:
-    return (pause_image(bin_dir), toolbox_image(busybox), coredns_image(bin_dir))
+def _stdlib(python: Path) -> list[ImageFile]:
+    r = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    stdlib = Path(r.stdout.strip())
+    out = []
+    for f in sorted(stdlib.rglob("*")):
+        rel = f.relative_to(stdlib)
+        if f.is_symlink() or not f.is_file() or rel.parts[0].startswith(("config-", "site-packages")):
+            continue
+        if any(part in STDLIB_SKIP for part in rel.parts):
+            continue
+        out.append(ImageFile(str(f), f, 0o644))
+    return out
+
+
+def operator_image(repo: Path = paths.REPO, python: Path = PYTHON, ssh: Path = SSH) -> ImageSpec:
+    """The tenant operator (infra/tenant_operator.py): `python -m kopf` with this repository's operator
+    code, the Python distributions it needs, Debian's interpreter and ssh client with the libraries
+    they load; no shell, no package manager, running as an unprivileged user."""
+    name, entrypoint = "aifactory/tenant-operator", (str(python), "-m", "kopf")
+    programs = (
+        ImageFile(str(python), python, 0o755, missing_hint="install Debian's python3.11"),
+        ImageFile(str(ssh), ssh, 0o755, missing_hint="install Debian's openssh-client"),
+    )
+    if not all(f.source and f.source.is_file() for f in programs):  # missing_inputs() names them
+        return ImageSpec(name, OPERATOR_TAG, programs, entrypoint)
+    site_packages = f"{OPERATOR_HOME}/site-packages"
+    stdlib = _stdlib(python)
+    packages = python_distributions(OPERATOR_DISTRIBUTIONS, site_packages, OPERATOR_SKIP)
+    sources = [
+        ImageFile(f"{OPERATOR_HOME}/src/{f.relative_to(repo)}", f, 0o644)
+        for package in OPERATOR_SOURCES
+        for f in sorted((repo / package).rglob("*.py"))
+    ]
+    elves = [python, ssh, *(f.source for f in stdlib + packages if f.source)]
+    own = Path(sys.prefix)  # the wheels' own bundled libraries come with the wheels
+    libraries = {f.path_in_image: f for lib in shared_libraries(elves, own) for f in machine_file(lib)}
+    user = f"aifactory:x:{OPERATOR_UID}:{OPERATOR_UID}:tenant operator:/tmp:/usr/sbin/nologin\n"
+    return ImageSpec(
+        name=name,
+        tag=OPERATOR_TAG,
+        files=(
+            ImageFile("/tmp", None, 0o1777, directory=True),
+            *programs,
+            *libraries.values(),
+            *stdlib,
+            *packages,
+            *sources,
+            ImageFile("/etc/passwd", None, 0o644, content=_PASSWD + user.encode()),
+            ImageFile("/etc/group", None, 0o644, content=_GROUP + f"aifactory:x:{OPERATOR_UID}:\n".encode()),
+            ImageFile(
+                "/etc/nsswitch.conf", None, 0o644, content=b"passwd: files\ngroup: files\nhosts: files dns\n"
+            ),
+        ),
+        entrypoint=entrypoint,
+        env=(
+            "PATH=/usr/bin",
+            f"PYTHONPATH={OPERATOR_HOME}/src:{site_packages}",
+            "PYTHONUNBUFFERED=1",
+            "HOME=/tmp",
+        ),
+        user=f"{OPERATOR_UID}:{OPERATOR_UID}",
+    )
+
+
+def catalogue(
+    bin_dir: Path, busybox: Path = BUSYBOX, operator: Callable[[], ImageSpec] = operator_image
+) -> tuple[ImageSpec, ...]:
+    return (pause_image(bin_dir), toolbox_image(busybox), coredns_image(bin_dir), operator())
 
 
 def build_all(
-    bin_dir: Path, out_dir: Path, registry: str, progress: Progress = print, busybox: Path = BUSYBOX
+    bin_dir: Path,
+    out_dir: Path,
+    registry: str,
+    progress: Progress = print,
+    busybox: Path = BUSYBOX,
+    operator: Callable[[], ImageSpec] = operator_image,
 ) -> dict[str, dict[str, str]]:
     """Build every catalogued image into `out_dir`; {archive file name: {ref, digest}}.
 
     Every input is checked first, so a missing one fails before anything is written, with one line per
     missing file saying how to get it.
     """
-    specs = catalogue(bin_dir, busybox)
+    specs = catalogue(bin_dir, busybox, operator)
     missing = [m for s in specs for m in s.missing_inputs()]
     if missing:
         raise ImageError("cannot build the site's images:\n  " + "\n  ".join(missing))

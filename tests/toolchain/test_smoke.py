@@ -3,10 +3,11 @@
 import json
 import os
 import subprocess
+import tarfile
 
 import pytest
 
-from aifactory import toolchain
+from aifactory import paths, toolchain
 from tests.toolchain.conftest import wait_ready
 
 pytestmark = pytest.mark.toolchain
@@ -34,9 +35,11 @@ def test_pulumi_reports_pinned_versions_and_plugins(built):
     assert run("version").strip() == toolchain.PULUMI_VERSION
     # The language host is a bundled plugin (found beside the CLI); `about` names the one it loads.
     about = json.loads(run("about", "--json"))
-    assert {"kind": "language", "name": "python", "version": toolchain.LANGUAGE_HOST_VERSION.lstrip("v")} in about[
-        "plugins"
-    ]
+    assert {
+        "kind": "language",
+        "name": "python",
+        "version": toolchain.LANGUAGE_HOST_VERSION.lstrip("v"),
+    } in about["plugins"]
     installed = {(p["kind"], p["name"]): p["version"] for p in json.loads(run("plugin", "ls", "--json"))}
     assert installed[("resource", "kubernetes")] == toolchain.KUBERNETES_PROVIDER_VERSION
 
@@ -44,7 +47,16 @@ def test_pulumi_reports_pinned_versions_and_plugins(built):
 def test_binaries_report_their_pinned_versions(built):
     node = ("kubelet", "kube-proxy")
     built("kube-router")
-    built("kwok", "etcd", "kube-controller-manager", "kube-scheduler", *node, "pause", "coredns", "aifactory-gpu-device-plugin")
+    built(
+        "kwok",
+        "etcd",
+        "kube-controller-manager",
+        "kube-scheduler",
+        *node,
+        "pause",
+        "coredns",
+        "aifactory-gpu-device-plugin",
+    )
     assert toolchain.KWOK_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["kwok"])
     assert toolchain.ETCD_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["etcd"])
     for name in ("kube-controller-manager", "kube-scheduler", "kube-apiserver", *node):
@@ -69,3 +81,42 @@ def test_emulated_gpu_device_plugin_go_tests():
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="entering the unpacked image takes chroot (root)")
+def test_operator_image_runs_the_operator_as_its_user(tmp_path):
+    """The bundle's operator image, unpacked and entered with chroot as the image's user with the
+    image's environment: its entrypoint (kopf) starts, the operator's handlers import, ssh runs."""
+    from aifactory import images
+
+    name = next((n for n, r in toolchain.manifest().items() if r.get("image") == images.OPERATOR_REF), None)
+    if name is None:
+        pytest.skip(f"{images.OPERATOR_REF} not in the bundle: run `aifactory toolchain build`")
+    archive = paths.bin_dir() / name
+    with tarfile.open(archive) as tar:
+        (entry,) = json.load(tar.extractfile("manifest.json"))
+        config = json.load(tar.extractfile(entry["Config"]))["config"]
+        (layer,) = entry["Layers"]
+        root = tmp_path / "root"
+        root.mkdir()
+        with tarfile.open(fileobj=tar.extractfile(layer)) as fs:
+            fs.extractall(root, filter="tar")
+    (root / "dev").mkdir()
+    subprocess.run(["mount", "--bind", "/dev", root / "dev"], check=True)
+    try:
+
+        def run(*argv: str) -> subprocess.CompletedProcess[str]:
+            chroot = ["/usr/sbin/chroot", f"--userspec={config['User']}", str(root)]
+            return subprocess.run(
+                ["env", "-i", *config["Env"], *chroot, *argv], capture_output=True, text=True, timeout=60
+            )
+
+        kopf = run(*config["Entrypoint"], "run", "--help")
+        assert kopf.returncode == 0 and "--peering" in kopf.stdout, kopf.stderr
+        code = "import os, operators.tenants.handlers; print(os.getuid())"
+        handlers = run(config["Entrypoint"][0], "-c", code)
+        assert handlers.returncode == 0 and handlers.stdout.strip() == "65532", handlers.stderr
+        ssh = run("/usr/bin/ssh", "-V")
+        assert ssh.returncode == 0 and "OpenSSH" in ssh.stderr, ssh.stderr
+    finally:
+        subprocess.run(["umount", root / "dev"], check=True)

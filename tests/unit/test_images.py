@@ -17,11 +17,22 @@ CTR = Path("/usr/bin/ctr")
 CONTAINERD_SOCK = Path("/run/containerd/containerd.sock")
 
 
-def _elf(p_type: int) -> bytes:
-    """A minimal ELF64 header with one program header of type `p_type` (3 = PT_INTERP)."""
+def _elf(p_type: int, interp: bytes = b"") -> bytes:
+    """A minimal ELF64 header with one program header of type `p_type` (3 = PT_INTERP, naming `interp`)."""
     ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
     header = struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0, 64, 0, 0, 64, 56, 1, 0, 0, 0)
-    return ident + header + struct.pack("<IIQQQQQQ", p_type, 5, 0, 0, 0, 0, 0, 0)
+    data = interp + b"\0" if interp else b""
+    return ident + header + struct.pack("<IIQQQQQQ", p_type, 5, 120, 0, 0, len(data), 0, 0) + data
+
+
+def _fake_operator(tmp_path: Path):
+    def spec() -> images.ImageSpec:
+        (tmp_path / "op").write_bytes(_elf(1) + b"fake operator")
+        return images.ImageSpec(
+            "aifactory/tenant-operator", "0.0.1", (images.ImageFile("/op", tmp_path / "op", 0o755),), ("/op",)
+        )
+
+    return spec
 
 
 @pytest.fixture
@@ -143,37 +154,86 @@ def test_build_all_writes_every_image(inputs, tmp_path):
     bin_dir, busybox = inputs
     out = tmp_path / "images"
     lines: list[str] = []
-    built = images.build_all(bin_dir, out, REGISTRY, lines.append, busybox=busybox)
+    built = images.build_all(
+        bin_dir, out, REGISTRY, lines.append, busybox=busybox, operator=_fake_operator(tmp_path)
+    )
     assert set(built) == {
         "aifactory_pause_3.10.tar",
         "aifactory_toolbox_1.0.tar",
         "aifactory_coredns_1.15.0.tar",
+        "aifactory_tenant-operator_0.0.1.tar",
     }
     for name, rec in built.items():
         assert (out / name).is_file()
         assert rec["digest"].startswith("sha256:")
     assert built["aifactory_pause_3.10.tar"]["ref"] == "registry.local:5000/aifactory/pause:3.10"
-    assert len(lines) == 3
+    assert len(lines) == 4
 
 
 def test_build_all_names_a_missing_input(inputs, tmp_path):
     bin_dir, _ = inputs
     out = tmp_path / "out"
     with pytest.raises(images.ImageError) as e:
-        images.build_all(bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox")
+        images.build_all(
+            bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox", operator=_fake_operator(tmp_path)
+        )
     assert f"{tmp_path / 'no-busybox'} missing: install Debian's busybox-static" in str(e.value)
     assert not out.exists()  # nothing built when an input is absent
     (bin_dir / "pause").unlink()
     with pytest.raises(images.ImageError, match="pause missing: build it with"):
-        images.build_all(bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox")
+        images.build_all(
+            bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox", operator=_fake_operator(tmp_path)
+        )
 
 
 def test_dynamically_linked_binary_is_refused(inputs, tmp_path):
     bin_dir, _ = inputs
-    (bin_dir / "pause").write_bytes(_elf(3))
-    with pytest.raises(images.ImageError, match="dynamically linked"):
+    (bin_dir / "pause").write_bytes(_elf(3, b"/lib64/ld-linux-x86-64.so.2"))
+    with pytest.raises(images.ImageError, match="dynamically linked and the image lacks its loader /lib64/"):
         images.build(images.pause_image(bin_dir), tmp_path / "p.tar", REGISTRY)
     assert not (tmp_path / "p.tar").exists()
+
+
+def test_dynamically_linked_binary_with_its_loader_is_built(tmp_path):
+    """The loader may be reached through the image's own symlinks (merged /usr: /lib64 -> usr/lib64)."""
+    prog, loader = tmp_path / "prog", tmp_path / "ld.so"
+    prog.write_bytes(_elf(3, b"/lib64/ld-linux-x86-64.so.2"))
+    loader.write_bytes(_elf(1))
+    files = (
+        images.ImageFile("/bin/prog", prog, 0o755),
+        images.ImageFile("/lib64", None, 0o777, symlink_to="usr/lib64"),
+        images.ImageFile("/usr/lib64/ld-linux-x86-64.so.2", None, 0o777, symlink_to="../lib/ld.so"),
+        images.ImageFile("/usr/lib/ld.so", loader, 0o755),
+        images.ImageFile("/tmp", None, 0o1777, directory=True),
+    )
+    spec = images.ImageSpec("t/prog", "1", files, ("/bin/prog",))
+    assert images.build(spec, tmp_path / "p.tar", REGISTRY).startswith("sha256:")
+    with pytest.raises(images.ImageError, match="lacks its loader"):  # the symlink dangles without it
+        images.build(images.ImageSpec("t/prog", "1", files[:3], ("/bin/prog",)), tmp_path / "q.tar", REGISTRY)
+
+
+def test_machine_file_keeps_the_symlinks_on_the_way(tmp_path):
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "usr/lib/libz.so.1.2").write_bytes(b"z")
+    (tmp_path / "usr/lib/libz.so.1").symlink_to("libz.so.1.2")
+    (tmp_path / "lib").symlink_to("usr/lib")
+    got = images.machine_file(tmp_path / "lib/libz.so.1", mode=0o644)
+    assert [(f.path_in_image, f.symlink_to, f.source) for f in got] == [
+        (f"{tmp_path}/lib", "usr/lib", None),
+        (f"{tmp_path}/usr/lib/libz.so.1", "libz.so.1.2", None),
+        (f"{tmp_path}/usr/lib/libz.so.1.2", None, tmp_path / "usr/lib/libz.so.1.2"),
+    ]
+
+
+def test_python_distributions_follow_requirements_and_skip():
+    files = images.python_distributions(["kopf"], "/opt/sp", skip=["kopf/_kits"])
+    names = {f.path_in_image for f in files}
+    assert "/opt/sp/kopf/__init__.py" in names
+    assert "/opt/sp/aiohttp/__init__.py" in names  # kopf requires aiohttp
+    assert not any("/kopf/_kits/" in n or "__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert not any(n.startswith("/opt/sp/uvloop/") for n in names)  # only through kopf's extra
+    with pytest.raises(images.ImageError, match="'no-such-dist' is not installed"):
+        images.python_distributions(["no-such-dist"], "/opt/sp")
 
 
 def test_bad_specs_are_refused(tmp_path):
