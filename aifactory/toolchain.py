@@ -254,12 +254,19 @@ def manifest() -> dict[str, dict[str, str]]:
     return out
 
 
+def image_ref(ref: str) -> str:
+    """`ref` pinned to the digest the bundle holds (`ref@sha256:...`): a rebuilt image rolls out, and
+    nodes run exactly what the bundle ships. Unpinned when the bundle does not hold it."""
+    digest = next((r["digest"] for r in manifest().values() if r.get("image") == ref), None)
+    return f"{ref}@{digest}" if digest else ref
+
+
 def _images_stamp() -> Path:
     return paths.bin_dir() / ".stamps" / "images.json"
 
 
 def build_images(progress: Progress = print) -> None:
-    """The node images (pause, toolbox) as archives beside the binaries; cheap and deterministic."""
+    """The site's images (images.catalogue) as archives beside the binaries; cheap and deterministic."""
     try:
         built = images.build_all(paths.bin_dir(), paths.bin_dir(), images.SITE_REGISTRY, progress)
     except images.ImageError as e:

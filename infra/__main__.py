@@ -8,8 +8,8 @@ Stack configuration (Pulumi.<stack>.yaml):
   aifactory:bootTimeout       seconds from power-on to ssh (default 180)
   aifactory:shutdownTimeout   seconds of graceful shutdown before forcing off (default 60)
   aifactory:devicePluginImage NVIDIA device plugin image on the site's registry (real sites)
-  aifactory:tenantOperatorImage  the tenant operator's image: deploys it in the cluster (real sites;
-                              the local site runs `aifactory operator run` instead)
+  aifactory:tenantOperatorImage  the tenant operator's image (default: the bundle's, by digest, from
+                              the site registry; "none": not deployed)
   aifactory:waitForSsh        wait for ssh after power-on (default true; false for BMC-only emulation)
 BMC credentials come from the credentials store by the references in the site file and are
 secrets from the moment they are read.
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the program runs from infra/; the packages live at the root
     sys.path.insert(0, str(REPO))
 
-from aifactory import credentials  # noqa: E402
+from aifactory import credentials, images, toolchain  # noqa: E402
 from aifactory.site.validate import SiteInvalid, load_site  # noqa: E402
 from infra.machine import Timeouts  # noqa: E402
 from infra.site import AiFactorySite, AiFactorySiteArgs  # noqa: E402
@@ -44,6 +44,7 @@ for ref in sorted({m.bmc.credentials for m in site.machines}):
         raise pulumi.RunError(str(e)) from None
     creds[ref] = (c.username, pulumi.Output.secret(c.password))
 
+operator_image = config.get("tenantOperatorImage") or toolchain.image_ref(images.OPERATOR_REF)
 retries = config.get_int("bmcRetries")
 timeouts = Timeouts(
     bmc_timeout=config.get_float("bmcTimeout") or 10,
@@ -60,7 +61,7 @@ AiFactorySite(
         timeouts,
         configure=config.get_bool("configure") is not False,
         device_plugin_image=config.get("devicePluginImage"),
-        tenant_operator_image=config.get("tenantOperatorImage"),
+        tenant_operator_image=operator_image if operator_image != "none" else None,
     ),
 )
 pulumi.export("site", site.name)

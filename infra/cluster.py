@@ -1,9 +1,11 @@
 """`KubernetesLayer`: what Pulumi puts into the cluster Ansible built.
 
 A pulumi-kubernetes provider from the kubeconfig the control-plane role fetched, then: priority
-classes for GPU work, GPU labels and taints on every worker's Node (server-side apply patches, so
-the kubelets keep owning the Node objects), the cluster DNS (infra/dns.py), what the nodes'
-NetworkPolicy agent may read (infra/network_policy.py), and on real sites the NVIDIA device plugin.
+classes for GPU work, the GPU taint on every GPU worker's Node (server-side apply patches, so the
+kubelets keep owning the Node objects and their hardware labels), the cluster DNS (infra/dns.py),
+what the nodes' NetworkPolicy agent may read (infra/network_policy.py), on real sites the NVIDIA
+device plugin, and the tenant operator (infra/tenant_operator.py); the site registry must serve every
+image these run first (infra/registry.py).
 
 Every worker is a Node whichever pool it serves; which pool is Ansible's business (node_pool role:
 label aifactory.io/pool, cordon), because `aifactory node move` changes it without `pulumi up`.
@@ -18,9 +20,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from aifactory.images import SITE_REGISTRY_PORT
 from aifactory.site.model import Site
 from infra.dns import ClusterDns, ClusterDnsArgs
 from infra.network_policy import NetworkPolicyAgentAccess
+from infra.registry import ServedImages
+from infra.tenant_operator import TenantOperator, TenantOperatorArgs
 
 PRIORITY_CLASSES = {
     # name: (value, description)
@@ -37,6 +42,8 @@ class KubernetesLayerArgs:
     kubeconfig: pulumi.Input[str]  # contents; a secret (it holds the admin client key)
     device_plugin_image: str | None = None  # real sites: from the site's registry mirror
     tenant_operator_image: str | None = None  # the tenant operator (infra/tenant_operator.py), if set
+    # its ssh files to reach Slurm on the head (infra/tenant_operator.py: operator_ssh_files); a secret
+    tenant_operator_ssh: pulumi.Input[dict[str, str]] | None = None
 
 
 class KubernetesLayer(pulumi.ComponentResource):
@@ -62,37 +69,43 @@ class KubernetesLayer(pulumi.ComponentResource):
             )
             for pc, (value, desc) in PRIORITY_CLASSES.items()
         ]
+        # GPU nodes are for GPU work: tainted. (Their GPU labels come from the hardware, through the
+        # kubelet: k8s_worker role.)
         self.node_patches = [
             k8s.core.v1.NodePatch(
                 f"node-{m.name}",
                 metadata=k8s.meta.v1.ObjectMetaPatchArgs(
-                    name=m.name,
-                    labels={
-                        "aifactory.io/gpu-model": m.gpu_model or "none",
-                        "nvidia.com/gpu.count": str(m.gpu_count),
-                    },
-                    annotations={"pulumi.com/patchForce": "true"},
+                    name=m.name, annotations={"pulumi.com/patchForce": "true"}
                 ),
-                spec=k8s.core.v1.NodeSpecPatchArgs(taints=[k8s.core.v1.TaintPatchArgs(**GPU_TAINT)])
-                if m.gpu_count
-                else None,
+                spec=k8s.core.v1.NodeSpecPatchArgs(taints=[k8s.core.v1.TaintPatchArgs(**GPU_TAINT)]),
                 opts=child,
             )
             for m in args.site.machines
-            if m.pool
+            if m.pool and m.gpu_count
         ]
         assert args.site.kubernetes, "a KubernetesLayer needs the site's kubernetes settings"
-        self.dns = ClusterDns(f"{name}-dns", ClusterDnsArgs(args.site.kubernetes.service_cidr), child)
+        dns_args = ClusterDnsArgs(args.site.kubernetes.service_cidr)
+        head = args.site.with_role("head")[0]
+        self.images = ServedImages(
+            f"{name}-images",
+            f"http://{head.address}:{SITE_REGISTRY_PORT}",
+            [dns_args.image]
+            + [i for i in (args.device_plugin_image, args.tenant_operator_image) if i is not None],
+            pulumi.ResourceOptions(parent=self),
+        )
+        # what runs images waits for the registry to have them
+        child = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.images])
+        self.dns = ClusterDns(f"{name}-dns", dns_args, child)
         self.network_policy = NetworkPolicyAgentAccess(f"{name}-network-policy", child)
         self.device_plugin = None
         if args.device_plugin_image:  # the local stack sets none: its hardware brings its own
             self.device_plugin = _device_plugin(args.device_plugin_image, child)
         self.tenant_operator = None
         if args.tenant_operator_image:
-            from infra.tenant_operator import TenantOperator, TenantOperatorArgs
-
             self.tenant_operator = TenantOperator(
-                "tenant-operator", TenantOperatorArgs(args.site, args.tenant_operator_image), child
+                "tenant-operator",
+                TenantOperatorArgs(args.site, args.tenant_operator_image, args.tenant_operator_ssh),
+                child,
             )
         self.register_outputs(
             {

@@ -13,6 +13,7 @@ from infra.cluster import KubernetesLayer, KubernetesLayerArgs
 from infra.configuration import AnsibleConfiguration
 from infra.machine import Timeouts
 from infra.pool import NodePool, NodePoolArgs
+from infra.tenant_operator import operator_ssh_files
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class AiFactorySite(pulumi.ComponentResource):
                 kubeconfig = self.configuration.kubeconfig_path.apply(
                     lambda p: Path(p).read_text() if p else ""
                 )
+                head = site.with_role("head")[0]
+                operator_ssh = self.configuration.operator_access_dir.apply(
+                    lambda d: operator_ssh_files(Path(d), head) if d else {}
+                )
                 self.kubernetes = KubernetesLayer(
                     f"{name}-kubernetes",
                     KubernetesLayerArgs(
@@ -67,6 +72,7 @@ class AiFactorySite(pulumi.ComponentResource):
                         pulumi.Output.secret(kubeconfig),
                         args.device_plugin_image,
                         args.tenant_operator_image,
+                        pulumi.Output.secret(operator_ssh),
                     ),
                     pulumi.ResourceOptions(parent=self, depends_on=[self.configuration]),
                 )

@@ -1,35 +1,76 @@
 """`TenantOperator`: the tenant operator deployed into the site's cluster by Pulumi.
 
-The Tenant CRD (with the site's GPU models in its CEL rules), a namespace, a ServiceAccount with
-exactly the rights the handlers use, and a one-replica Deployment (Recreate: two operators must
-never reconcile the same tenant) running `kopf run`. Slurm is reached the way an off-site operator
-reaches it: sacctmgr on the head host through ssh, with the key, known_hosts and ssh config from a
-Secret the site operator creates (`slurm_ssh_secret`; keys never go through Pulumi state here).
+The Tenant CRD (with the site's GPU models in its CEL rules), kopf's peering resource, a namespace,
+a ServiceAccount with exactly the rights the handlers use, and a one-replica Deployment (Recreate:
+two operators must never reconcile the same tenant) of the site registry's operator image
+(aifactory/images.py). A developer's `aifactory operator run` joins the same kopf peering with a
+higher priority: the Deployment pauses while it runs and resumes when it exits.
+
+Slurm is reached as an off-site operator reaches it: sacctmgr on the head through ssh, with a key of
+the operator's own that the head accepts from the pod network only (tenant_operator_access role).
+The key, the head's host key and an ssh config are a Secret, secret in Pulumi's state too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from aifactory.site.model import Site
+from aifactory.site.model import Machine, Site
 from operators.tenants import capacity, crd
-from operators.tenants.spec import GROUP
+from operators.tenants.spec import GROUP, PEERING, PEERING_PRIORITY_IN_CLUSTER
 
 NAMESPACE = "aifactory-system"
 NAME = "tenant-operator"
 METRICS_PORT = 9108
+SSH_DIR = "/etc/aifactory/ssh"  # where the Secret is mounted
+UID = 65532  # the image's user (aifactory/images.py: OPERATOR_UID)
+
+
+def operator_ssh_files(access_dir: Path, head: Machine) -> dict[str, str]:
+    """The Secret's files from what the tenant_operator_access role handed back: the key, the head's
+    host key as known_hosts, and an ssh config naming the head as the operator does (its name)."""
+    host_key = (access_dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+    config = f"""Host {head.name}
+  HostName {head.address}
+  User root
+  IdentityFile {SSH_DIR}/id_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile {SSH_DIR}/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  ConnectTimeout 10
+  ControlMaster auto
+  ControlPath /tmp/ssh-%C
+  ControlPersist 120
+"""
+    return {
+        "config": config,
+        "id_ed25519": (access_dir / "id_ed25519").read_text(),
+        "known_hosts": f"{head.address} {' '.join(host_key)}\n",
+    }
 
 
 @dataclass(frozen=True)
 class TenantOperatorArgs:
     site: Site
-    image: str  # the operator image on the site's registry (this repository + its venv)
+    image: str  # the operator image on the site's registry (aifactory/images.py: OPERATOR_REF)
+    # operator_ssh_files(); a secret. None: the site operator creates the Secret `slurm_ssh_secret`.
+    slurm_ssh: pulumi.Input[dict[str, str]] | None = None
     slurm_ssh_secret: str = "tenant-operator-ssh"  # keys: config, id_ed25519, known_hosts
     overcommit_policy: str = "warn"
     drift_interval_s: int = 60
+
+
+def _forced(obj: dict) -> dict:
+    """`obj` applied over another field manager: `aifactory operator run` applies the same CRD,
+    policy and peering (operators/tenants/install.py) and may have done so first."""
+    metadata = obj["metadata"]
+    annotations = {**metadata.get("annotations", {}), "pulumi.com/patchForce": "true"}
+    return {**obj, "metadata": {**metadata, "annotations": annotations}}
 
 
 def rbac_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
@@ -55,6 +96,8 @@ def rbac_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
         ),
         rule(["kueue.x-k8s.io"], ["clusterqueues", "localqueues", "resourceflavors"], write),
         rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"]),
+        # kopf's peering: keep-alives in the status, pause while a higher-priority operator runs
+        rule(["kopf.dev"], ["clusterkopfpeerings"], ["get", "list", "watch", "patch"]),
     ]
 
 
@@ -63,9 +106,23 @@ class TenantOperator(pulumi.ComponentResource):
         super().__init__("aifactory:infra:TenantOperator", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         models = sorted(capacity.site_capacity(args.site))
+        peering_crd, peering = (_forced(o) for o in crd.peering())
         self.crd = k8s.yaml.v2.ConfigGroup(
-            f"{name}-crd", objs=[crd.crd(models), *crd.finalizer_policy()], opts=child
+            f"{name}-crd", objs=[_forced(crd.crd(models)), peering_crd], opts=child
         )
+        # One by one, not in the ConfigGroup: the SDK cannot read back kinds it has no class for
+        # (MutatingAdmissionPolicy v1 is newer than pulumi-kubernetes 4.25).
+        self.crd_objects = [
+            k8s.apiextensions.CustomResource(
+                f"{name}-{obj['kind'].lower()}",
+                api_version=obj["apiVersion"],
+                kind=obj["kind"],
+                metadata=obj["metadata"],
+                spec=obj.get("spec"),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.crd]),
+            )
+            for obj in (*map(_forced, crd.finalizer_policy()), peering)
+        ]
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "aifactory"}
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-ns", metadata=k8s.meta.v1.ObjectMetaArgs(name=NAMESPACE, labels=labels), opts=child
@@ -73,6 +130,16 @@ class TenantOperator(pulumi.ComponentResource):
         meta = k8s.meta.v1.ObjectMetaArgs(name=NAME, namespace=NAMESPACE, labels=labels)
         after_ns = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
         self.service_account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=meta, opts=after_ns)
+        self.ssh_secret = None
+        if args.slurm_ssh is not None:
+            self.ssh_secret = k8s.core.v1.Secret(
+                f"{name}-ssh",
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=args.slurm_ssh_secret, namespace=NAMESPACE, labels=labels
+                ),
+                string_data=pulumi.Output.secret(args.slurm_ssh),
+                opts=after_ns,
+            )
         self.cluster_role = k8s.rbac.v1.ClusterRole(
             f"{name}-role",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=f"aifactory-{NAME}", labels=labels),
@@ -94,7 +161,7 @@ class TenantOperator(pulumi.ComponentResource):
             "AIFACTORY_OVERCOMMIT_POLICY": args.overcommit_policy,
             "AIFACTORY_DRIFT_INTERVAL": str(args.drift_interval_s),
             "AIFACTORY_METRICS_PORT": str(METRICS_PORT),
-            "AIFACTORY_SLURM_SSH_CONFIG": "/etc/aifactory/ssh/config",
+            "AIFACTORY_SLURM_SSH_CONFIG": f"{SSH_DIR}/config",
             "AIFACTORY_SLURM_HEAD": args.site.with_role("head")[0].name,
         }
         self.deployment = k8s.apps.v1.Deployment(
@@ -108,20 +175,46 @@ class TenantOperator(pulumi.ComponentResource):
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
                     spec=k8s.core.v1.PodSpecArgs(
                         service_account_name=NAME,
+                        # it holds no GPU, but the workers of a GPU site are all GPU machines
+                        tolerations=[
+                            k8s.core.v1.TolerationArgs(
+                                key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
+                            )
+                        ],
+                        # the Secret's files are group-readable by the image's user, owned by root
+                        security_context=k8s.core.v1.PodSecurityContextArgs(
+                            run_as_user=UID, run_as_group=UID, fs_group=UID, run_as_non_root=True
+                        ),
                         containers=[
                             k8s.core.v1.ContainerArgs(
                                 name="operator",
                                 image=args.image,
+                                # the image's entrypoint is `python -m kopf`
                                 args=[
-                                    "kopf",
                                     "run",
-                                    "--standalone",
                                     "--all-namespaces",
+                                    f"--peering={PEERING}",
+                                    f"--priority={PEERING_PRIORITY_IN_CLUSTER}",
                                     "--log-format=json",
                                     "-m",
                                     "operators.tenants.handlers",
                                 ],
-                                env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
+                                env=[
+                                    *(k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()),
+                                    # kopf names itself in the peering by its pod
+                                    k8s.core.v1.EnvVarArgs(
+                                        name="POD_ID",
+                                        value_from=k8s.core.v1.EnvVarSourceArgs(
+                                            field_ref=k8s.core.v1.ObjectFieldSelectorArgs(
+                                                field_path="metadata.name"
+                                            )
+                                        ),
+                                    ),
+                                ],
+                                security_context=k8s.core.v1.SecurityContextArgs(
+                                    allow_privilege_escalation=False,
+                                    capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+                                ),
                                 ports=[
                                     k8s.core.v1.ContainerPortArgs(name="metrics", container_port=METRICS_PORT)
                                 ],
@@ -139,7 +232,7 @@ class TenantOperator(pulumi.ComponentResource):
                             k8s.core.v1.VolumeArgs(
                                 name="ssh",
                                 secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                    secret_name=args.slurm_ssh_secret, default_mode=0o400
+                                    secret_name=args.slurm_ssh_secret, default_mode=0o440
                                 ),
                             )
                         ],
@@ -147,7 +240,11 @@ class TenantOperator(pulumi.ComponentResource):
                 ),
             ),
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[self.service_account, self.binding, self.crd]
+                parent=self,
+                depends_on=[self.service_account, self.binding, self.crd, *self.crd_objects]
+                + ([self.ssh_secret] if self.ssh_secret else []),
+                # an image the registry lacks fails the deploy (naming it) in minutes, not 10
+                custom_timeouts=pulumi.CustomTimeouts(create="4m", update="4m"),
             ),
         )
         self.register_outputs(

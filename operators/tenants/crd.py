@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from operators.tenants.spec import FINALIZER, GROUP, KIND, PLURAL, VERSION
+from operators.tenants.spec import FINALIZER, GROUP, KIND, PEERING, PLURAL, VERSION
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes user and group names are free-form strings; this keeps them printable and unambiguous
@@ -277,5 +277,47 @@ def finalizer_policy() -> list[dict[str, Any]]:
             "kind": "MutatingAdmissionPolicyBinding",
             "metadata": {"name": name, "labels": labels},
             "spec": {"policyName": name},
+        },
+    ]
+
+
+def peering() -> list[dict[str, Any]]:
+    """kopf's cluster-wide peering resource (its own CRD, as kopf documents it) and the one peering
+    every tenant operator joins (spec.PEERING): kopf keeps the live operators in its status."""
+    labels = {"app.kubernetes.io/part-of": "aifactory"}
+    return [
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "clusterkopfpeerings.kopf.dev", "labels": labels},
+            "spec": {
+                "scope": "Cluster",
+                "group": "kopf.dev",
+                "names": {
+                    "kind": "ClusterKopfPeering",
+                    "plural": "clusterkopfpeerings",
+                    "singular": "clusterkopfpeering",
+                },
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                                },
+                            }
+                        },
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "kopf.dev/v1",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": PEERING, "labels": labels},
         },
     ]

@@ -12,7 +12,7 @@ from kubernetes import config as k8s_config
 
 from operators.tenants import config, crd
 from operators.tenants import kubernetes_side as kside
-from operators.tenants.spec import GROUP, KIND, VERSION
+from operators.tenants.spec import GROUP, KIND, PEERING, PEERING_PRIORITY_LOCAL, VERSION
 
 
 def kube(kubeconfig: Path) -> kside.Kube:
@@ -25,8 +25,11 @@ def kube(kubeconfig: Path) -> kside.Kube:
 
 
 def install_crd(kubeconfig: Path, models: list[str], timeout: float = 60) -> None:
-    """Server-side apply the CRD and its finalizer policy, and wait until the API server serves it."""
+    """Server-side apply the CRD, its finalizer policy and the operators' peering, and wait until the
+    API server serves them."""
     k = kube(kubeconfig)
+    peering_crd, peering = crd.peering()
+    k.apply(peering_crd)
     obj = crd.crd(models)
     k.apply(obj)
     try:
@@ -47,11 +50,14 @@ def install_crd(kubeconfig: Path, models: list[str], timeout: float = 60) -> Non
     deadline = time.monotonic() + timeout
     while True:
         try:
-            k.request("POST", kside.path(f"{GROUP}/{VERSION}", KIND), probe, query={"dryRun": "All"})
+            try:
+                k.request("POST", kside.path(f"{GROUP}/{VERSION}", KIND), probe, query={"dryRun": "All"})
+            except kside.ApiError as e:
+                if e.status != 409:  # 409: a tenant named like the probe exists, so the kind is served
+                    raise
+            k.apply(peering)  # its CRD was applied first: served by now, or a 404 and another round
             return
         except kside.ApiError as e:
-            if e.status == 409:  # a tenant named like the probe exists: the kind is served
-                return
             if e.status not in (404, 503):
                 raise
             if time.monotonic() > deadline:
@@ -59,8 +65,11 @@ def install_crd(kubeconfig: Path, models: list[str], timeout: float = 60) -> Non
         time.sleep(0.5)
 
 
-def kopf_command(json_logs: bool = True) -> list[str]:
-    cmd = [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces"]
+def kopf_command(json_logs: bool = True, priority: int = PEERING_PRIORITY_LOCAL) -> list[str]:
+    """The operator on this machine: it joins the operators' peering above the in-cluster Deployment,
+    which pauses while this one runs."""
+    cmd = [sys.executable, "-m", "kopf", "run", "--all-namespaces", f"--peering={PEERING}"]
+    cmd.append(f"--priority={priority}")
     if json_logs:
         cmd.append("--log-format=json")
     return [*cmd, "-m", "operators.tenants.handlers"]

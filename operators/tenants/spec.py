@@ -25,6 +25,14 @@ FORCE_DELETE_ANNOTATION = f"{GROUP}/force-delete"
 # Holds a tenant until the operator has removed what it owns (kopf's finalizer, named by us).
 FINALIZER = f"tenants.{GROUP}/cleanup"
 
+# One operator reconciles at a time: every instance joins this kopf peering (a ClusterKopfPeering,
+# crd.peering()) and the highest priority runs while the others pause. The in-cluster Deployment
+# runs lowest; `aifactory operator run` (a developer, a test, the bench) takes over while it runs.
+PEERING = "aifactory-tenant-operator"
+PEERING_PRIORITY_IN_CLUSTER = 0
+PEERING_PRIORITY_LOCAL = 100
+PEERING_LIFETIME_S = 15
+
 # Slurm side naming: the account is the tenant name; its per-user caps live in this QOS.
 SLURM_ORGANIZATION = "aifactory-tenant"
 

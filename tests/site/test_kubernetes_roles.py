@@ -28,6 +28,7 @@ from kubernetes.client.rest import ApiException
 
 from aifactory import images, inventory, paths
 from aifactory.site.model import Site
+from infra import registry
 from sandbox import mirror, ssh
 from tests.site.conftest import toolbox_pod, wait_until
 
@@ -464,6 +465,12 @@ def test_the_site_registry_serves_the_bundles_images(configured_site):
             assert r.headers["Docker-Content-Digest"] == rec["digest"], (
                 f"{name}: the registry serves another image"
             )
+    # what `pulumi up` checks before it runs an image (infra/registry.py): the bundle's images by
+    # digest are served, one the registry never got is named
+    refs = [f"{rec['image']}@{rec['digest']}" for rec in served.values()]
+    absent = f"{images.SITE_REGISTRY}/aifactory/not-in-the-bundle:1"
+    url = f"http://{head.address}:{images.SITE_REGISTRY_PORT}"
+    assert registry.missing(url, [*refs, absent]) == [absent]
 
 
 def test_a_pod_pulls_its_image_from_the_site_registry(core, namespace, workers):

@@ -111,15 +111,16 @@ def test_configuration_waits_for_machines_and_feeds_kubernetes():
         assert inputs["playbook"] == "site.yml"
         assert inputs["machines"] == [m.name for m in SITE.machines]
         assert len(inputs["site_digest"]) == 16 and len(inputs["playbooks_digest"]) == 16
+        assert len(inputs["bundle_digest"]) == 16  # a rebuilt binary or image reruns the roles
         assert layer_urn.endswith("aifactory:infra:Site$aifactory:infra:KubernetesLayer::local-kubernetes")
         priority = [n for n, _ in _by_type("kubernetes:scheduling.k8s.io/v1:PriorityClass")]
         assert priority == ["aifactory-gpu-production", "aifactory-gpu-batch", "aifactory-gpu-opportunistic"]
         patches = dict(_by_type("kubernetes:core/v1:NodePatch"))
         # Every worker, whichever pool: a pool move (Ansible's label and cordon) changes no patch.
         assert set(patches) == {f"node-gpu-0{i}" for i in range(1, 7)}
-        assert patches["node-gpu-05"]["metadata"]["labels"]["aifactory.io/gpu-model"] == "h100"
+        assert "labels" not in patches["node-gpu-05"]["metadata"]  # the kubelet's, from the hardware
         assert patches["node-gpu-05"]["spec"]["taints"][0]["key"] == "nvidia.com/gpu"
-        assert all("aifactory.io/pool" not in p["metadata"]["labels"] for p in patches.values())
+        assert all("labels" not in p["metadata"] for p in patches.values())  # no pool label either
         dns = dict(_by_type("kubernetes:core/v1:Service"))["local-kubernetes-dns-service"]
         assert dns["metadata"]["name"] == "kube-dns" and dns["spec"]["clusterIP"] == "10.96.0.10"
         (coredns,) = dict(_by_type("kubernetes:apps/v1:Deployment")).values()
@@ -154,11 +155,21 @@ def test_real_site_gets_the_device_plugin():
 def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
     from infra.tenant_operator import NAMESPACE, TenantOperator, TenantOperatorArgs
 
-    op = TenantOperator("tenants", TenantOperatorArgs(SITE, image="registry.site/aifactory:1"))
+    ssh_files = {"config": "Host head-01", "id_ed25519": "KEY", "known_hosts": "10.0.0.1 ssh-ed25519 X"}
+    op = TenantOperator("tenants", TenantOperatorArgs(SITE, "registry.site/aifactory:1", ssh_files))
 
     def check(_):
         (crd_inputs,) = [i for _, i in _by_type("kubernetes:yaml/v2:ConfigGroup")]
-        crd, policy, binding = crd_inputs["objs"]
+        crd, peering_crd = crd_inputs["objs"]
+        assert peering_crd["spec"]["group"] == "kopf.dev"
+        (policy,) = [
+            i for _, i in _by_type("kubernetes:admissionregistration.k8s.io/v1:MutatingAdmissionPolicy")
+        ]
+        (binding,) = [
+            i
+            for _, i in _by_type("kubernetes:admissionregistration.k8s.io/v1:MutatingAdmissionPolicyBinding")
+        ]
+        (peering,) = [i for _, i in _by_type("kubernetes:kopf.dev/v1:ClusterKopfPeering")]
         assert crd["metadata"]["name"] == "tenants.aifactory.io" and crd["spec"]["scope"] == "Cluster"
         assert (policy["kind"], binding["kind"]) == (
             "MutatingAdmissionPolicy",
@@ -168,8 +179,16 @@ def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
         (dep,) = [i for _, i in _by_type("kubernetes:apps/v1:Deployment")]
         assert dep["metadata"]["namespace"] == NAMESPACE
         assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
-        env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["AIFACTORY_GPU_CAPACITY"] == "h100=48" and env["AIFACTORY_SLURM_HEAD"] == "head-01"
+        # it joins the operators' peering at the lowest priority: one started by hand takes over
+        assert f"--peering={peering['metadata']['name']}" in container["args"]
+        assert "--priority=0" in container["args"] and "--standalone" not in container["args"]
+        assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        (secret,) = [i for _, i in _by_type("kubernetes:core/v1:Secret")]
+        data = secret["stringData"]  # a secret: the mocks see Pulumi's secret wrapper around it
+        assert secret["metadata"]["name"] == "tenant-operator-ssh" and data.get("value") == ssh_files
         (role,) = [i for _, i in _by_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")]
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"tenants/status", "resourcequotas", "networkpolicies", "rolebindings"} <= resources
