@@ -12,13 +12,16 @@ host what they find on a server and take one code path:
 - GPUs: /dev/nvidiaN character devices with the NVIDIA driver's major number, and /dev/nvidiactl.
   Nothing opens them; Slurm hands them out as gres and the emulated GPUs' device plugin (built
   from sandbox/gpu-device-plugin, run here in place of NVIDIA's, which needs the driver's NVML)
-  advertises them to the kubelet as nvidia.com/gpu.
+  advertises them to the kubelet as nvidia.com/gpu. What each card is, the driver tells in
+  /proc/driver/nvidia/gpus/<bus>/information ("Model: NVIDIA H100 80GB HBM3"); the host gets the
+  same file (a read-only tmpfs over /proc/driver), and the roles read the model there on every site.
 """
 
 from __future__ import annotations
 
 import filecmp
 import shutil
+import uuid
 from pathlib import Path
 
 from aifactory import toolchain
@@ -65,7 +68,31 @@ done
 if [ "$gpus" -gt 0 ] && [ ! -c /dev/nvidiactl ]; then
     mknod -m 0666 /dev/nvidiactl c @MAJOR@ @CTL@
 fi
+if [ "$gpus" -gt 0 ] && ! grep -q " /proc/driver tmpfs " /proc/self/mounts; then
+    mount -t tmpfs -o mode=0555,size=64k nvidia-driver /proc/driver
+    i=0
+    while [ "$i" -lt "$gpus" ]; do
+        bus=$(printf '0000:%02x:00.0' $((0x18 + i)))
+        dir="/proc/driver/nvidia/gpus/$bus"
+        mkdir -p "$dir"
+        printf 'Model: \t\t %s\nGPU UUID: \t %s\nBus Type: \t PCIe\n' \
+            "@PRODUCT@" "GPU-@UUID@-$(printf '%04x' "$i")" > "$dir/information"
+        printf 'Bus Location: \t %s\nDevice Minor: \t %s\n' "$bus" "$i" >> "$dir/information"
+        i=$((i + 1))
+    done
+    mount -o remount,ro /proc/driver
+fi
 """
+
+# What the NVIDIA driver calls each model's card (nvidia-smi's name; GPU feature discovery labels
+# nodes with it, spaces as dashes).
+PRODUCTS = {
+    "h100": "NVIDIA H100 80GB HBM3",
+    "h200": "NVIDIA H200",
+    "a100": "NVIDIA A100-SXM4-80GB",
+    "l40s": "NVIDIA L40S",
+    "gh200": "NVIDIA GH200 480GB",
+}
 
 _HARDWARE_UNIT = f"""[Unit]
 Description=Emulated server hardware (aifactory sandbox): writable cgroups, /dev/kmsg, GPU devices
@@ -108,6 +135,8 @@ def install(root: Path, machine: Machine) -> None:
         _HARDWARE_SCRIPT.replace("@GPUS@", str(machine.gpu_count))
         .replace("@MAJOR@", str(NVIDIA_MAJOR))
         .replace("@CTL@", str(NVIDIACTL_MINOR))
+        .replace("@PRODUCT@", PRODUCTS.get(machine.gpu_model or "", ""))
+        .replace("@UUID@", str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{machine.name}.gpu.aifactory"))[:28])
     )
     _write(libexec / "hardware", script, 0o755)
     _write(units / HARDWARE_UNIT, _HARDWARE_UNIT, 0o644)
