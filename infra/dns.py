@@ -1,7 +1,7 @@
 """`ClusterDns`: CoreDNS as the cluster's DNS, the kube-dns Service every kubelet points pods at.
 
-The image is the toolchain's CoreDNS (toolchain/coredns) from the site's offline bundle, imported
-into every node's containerd by the k8s_worker role, so it is never pulled. The Service's address
+The image is the toolchain's CoreDNS (toolchain/coredns) from the site's offline bundle, pulled
+from the site registry (site_registry role). The Service's address
 is the tenth of the service range, the one the kubelets' `clusterDNS` names. Names outside the
 cluster are forwarded to `upstreams` when the site has resolvers; without them (an air-gapped site)
 CoreDNS answers for the cluster alone.
