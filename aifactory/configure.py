@@ -77,6 +77,13 @@ def _message(res: dict[str, Any]) -> str:
     return str(msg).strip().splitlines()[-1][:400] if str(msg).strip() else "(no message)"
 
 
+def forget_earlier_inputs(data_dir: Path) -> None:
+    """ansible-runner keeps the extra variables and command line it was given in env/ and reads them
+    back on the next run that gives none: an earlier `--check` or extra variable would leak into it."""
+    for name in ("extravars", "cmdline"):
+        (data_dir / "env" / name).unlink(missing_ok=True)
+
+
 def run_playbook(
     site: Site,
     playbook: str,
@@ -105,6 +112,7 @@ def run_playbook(
             unverified.append(data["res"]["msg"])
         return True
 
+    forget_earlier_inputs(data_dir)
     start = time.monotonic()
     progress(
         f"configure: {playbook} on {site.name}"
