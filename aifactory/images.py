@@ -49,6 +49,19 @@ TOOLBOX_TAG = "1.0"
 TOOLBOX_REF = f"{SITE_REGISTRY}/aifactory/toolbox:{TOOLBOX_TAG}"
 COREDNS_TAG = "1.15.0"  # the CoreDNS version the toolchain builds (toolchain.COREDNS_VERSION)
 COREDNS_REF = f"{SITE_REGISTRY}/aifactory/coredns:{COREDNS_TAG}"
+KUBE_ROUTER_TAG = "v2.1.0"  # the kube-router version the toolchain builds (toolchain.KUBE_ROUTER_VERSION)
+KUBE_ROUTER_REF = f"{SITE_REGISTRY}/aifactory/kube-router:{KUBE_ROUTER_TAG}"
+# What kube-router runs to program a node's firewall: Debian's iptables (the backend the machine's
+# alternatives choose, as kube-proxy on the node uses) and ipset, with their libraries and the
+# iptables extensions they load.
+FIREWALL_TOOLS = tuple(
+    Path("/usr/sbin") / t
+    for t in (
+        "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore",
+        "ipset",
+    )
+)  # fmt: skip
+XTABLES_EXTENSIONS = Path(f"/usr/lib/{platform.machine()}-linux-gnu/xtables")
 OPERATOR_TAG = __version__  # the tenant operator is this repository's code
 OPERATOR_REF = f"{SITE_REGISTRY}/aifactory/tenant-operator:{OPERATOR_TAG}"
 # The operator image's interpreter and ssh client (to reach Slurm on the head) are Debian's, with the
@@ -451,6 +464,39 @@ def coredns_image(bin_dir: Path) -> ImageSpec:
     )
 
 
+def kube_router_image(
+    bin_dir: Path, tools: tuple[Path, ...] = FIREWALL_TOOLS, extensions: Path = XTABLES_EXTENSIONS
+) -> ImageSpec:
+    """The NetworkPolicy agent (infra/network_policy.py): the toolchain's static kube-router, and the
+    firewall tools it runs, laid out as on this machine with the libraries they load."""
+    name, entrypoint = "aifactory/kube-router", ("/usr/local/bin/kube-router",)
+    router = ImageFile(
+        entrypoint[0],
+        bin_dir / "kube-router",
+        0o755,
+        missing_hint="build it with `aifactory toolchain build`",
+    )
+    hint = {"ipset": "install Debian's ipset"}
+    needed = [
+        ImageFile(str(t), t, 0o755, missing_hint=hint.get(t.name, "install Debian's iptables")) for t in tools
+    ]
+    if not all(f.source and (f.source.is_file() or f.source.is_symlink()) for f in needed):
+        return ImageSpec(name, KUBE_ROUTER_TAG, (router, *needed), entrypoint)  # missing_inputs() names them
+    programs = [Path(os.path.realpath(t)) for t in tools]
+    plugins = sorted(extensions.glob("*.so"))
+    files = {f.path_in_image: f for t in (*tools, *plugins) for f in machine_file(t)}
+    files |= {
+        f.path_in_image: f for lib in shared_libraries([*programs, *plugins]) for f in machine_file(lib)
+    }
+    return ImageSpec(
+        name=name,
+        tag=KUBE_ROUTER_TAG,
+        files=(router, ImageFile("/run", None, 0o755, directory=True), *files.values()),
+        entrypoint=entrypoint,
+        env=("PATH=/usr/local/bin:/usr/sbin:/usr/bin",),
+    )
+
+
 _PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 _GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 
@@ -539,9 +585,18 @@ def operator_image(repo: Path = paths.REPO, python: Path = PYTHON, ssh: Path = S
 
 
 def catalogue(
-    bin_dir: Path, busybox: Path = BUSYBOX, operator: Callable[[], ImageSpec] = operator_image
+    bin_dir: Path,
+    busybox: Path = BUSYBOX,
+    operator: Callable[[], ImageSpec] = operator_image,
+    kube_router: Callable[[Path], ImageSpec] = kube_router_image,
 ) -> tuple[ImageSpec, ...]:
-    return (pause_image(bin_dir), toolbox_image(busybox), coredns_image(bin_dir), operator())
+    return (
+        pause_image(bin_dir),
+        toolbox_image(busybox),
+        coredns_image(bin_dir),
+        kube_router(bin_dir),
+        operator(),
+    )
 
 
 def build_all(
@@ -551,13 +606,14 @@ def build_all(
     progress: Progress = print,
     busybox: Path = BUSYBOX,
     operator: Callable[[], ImageSpec] = operator_image,
+    kube_router: Callable[[Path], ImageSpec] = kube_router_image,
 ) -> dict[str, dict[str, str]]:
     """Build every catalogued image into `out_dir`; {archive file name: {ref, digest}}.
 
     Every input is checked first, so a missing one fails before anything is written, with one line per
     missing file saying how to get it.
     """
-    specs = catalogue(bin_dir, busybox, operator)
+    specs = catalogue(bin_dir, busybox, operator, kube_router)
     missing = [m for s in specs for m in s.missing_inputs()]
     if missing:
         raise ImageError("cannot build the site's images:\n  " + "\n  ".join(missing))

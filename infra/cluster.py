@@ -3,7 +3,7 @@
 A pulumi-kubernetes provider from the kubeconfig the control-plane role fetched, then: priority
 classes for GPU work, the GPU taint on every GPU worker's Node (server-side apply patches, so the
 kubelets keep owning the Node objects and their hardware labels), the cluster DNS (infra/dns.py),
-what the nodes' NetworkPolicy agent may read (infra/network_policy.py), on real sites the NVIDIA
+the nodes' NetworkPolicy agent (infra/network_policy.py), on real sites the NVIDIA
 device plugin, and the tenant operator (infra/tenant_operator.py); the site registry must serve every
 image these run first (infra/registry.py).
 
@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from aifactory.images import SITE_REGISTRY_PORT
+from aifactory import toolchain
+from aifactory.images import COREDNS_REF, KUBE_ROUTER_REF, SITE_REGISTRY_PORT
 from aifactory.site.model import Site
 from infra.dns import ClusterDns, ClusterDnsArgs
-from infra.network_policy import NetworkPolicyAgentAccess
+from infra.network_policy import NetworkPolicyAgent, NetworkPolicyAgentArgs
 from infra.registry import ServedImages
 from infra.tenant_operator import TenantOperator, TenantOperatorArgs
 
@@ -84,19 +85,21 @@ class KubernetesLayer(pulumi.ComponentResource):
             if m.pool and m.gpu_count
         ]
         assert args.site.kubernetes, "a KubernetesLayer needs the site's kubernetes settings"
-        dns_args = ClusterDnsArgs(args.site.kubernetes.service_cidr)
+        service_cidr = args.site.kubernetes.service_cidr
+        dns_args = ClusterDnsArgs(service_cidr, image=toolchain.image_ref(COREDNS_REF))
+        policy_args = NetworkPolicyAgentArgs(toolchain.image_ref(KUBE_ROUTER_REF), service_cidr)
         head = args.site.with_role("head")[0]
         self.images = ServedImages(
             f"{name}-images",
             f"http://{head.address}:{SITE_REGISTRY_PORT}",
-            [dns_args.image]
+            [dns_args.image, policy_args.image]
             + [i for i in (args.device_plugin_image, args.tenant_operator_image) if i is not None],
             pulumi.ResourceOptions(parent=self),
         )
         # what runs images waits for the registry to have them
         child = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.images])
         self.dns = ClusterDns(f"{name}-dns", dns_args, child)
-        self.network_policy = NetworkPolicyAgentAccess(f"{name}-network-policy", child)
+        self.network_policy = NetworkPolicyAgent(f"{name}-network-policy", policy_args, child)
         self.device_plugin = None
         if args.device_plugin_image:  # the local stack sets none: its hardware brings its own
             self.device_plugin = _device_plugin(args.device_plugin_image, child)

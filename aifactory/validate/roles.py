@@ -33,5 +33,5 @@ SERVICES: dict[str, tuple[str, ...]] = {
     "head": ("munge", "mariadb", "slurmdbd", "slurmctld"),
     "k8s-control": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
     "slurm": ("munge", "slurmd"),  # pool
-    "kubernetes": ("containerd", "kubelet", "kube-proxy", "kube-router"),  # pool
+    "kubernetes": ("containerd", "kubelet", "kube-proxy"),  # pool (the policy agent is a pod)
 }

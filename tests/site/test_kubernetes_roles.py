@@ -37,7 +37,7 @@ pytestmark = pytest.mark.site
 
 CONTROL_SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CONTROL_BINARIES = CONTROL_SERVICES
-NODE_BINARIES = ("kubelet", "kube-proxy", "kube-router")
+NODE_BINARIES = ("kubelet", "kube-proxy")
 PKI = "/etc/kubernetes/pki"
 
 
@@ -388,6 +388,26 @@ def test_a_pod_reaches_a_pod_on_another_node(core, namespace, workers, by):
     assert pod.spec.node_name != server.spec.node_name
 
 
+def test_the_policy_agent_runs_in_kube_system_on_every_node(configured_site, core, all_workers):
+    """kube-router is a DaemonSet pod (from the site registry) on every worker, cordoned ones too; no
+    node runs it as a unit any more."""
+    pods = core.list_namespaced_pod("kube-system", label_selector="app.kubernetes.io/name=kube-router").items
+    by_node = {p.spec.node_name: p for p in pods}
+    assert set(by_node) == {m.name for m in all_workers}, sorted(by_node)
+    for node, pod in by_node.items():
+        assert pod.spec.host_network and pod.spec.containers[0].image.startswith(images.KUBE_ROUTER_REF)
+        wait_until(
+            lambda n=node: any(
+                c.type == "Ready" and c.status == "True"
+                for c in core.read_namespaced_pod(by_node[n].metadata.name, "kube-system").status.conditions
+                or []
+            ),
+            timeout=120,
+            what=f"the policy agent on {node} Ready",
+        )
+        assert not _host(configured_site, node).file("/etc/systemd/system/kube-router.service").exists
+
+
 def test_a_network_policy_admits_its_own_namespace_and_refuses_another(
     configured_site, core, namespace, workers
 ):
@@ -395,8 +415,8 @@ def test_a_network_policy_admits_its_own_namespace_and_refuses_another(
     (the NetworkPolicy agent); the same connection works from inside and is refused from outside."""
     if len(workers) < 2:
         pytest.skip("one kubernetes-pool machine: no second node to connect from")
-    # Right after a first deploy the agents may still wait for their RBAC (Pulumi grants it after
-    # Ansible started them; they retry every minute): wait until each reports healthy.
+    # Right after a deploy the agents' pods may still be starting: wait until each reports healthy
+    # (host network: the node's port).
     health = "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:20244/healthz')\""
     for m in workers[:2]:
         h = _host(configured_site, m.name)

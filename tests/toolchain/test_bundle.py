@@ -45,7 +45,7 @@ def test_the_bundle_holds_every_file_a_real_site_installs():
         for name in _bundle_files(yaml.safe_load(tasks.read_text()), role):
             wanted.setdefault(name, set()).add(role)
     # the worker's node components and images are among them, not only the control plane's
-    assert {"kubelet", "kube-proxy", "kube-router", "aifactory_pause_3.10.tar"} <= set(wanted)
+    assert {"kubelet", "kube-proxy", "aifactory_pause_3.10.tar", "aifactory_kube-router_v2.1.0.tar"} <= set(wanted)
     assert {"aifactory_tenant-operator_0.1.0.tar", "registry", "crane"} <= set(wanted)
     manifest = toolchain.manifest()
     if not manifest:

@@ -1,9 +1,12 @@
 """The built toolchain runs: Kubernetes control plane and node, Pulumi CLI and plugins, kwok, our own."""
 
+import contextlib
 import json
 import os
 import subprocess
 import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -83,17 +86,14 @@ def test_emulated_gpu_device_plugin_go_tests():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="entering the unpacked image takes chroot (root)")
-def test_operator_image_runs_the_operator_as_its_user(tmp_path):
-    """The bundle's operator image, unpacked and entered with chroot as the image's user with the
-    image's environment: its entrypoint (kopf) starts, the operator's handlers import, ssh runs."""
-    from aifactory import images
-
-    name = next((n for n, r in toolchain.manifest().items() if r.get("image") == images.OPERATOR_REF), None)
+@contextlib.contextmanager
+def _entered(image_ref: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """The bundle's image `image_ref`, unpacked; yields a runner of commands inside it (chroot) as the
+    image's user, with the image's environment and this machine's /dev."""
+    name = next((n for n, r in toolchain.manifest().items() if r.get("image") == image_ref), None)
     if name is None:
-        pytest.skip(f"{images.OPERATOR_REF} not in the bundle: run `aifactory toolchain build`")
-    archive = paths.bin_dir() / name
-    with tarfile.open(archive) as tar:
+        pytest.skip(f"{image_ref} not in the bundle: run `aifactory toolchain build`")
+    with tarfile.open(paths.bin_dir() / name) as tar:
         (entry,) = json.load(tar.extractfile("manifest.json"))
         config = json.load(tar.extractfile(entry["Config"]))["config"]
         (layer,) = entry["Layers"]
@@ -103,20 +103,49 @@ def test_operator_image_runs_the_operator_as_its_user(tmp_path):
             fs.extractall(root, filter="tar")
     (root / "dev").mkdir()
     subprocess.run(["mount", "--bind", "/dev", root / "dev"], check=True)
+    user = [f"--userspec={config['User']}"] if config.get("User") else []
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        chroot = ["/usr/sbin/chroot", *user, str(root)]
+        env = ["env", "-i", *config.get("Env", [])]
+        return subprocess.run([*env, *chroot, *argv], capture_output=True, text=True, timeout=60)
+
     try:
+        yield run
+    finally:
+        subprocess.run(["umount", root / "dev"], check=True)
 
-        def run(*argv: str) -> subprocess.CompletedProcess[str]:
-            chroot = ["/usr/sbin/chroot", f"--userspec={config['User']}", str(root)]
-            return subprocess.run(
-                ["env", "-i", *config["Env"], *chroot, *argv], capture_output=True, text=True, timeout=60
-            )
 
-        kopf = run(*config["Entrypoint"], "run", "--help")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="entering an unpacked image takes chroot (root)")
+
+
+@needs_root
+def test_operator_image_runs_the_operator_as_its_user(tmp_path):
+    """Its entrypoint (kopf) starts, the operator's handlers import, ssh runs, all as user 65532."""
+    from aifactory import images
+
+    with _entered(images.OPERATOR_REF, tmp_path) as run:
+        python = "/usr/bin/python3.11"
+        kopf = run(python, "-m", "kopf", "run", "--help")
         assert kopf.returncode == 0 and "--peering" in kopf.stdout, kopf.stderr
-        code = "import os, operators.tenants.handlers; print(os.getuid())"
-        handlers = run(config["Entrypoint"][0], "-c", code)
+        handlers = run(python, "-c", "import os, operators.tenants.handlers; print(os.getuid())")
         assert handlers.returncode == 0 and handlers.stdout.strip() == "65532", handlers.stderr
         ssh = run("/usr/bin/ssh", "-V")
         assert ssh.returncode == 0 and "OpenSSH" in ssh.stderr, ssh.stderr
-    finally:
-        subprocess.run(["umount", root / "dev"], check=True)
+
+
+@needs_root
+def test_kube_router_image_has_its_firewall_tools(tmp_path):
+    """kube-router and what it runs: iptables (with its extensions: a rule with `-m set` parses) and ipset."""
+    from aifactory import images
+
+    with _entered(images.KUBE_ROUTER_REF, tmp_path) as run:
+        version = run("/usr/local/bin/kube-router", "--version")
+        assert version.returncode == 0 and images.KUBE_ROUTER_TAG in version.stdout + version.stderr
+        iptables = run("iptables", "--version")
+        assert iptables.returncode == 0 and "nf_tables" in iptables.stdout, iptables.stderr
+        ipset = run("ipset", "version")
+        assert ipset.returncode == 0 and "ipset v" in ipset.stdout, ipset.stderr
+        # the set match is an extension (libxt_set.so) loaded at parse time; -h needs no kernel
+        rule = run("iptables", "-m", "set", "-h")
+        assert rule.returncode == 0 and "match-set" in rule.stdout, rule.stderr

@@ -25,6 +25,11 @@ def _elf(p_type: int, interp: bytes = b"") -> bytes:
     return ident + header + struct.pack("<IIQQQQQQ", p_type, 5, 120, 0, 0, len(data), 0, 0) + data
 
 
+def _fake_kube_router(bin_dir: Path) -> images.ImageSpec:
+    router = images.ImageFile("/kube-router", bin_dir / "pause", 0o755)  # any static file
+    return images.ImageSpec("aifactory/kube-router", "v0", (router,), ("/kube-router",))
+
+
 def _fake_operator(tmp_path: Path):
     def spec() -> images.ImageSpec:
         (tmp_path / "op").write_bytes(_elf(1) + b"fake operator")
@@ -155,19 +160,26 @@ def test_build_all_writes_every_image(inputs, tmp_path):
     out = tmp_path / "images"
     lines: list[str] = []
     built = images.build_all(
-        bin_dir, out, REGISTRY, lines.append, busybox=busybox, operator=_fake_operator(tmp_path)
+        bin_dir,
+        out,
+        REGISTRY,
+        lines.append,
+        busybox=busybox,
+        operator=_fake_operator(tmp_path),
+        kube_router=_fake_kube_router,
     )
     assert set(built) == {
         "aifactory_pause_3.10.tar",
         "aifactory_toolbox_1.0.tar",
         "aifactory_coredns_1.15.0.tar",
         "aifactory_tenant-operator_0.0.1.tar",
+        "aifactory_kube-router_v0.tar",
     }
     for name, rec in built.items():
         assert (out / name).is_file()
         assert rec["digest"].startswith("sha256:")
     assert built["aifactory_pause_3.10.tar"]["ref"] == "registry.local:5000/aifactory/pause:3.10"
-    assert len(lines) == 4
+    assert len(lines) == 5
 
 
 def test_build_all_names_a_missing_input(inputs, tmp_path):
@@ -175,14 +187,24 @@ def test_build_all_names_a_missing_input(inputs, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(images.ImageError) as e:
         images.build_all(
-            bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox", operator=_fake_operator(tmp_path)
+            bin_dir,
+            out,
+            REGISTRY,
+            busybox=tmp_path / "no-busybox",
+            operator=_fake_operator(tmp_path),
+            kube_router=_fake_kube_router,
         )
     assert f"{tmp_path / 'no-busybox'} missing: install Debian's busybox-static" in str(e.value)
     assert not out.exists()  # nothing built when an input is absent
     (bin_dir / "pause").unlink()
     with pytest.raises(images.ImageError, match="pause missing: build it with"):
         images.build_all(
-            bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox", operator=_fake_operator(tmp_path)
+            bin_dir,
+            out,
+            REGISTRY,
+            busybox=tmp_path / "no-busybox",
+            operator=_fake_operator(tmp_path),
+            kube_router=_fake_kube_router,
         )
 
 
@@ -289,3 +311,13 @@ def test_containerd_imports_the_archive(inputs, tmp_path):
         assert [ref, digest] in [row[:1] + row[2:3] for row in rows], listed.stdout
     finally:
         _ctr("-n", ns, "images", "rm", "--sync", ref)
+
+
+def test_kube_router_image_names_missing_firewall_tools(inputs, tmp_path):
+    bin_dir, _ = inputs
+    (bin_dir / "kube-router").write_bytes(_elf(1))
+    spec = images.kube_router_image(bin_dir, tools=(tmp_path / "iptables", tmp_path / "ipset"))
+    assert spec.missing_inputs() == [
+        f"{tmp_path / 'iptables'} missing: install Debian's iptables",
+        f"{tmp_path / 'ipset'} missing: install Debian's ipset",
+    ]

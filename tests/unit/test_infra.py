@@ -102,7 +102,14 @@ def test_configuration_waits_for_machines_and_feeds_kubernetes():
 
     layer = site.kubernetes
     children = [
-        r.urn for r in (*layer.priority_classes, *layer.node_patches, layer.dns.deployment, layer.dns.service)
+        r.urn
+        for r in (
+            *layer.priority_classes,
+            *layer.node_patches,
+            layer.dns.deployment,
+            layer.dns.service,
+            layer.network_policy.daemon_set,
+        )
     ]
 
     def check(args):
@@ -124,11 +131,29 @@ def test_configuration_waits_for_machines_and_feeds_kubernetes():
         dns = dict(_by_type("kubernetes:core/v1:Service"))["local-kubernetes-dns-service"]
         assert dns["metadata"]["name"] == "kube-dns" and dns["spec"]["clusterIP"] == "10.96.0.10"
         (coredns,) = dict(_by_type("kubernetes:apps/v1:Deployment")).values()
-        assert coredns["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
-            "/aifactory/coredns:1.15.0"
+        # the bundle's image, pinned to its digest where the bundle is built
+        image = coredns["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image.partition("@")[0] == "registry.aifactory.local/aifactory/coredns:1.15.0"
+        # the NetworkPolicy agent: on every node whatever its taints, in the host's network
+        agent = dict(_by_type("kubernetes:apps/v1:DaemonSet"))["local-kubernetes-network-policy-daemonset"]
+        pod = agent["spec"]["template"]["spec"]
+        assert agent["metadata"]["namespace"] == "kube-system" and pod["hostNetwork"] is True
+        assert pod["tolerations"] == [{"operator": "Exists"}]
+        assert pod["containers"][0]["image"].startswith(
+            "registry.aifactory.local/aifactory/kube-router:v2.1.0"
         )
+        (binding,) = [
+            i
+            for n, i in _by_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")
+            if "network" in n
+        ]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "kube-router", "namespace": "kube-system"}
+        ]
         # The local stack names no device plugin image: its emulated GPUs bring their own plugin.
-        assert not _by_type("kubernetes:apps/v1:DaemonSet")
+        assert [n for n, _ in _by_type("kubernetes:apps/v1:DaemonSet")] == [
+            "local-kubernetes-network-policy-daemonset"
+        ]
 
     return pulumi.Output.all(site.configuration.urn, layer.urn, *children).apply(check)
 
@@ -140,8 +165,7 @@ def test_real_site_gets_the_device_plugin():
     site = AiFactorySite("g", AiFactorySiteArgs(real, creds, device_plugin_image="reg/dp:v1"))
 
     def check(_):
-        ((name, inputs),) = _by_type("kubernetes:apps/v1:DaemonSet")
-        assert name == "nvidia-device-plugin"
+        inputs = dict(_by_type("kubernetes:apps/v1:DaemonSet"))["nvidia-device-plugin"]
         assert inputs["spec"]["template"]["spec"]["containers"][0]["image"] == "reg/dp:v1"
         assert len(_by_type("aifactory:infra:BareMetalMachine")) == 68
 

@@ -50,6 +50,28 @@ def check_k8s_node(ctx: Context, machine: Machine, measure) -> None:
     assert not problems, "; ".join(problems)
 
 
+# The NetworkPolicy agent's pods (infra/network_policy.py): one per node.
+POLICY_AGENT = ("kube-system", "app.kubernetes.io/name=kube-router")
+
+
+@check("k8s.policy_agent", applies=lambda ctx, m: m.pool == "kubernetes")
+def check_policy_agent(ctx: Context, machine: Machine, measure) -> None:
+    namespace, selector = POLICY_AGENT
+    pods = ctx.cached(
+        "policy_agent_pods",
+        lambda: ctx.core().list_namespaced_pod(namespace, label_selector=selector, _request_timeout=15).items,
+    )
+    mine = [p for p in pods if p.spec.node_name == machine.name]
+    ready = [
+        p for p in mine if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    ]
+    measure(f"{len(ready)}/{len(mine)} Ready", "1/1 Ready")
+    assert mine, (
+        f"no NetworkPolicy agent pod ({selector} in {namespace}) on this node: policies are not enforced"
+    )
+    assert ready, f"NetworkPolicy agent pod {mine[0].metadata.name} not Ready ({mine[0].status.phase})"
+
+
 def _k8s_state(ctx: Context, m: Machine) -> tuple[str, bool]:
     node = ctx.k8s_nodes().get(m.name)
     if node is None:
