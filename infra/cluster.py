@@ -70,6 +70,26 @@ class KubernetesLayer(pulumi.ComponentResource):
             )
             for pc, (value, desc) in PRIORITY_CLASSES.items()
         ]
+        # Kubelets renew their client certificates (rotateCertificates, k8s_worker role): the
+        # controller manager approves a node's CSR for its own identity.
+        self.node_cert_renewal = k8s.rbac.v1.ClusterRoleBinding(
+            "node-client-cert-renewal",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name="aifactory:node-client-cert-renewal",
+                labels={"app.kubernetes.io/managed-by": "aifactory"},
+            ),
+            role_ref=k8s.rbac.v1.RoleRefArgs(
+                api_group="rbac.authorization.k8s.io",
+                kind="ClusterRole",
+                name="system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            ),
+            subjects=[
+                k8s.rbac.v1.SubjectArgs(
+                    api_group="rbac.authorization.k8s.io", kind="Group", name="system:nodes"
+                )
+            ],
+            opts=child,
+        )
         # GPU nodes are for GPU work: tainted. (Their GPU labels come from the hardware, through the
         # kubelet: k8s_worker role.)
         self.node_patches = [
@@ -87,7 +107,10 @@ class KubernetesLayer(pulumi.ComponentResource):
         assert args.site.kubernetes, "a KubernetesLayer needs the site's kubernetes settings"
         service_cidr = args.site.kubernetes.service_cidr
         dns_args = ClusterDnsArgs(service_cidr, image=toolchain.image_ref(COREDNS_REF))
-        policy_args = NetworkPolicyAgentArgs(toolchain.image_ref(KUBE_ROUTER_REF), service_cidr)
+        control = args.site.with_role("k8s-control")[0]
+        policy_args = NetworkPolicyAgentArgs(
+            toolchain.image_ref(KUBE_ROUTER_REF), service_cidr, control.address, args.site.kubernetes.api_port
+        )
         head = args.site.with_role("head")[0]
         self.images = ServedImages(
             f"{name}-images",

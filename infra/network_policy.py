@@ -29,6 +29,10 @@ READ = ["get", "list", "watch"]
 class NetworkPolicyAgentArgs:
     image: str  # aifactory/kube-router on the site registry, pinned to the bundle's digest
     service_cidr: str
+    # The API server itself, not the `kubernetes` Service: a node's network agent must not need the
+    # service proxy (nor a route to the service range, which a host without a default route lacks).
+    api_host: str
+    api_port: int
 
 
 class NetworkPolicyAgent(pulumi.ComponentResource):
@@ -105,6 +109,13 @@ class NetworkPolicyAgent(pulumi.ComponentResource):
                                     "--metrics-port=0",
                                 ],
                                 env=[
+                                    # what client-go's in-cluster configuration reads
+                                    k8s.core.v1.EnvVarArgs(
+                                        name="KUBERNETES_SERVICE_HOST", value=args.api_host
+                                    ),
+                                    k8s.core.v1.EnvVarArgs(
+                                        name="KUBERNETES_SERVICE_PORT", value=str(args.api_port)
+                                    ),
                                     k8s.core.v1.EnvVarArgs(
                                         name="NODE_NAME",
                                         value_from=k8s.core.v1.EnvVarSourceArgs(
@@ -112,7 +123,7 @@ class NetworkPolicyAgent(pulumi.ComponentResource):
                                                 field_path="spec.nodeName"
                                             )
                                         ),
-                                    )
+                                    ),
                                 ],
                                 security_context=k8s.core.v1.SecurityContextArgs(privileged=True),
                                 liveness_probe=k8s.core.v1.ProbeArgs(

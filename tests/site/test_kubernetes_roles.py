@@ -388,6 +388,65 @@ def test_a_pod_reaches_a_pod_on_another_node(core, namespace, workers, by):
     assert pod.spec.node_name != server.spec.node_name
 
 
+def test_kubelets_renew_their_client_certificates(configured_site, workers, kubeconfig, tmp_path):
+    """Certificate rotation: the kubelet keeps its client certificate in its own store, and the CSR a
+    node makes for its identity (what the kubelet sends before the certificate expires) is approved
+    and signed by the cluster, here made by the test with the node's credentials."""
+    import base64
+    import subprocess
+
+    node = workers[0].name
+    host = _host(configured_site, node)
+    # the kubelet's store starts from the PKI's pair; kubelet-client-current.pem appears at the first renewal
+    assert "rotateCertificates: true" in host.file("/var/lib/kubelet/config.yaml").content_string
+    for name in ("kubelet-client.crt", "kubelet-client.key"):
+        (tmp_path / name).write_text(host.file(f"/var/lib/kubelet/pki/{name}").content_string)
+    subject = f"/O=system:nodes/CN=system:node:{node}"
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", tmp_path / "new.key", "-out", tmp_path / "new.csr", "-subj", subject],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    admin = config.new_client_from_config(config_file=str(kubeconfig))
+    as_node = client.Configuration()
+    as_node.host = admin.configuration.host
+    as_node.ssl_ca_cert = admin.configuration.ssl_ca_cert
+    as_node.cert_file, as_node.key_file = (
+        str(tmp_path / "kubelet-client.crt"),
+        str(tmp_path / "kubelet-client.key"),
+    )
+    name = f"renewal-test-{uuid.uuid4().hex[:6]}"
+    csr = client.V1CertificateSigningRequest(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1CertificateSigningRequestSpec(
+            request=base64.b64encode((tmp_path / "new.csr").read_bytes()).decode(),
+            signer_name="kubernetes.io/kube-apiserver-client-kubelet",
+            usages=["digital signature", "client auth"],
+            expiration_seconds=600,
+        ),
+    )
+    with client.ApiClient(as_node) as node_api:
+        client.CertificatesV1Api(node_api).create_certificate_signing_request(csr)
+    certs = client.CertificatesV1Api(admin)
+    try:
+        issued = wait_until(
+            lambda: certs.read_certificate_signing_request(name).status.certificate,
+            timeout=60,
+            what="the node's CSR approved and signed",
+        )
+        conditions = certs.read_certificate_signing_request(name).status.conditions
+        assert [(c.type, c.reason) for c in conditions] == [("Approved", "AutoApproved")]
+        (tmp_path / "issued.crt").write_bytes(base64.b64decode(issued))
+        out = subprocess.run(
+            ["openssl", "x509", "-noout", "-subject", "-issuer", "-in", tmp_path / "issued.crt"],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        assert f"CN = system:node:{node}" in out and "O = system:nodes" in out, out
+    finally:
+        certs.delete_certificate_signing_request(name)
+        admin.close()
+
+
 def test_the_policy_agent_runs_in_kube_system_on_every_node(configured_site, core, all_workers):
     """kube-router is a DaemonSet pod (from the site registry) on every worker, cordoned ones too; no
     node runs it as a unit any more."""
