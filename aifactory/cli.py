@@ -116,12 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="testinfra suites over ssh: every node, GPU acceptance, the whole cluster; JSON + JUnit reports",
         description=(
             "Check the site's machines against the site file, in parallel over ssh: OS and kernel settings, "
-            "munge key, time, services per role, Slurm registration and gres.conf, Kubernetes Nodes and "
-            "pool membership; GPU acceptance (driver branch, count and model, persistence, ECC, NVLink, "
-            "DCGM diagnostics at the level's depth, NCCL bandwidth at burn-in; skipped on emulated sites, "
-            "which have no GPU); a 1-GPU Slurm job and pod, the tenant operator. Writes validate.json (one "
-            "record per host and check) and junit.xml. Exit 0 all passed, 1 a check failed, 2 the run "
-            "could not happen (bad site file, unreachable host)."
+            "munge key, time, services per role, Slurm registration and gres.conf, Kubernetes Nodes (labels, "
+            "container runtime, CNI subnet and routes, NetworkPolicy agent) and pool membership; GPU "
+            "acceptance (driver branch, count and model, persistence, ECC, NVLink, DCGM diagnostics at the "
+            "level's depth, NCCL bandwidth at burn-in; skipped on emulated sites, which have no GPU); a "
+            "1-GPU Slurm job and pod, DNS from a pod, the tenant operator. Writes validate.json (one record "
+            "per host and check) and junit.xml. Exit 0 all passed, 1 a check failed, 2 the run could not "
+            "happen (bad site file, unreachable host)."
         ),
     )
     _site_arg(va)

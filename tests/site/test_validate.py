@@ -149,8 +149,12 @@ def test_standard_level_passes_on_the_configured_site(site: Site, tmp_path: Path
         assert by[(m.name, "munge.key")]["status"] == "passed"
     for m in site.in_pool("kubernetes"):
         assert by[(m.name, "k8s.node")]["value"] == f"allocatable nvidia.com/gpu={m.gpu_count}"
+        # a real node's checks, none skipped on the local site
+        for name in ("k8s.runtime", "k8s.cni", "k8s.policy_agent"):
+            assert by[(m.name, name)]["status"] == "passed", by[(m.name, name)]
     assert by[("cluster", "cluster.slurm_gpu_job")]["status"] == "passed"
     assert by[("cluster", "cluster.k8s_gpu_pod")]["status"] == "passed"
+    assert by[("cluster", "cluster.k8s_dns")]["status"] == "passed", by[("cluster", "cluster.k8s_dns")]
 
 
 def test_emulated_gpu_checks_are_skipped_not_passed(site: Site, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Whole-cluster checks: a 1-GPU Slurm job and a 1-GPU pod run and see one GPU; the tenant operator works."""
+"""Whole-cluster checks: a 1-GPU Slurm job and a 1-GPU pod see one GPU, a pod resolves a Service by name,
+the tenant operator works."""
 
 from __future__ import annotations
 
@@ -53,12 +54,9 @@ def check_slurm_job(ctx: Context, measure) -> None:
     assert len(devices.split(",")) == 1 and devices.strip().isdigit(), f"CUDA_VISIBLE_DEVICES={devices!r}"
 
 
-@check("cluster.k8s_gpu_pod")
-def check_k8s_pod(ctx: Context, measure) -> None:
-    _jobs(ctx)
-    nodes = [m for m in ctx.site.in_pool("kubernetes") if m.gpu_count]
-    if not nodes or ctx.site.kubernetes is None:
-        pytest.skip("no GPU machine in the kubernetes pool")
+def _run_pod(ctx: Context, prefix: str, command: str, gpus: int = 0) -> tuple[Any, str, float]:
+    """A toolbox pod in the validation namespace, run to its end (POD_TIMEOUT_S at most) and deleted:
+    (the pod as it ended, its log, seconds taken)."""
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
@@ -68,11 +66,9 @@ def check_k8s_pod(ctx: Context, measure) -> None:
     except ApiException as e:
         if e.status != 409:
             raise
-    name = f"gpu-check-{uuid.uuid4().hex[:6]}"
-    # The device plugin hands the container exactly the GPUs it was allocated.
-    count = "ls /dev | grep -cE '^nvidia[0-9]+$'; echo $NVIDIA_VISIBLE_DEVICES"
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     pod = toolbox_pod(
-        name, ["sh", "-c", count], gpus=1, labels={"app.kubernetes.io/managed-by": "aifactory-validate"}
+        name, ["sh", "-c", command], gpus=gpus, labels={"app.kubernetes.io/managed-by": "aifactory-validate"}
     )
     t0 = time.monotonic()
     deadline = t0 + POD_TIMEOUT_S
@@ -90,25 +86,58 @@ def check_k8s_pod(ctx: Context, measure) -> None:
             if p.status.phase in ("Succeeded", "Failed") or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        took = time.monotonic() - t0
-        seen = core.read_namespaced_pod_log(name, NAMESPACE).split() if p.status.phase != "Pending" else []
-        count, visible = [*seen, "?", "?"][:2]
-        measure(
-            f"{p.spec.node_name or 'unscheduled'} {p.status.phase} in {took:.1f}s: "
-            f"{count} GPU device(s), NVIDIA_VISIBLE_DEVICES={visible}"
-        )
-        why = "; ".join(f"{c.type}: {c.message}" for c in p.status.conditions or [] if c.message)
-        assert p.status.phase == "Succeeded", (
-            f"1-GPU pod {p.status.phase} after {took:.0f}s: {why or 'no reason'}"
-        )
-        assert p.spec.node_name in {m.name for m in nodes}, (
-            f"placed on {p.spec.node_name}, not a pool GPU node"
-        )
-        assert count == "1" and len(seen) == 2, (
-            f"the 1-GPU pod saw {count} GPU devices (NVIDIA_VISIBLE_DEVICES={visible}), not 1"
-        )
+        log = core.read_namespaced_pod_log(name, NAMESPACE) if p.status.phase != "Pending" else ""
+        return p, log, time.monotonic() - t0
     finally:
         core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+
+
+def _why(pod: Any) -> str:
+    return (
+        "; ".join(f"{c.type}: {c.message}" for c in pod.status.conditions or [] if c.message) or "no reason"
+    )
+
+
+@check("cluster.k8s_gpu_pod")
+def check_k8s_pod(ctx: Context, measure) -> None:
+    _jobs(ctx)
+    nodes = [m for m in ctx.site.in_pool("kubernetes") if m.gpu_count]
+    if not nodes or ctx.site.kubernetes is None:
+        pytest.skip("no GPU machine in the kubernetes pool")
+    # The device plugin hands the container exactly the GPUs it was allocated.
+    count = "ls /dev | grep -cE '^nvidia[0-9]+$'; echo $NVIDIA_VISIBLE_DEVICES"
+    p, log, took = _run_pod(ctx, "gpu-check", count, gpus=1)
+    seen = log.split()
+    count, visible = [*seen, "?", "?"][:2]
+    measure(
+        f"{p.spec.node_name or 'unscheduled'} {p.status.phase} in {took:.1f}s: "
+        f"{count} GPU device(s), NVIDIA_VISIBLE_DEVICES={visible}"
+    )
+    assert p.status.phase == "Succeeded", f"1-GPU pod {p.status.phase} after {took:.0f}s: {_why(p)}"
+    assert p.spec.node_name in {m.name for m in nodes}, f"placed on {p.spec.node_name}, not a pool GPU node"
+    assert count == "1" and len(seen) == 2, (
+        f"the 1-GPU pod saw {count} GPU devices (NVIDIA_VISIBLE_DEVICES={visible}), not 1"
+    )
+
+
+@check("cluster.k8s_dns")
+def check_k8s_dns(ctx: Context, measure) -> None:
+    """A pod resolves the API server's Service by name through the cluster DNS (CoreDNS, infra/dns.py)."""
+    _jobs(ctx)
+    if ctx.site.kubernetes is None or not ctx.site.in_pool("kubernetes"):
+        pytest.skip("no kubernetes-pool machine")
+    import ipaddress
+
+    want = str(ipaddress.ip_network(ctx.site.kubernetes.service_cidr)[1])  # the `kubernetes` Service
+    fqdn = "kubernetes.default.svc.cluster.local"
+    p, log, took = _run_pod(ctx, "dns-check", f"nslookup {fqdn}")
+    # busybox names the server as "Address: 10.96.0.10:53", each answer as "Address: 10.96.0.1"
+    answers = [ln.split()[-1] for ln in log.splitlines() if ln.startswith("Address") and ":53" not in ln]
+    measure(f"{fqdn} -> {', '.join(answers) or 'nothing'} in {took:.1f}s on {p.spec.node_name}", want)
+    assert p.status.phase == "Succeeded", (
+        f"nslookup {fqdn}: pod {p.status.phase}: {_why(p)}; {log.strip()[:200]}"
+    )
+    assert want in answers, f"{fqdn} resolved to {answers or 'nothing'}, not {want}: {log.strip()[:200]}"
 
 
 def _tenant_crd(ctx: Context) -> Any:

@@ -12,8 +12,62 @@ GPU = "nvidia.com/gpu"
 CORDON_REASON = "aifactory.io/cordon-reason"  # annotation --drain-on-failure sets with the check
 
 
+# What the k8s_worker and k8s_pod_network roles set up on a node (their defaults).
+CNI_CONFLIST = "/etc/cni/net.d/10-aifactory.conflist"
+
+
+def _k8s_worker(ctx: Context, m: Machine) -> bool:
+    return m.pool == "kubernetes"
+
+
 def probes(ctx: Context, m: Machine) -> dict:
-    return {}
+    if not _k8s_worker(ctx, m):
+        return {}
+    return {
+        # the CRI plugin's state (ok, or why not) and the runtime it starts containers with
+        "runtime": "ctr plugins ls | awk '$2 == \"cri\" {print $NF}'; "
+        "containerd config dump | sed -n 's/^ *default_runtime_name = \"\\(.*\\)\"/\\1/p' | head -1",
+        "cni": f"cat {CNI_CONFLIST}",
+        "routes": "ip -4 route show",
+    }
+
+
+def expected_pod_cidr(ctx: Context, m: Machine) -> str:
+    assert ctx.site.kubernetes is not None
+    return ctx.site.kubernetes.node_pod_cidr(m.nics[0].address, ctx.site.management.cidr)
+
+
+@check("k8s.runtime", applies=_k8s_worker)
+def check_runtime(ctx: Context, machine: Machine, measure) -> None:
+    out = ctx.probe(machine)["runtime"]
+    cri, runtime = [*out.out.split(), "?", "?"][:2]
+    measure(f"CRI {cri}, default runtime {runtime}", "CRI ok, default runtime crun")
+    assert out.ok and cri == "ok", f"containerd's CRI plugin is {cri}: {out.describe()}"
+    assert runtime == "crun", f"containerd starts containers with {runtime}, not crun (k8s_worker role)"
+
+
+@check("k8s.cni", applies=_k8s_worker)
+def check_cni(ctx: Context, machine: Machine, measure) -> None:
+    """The node's CNI configuration hands out its own pod subnet, and every other node's is routed."""
+    import json
+
+    conf = ctx.probe(machine)["cni"]
+    assert conf.ok, f"no CNI configuration {CNI_CONFLIST}: {conf.describe()}"
+    try:
+        plugins = json.loads(conf.out)["plugins"]
+        bridge = next(p for p in plugins if p["type"] == "bridge")
+        subnet = bridge["ipam"]["ranges"][0][0]["subnet"]
+    except (ValueError, KeyError, IndexError, StopIteration) as e:
+        raise AssertionError(f"{CNI_CONFLIST}: no bridge plugin with a subnet ({e!r})") from None
+    want = expected_pod_cidr(ctx, machine)
+    routes = ctx.probe(machine)["routes"].out
+    others = [m for m in ctx.site.machines if m.pool and m.name != machine.name]
+    unrouted = [
+        f"{expected_pod_cidr(ctx, m)} ({m.name})" for m in others if expected_pod_cidr(ctx, m) not in routes
+    ]
+    measure(f"pod subnet {subnet}, {len(others) - len(unrouted)}/{len(others)} other nodes routed", want)
+    assert subnet == want, f"{CNI_CONFLIST} hands out {subnet}, the site's pod_cidr gives this node {want}"
+    assert not unrouted, "no route to the pod subnets of " + ", ".join(unrouted)
 
 
 def _ready(node: Any) -> bool:
@@ -29,7 +83,7 @@ def expected_labels(m: Machine) -> dict[str, str]:
     }
 
 
-@check("k8s.node", applies=lambda ctx, m: m.pool == "kubernetes")
+@check("k8s.node", applies=_k8s_worker)
 def check_k8s_node(ctx: Context, machine: Machine, measure) -> None:
     nodes = ctx.k8s_nodes()
     node = nodes.get(machine.name)
@@ -54,7 +108,7 @@ def check_k8s_node(ctx: Context, machine: Machine, measure) -> None:
 POLICY_AGENT = ("kube-system", "app.kubernetes.io/name=kube-router")
 
 
-@check("k8s.policy_agent", applies=lambda ctx, m: m.pool == "kubernetes")
+@check("k8s.policy_agent", applies=_k8s_worker)
 def check_policy_agent(ctx: Context, machine: Machine, measure) -> None:
     namespace, selector = POLICY_AGENT
     pods = ctx.cached(
