@@ -216,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("names", nargs="*", help="only these binaries (default: all)")
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    bd = tc_sub.add_parser(
+        "bundle",
+        help="write the offline bundle a site's mirror serves (binaries, image archives, manifest.json)",
+        description="Copy every built binary and image archive into DIR, hash each copy again against "
+        "what the build recorded, and write manifest.json (versions, sha256) last. Serve DIR at the site "
+        "file's bundle_url; the roles verify every download against the manifest. Exit 1 when a binary "
+        "is missing or stale, 2 when DIR is a file or holds something other than a bundle.",
+    )
+    bd.add_argument("--out", type=Path, required=True, metavar="DIR", help="the bundle directory")
     tc_sub.add_parser(
         "status",
         help="pinned and reported version, state and path of each binary",
@@ -390,6 +399,16 @@ def _toolchain(args) -> int:
                 return EXIT_USAGE
             toolchain.build(args.names or None, force=args.force)
             return EXIT_OK
+        if args.toolchain_command == "bundle":
+            try:
+                toolchain.bundle(args.out.resolve())
+            except toolchain.BundleTargetError as e:
+                print(f"toolchain bundle: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            problems = toolchain.verify_bundle(args.out.resolve())
+            for problem in problems:
+                print(f"toolchain bundle: {problem}", file=sys.stderr)
+            return EXIT_FAILED if problems else EXIT_OK
         rows = toolchain.status_rows()
         print(table(rows))
         return EXIT_OK if all(r["state"] == "ok" for r in rows) else EXIT_FAILED

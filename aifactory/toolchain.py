@@ -454,3 +454,63 @@ def status_rows() -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+class BundleTargetError(ToolchainError):
+    """The bundle's directory cannot be used (bad input: nothing was written)."""
+
+
+def bundle(out: Path, progress: Progress = print) -> dict[str, dict[str, str]]:
+    """Write the offline bundle into `out`: what a site's internal mirror serves (`bundle_url`).
+
+    Every binary and image archive, copied, then each copy hashed again and compared with what the
+    build recorded; `manifest.json` (versions and sha256) is written last, so a directory with one is
+    complete. Refused before anything is written when a binary is missing or stale (its pin changed
+    since it was built), or when `out` holds something that is not an earlier bundle.
+    """
+    if out.exists() and not out.is_dir():
+        raise BundleTargetError(f"{out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        strays = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise BundleTargetError(
+            f"{out} holds files that are not a bundle ({strays}): give an empty directory"
+        )
+    gover = go_version()
+    not_ready = [f"{b.name} ({st})" for b in BINARIES if (st := state(b, gover)) != "ok"]
+    if not_ready:
+        raise ToolchainError(f"not built or stale: {', '.join(not_ready)}: run `aifactory toolchain build`")
+    man = manifest()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # incomplete until written again
+    total = 0
+    for i, (name, rec) in enumerate(sorted(man.items()), 1):
+        src, dst = paths.bin_dir() / name, out / name
+        tmp = dst.with_name(f".{name}.part")
+        shutil.copyfile(src, tmp)
+        tmp.chmod(0o755 if "image" not in rec else 0o644)
+        digest = _sha256(tmp)
+        if digest != rec["sha256"]:
+            tmp.unlink()
+            raise ToolchainError(
+                f"{src} changed since it was built (sha256 {digest[:12]}, recorded {rec['sha256'][:12]}): "
+                "run `aifactory toolchain build --force`"
+            )
+        tmp.replace(dst)
+        total += dst.stat().st_size
+        progress(f"  [{i:2d}/{len(man)}] {name} {rec['version']} {rec['sha256'][:12]}")
+    (out / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
+    progress(f"bundle: {len(man)} files, {total / 2**20:.0f} MiB, in {out} (manifest.json last)")
+    return man
+
+
+def verify_bundle(out: Path) -> list[str]:
+    """Problems of a bundle directory: files its manifest lists that are absent or hash otherwise."""
+    man = json.loads((out / "manifest.json").read_text())
+    problems = []
+    for name, rec in sorted(man.items()):
+        f = out / name
+        if not f.is_file():
+            problems.append(f"{name}: missing")
+        elif _sha256(f) != rec["sha256"]:
+            problems.append(f"{name}: sha256 differs from manifest.json")
+    return problems

@@ -38,12 +38,18 @@ def _bundle_files(node, role: str) -> set[str]:
     return found
 
 
-def test_the_bundle_holds_every_file_a_real_site_installs():
+def _wanted() -> dict[str, set[str]]:
+    """Every file the roles install from the bundle -> the roles that do."""
     wanted: dict[str, set[str]] = {}
     for tasks in ROLES.glob("*/tasks/*.yml"):
         role = tasks.parent.parent.name
         for name in _bundle_files(yaml.safe_load(tasks.read_text()), role):
             wanted.setdefault(name, set()).add(role)
+    return wanted
+
+
+def test_the_bundle_holds_every_file_a_real_site_installs():
+    wanted = _wanted()
     # the worker's node components and images are among them, not only the control plane's
     assert {"kubelet", "kube-proxy", "aifactory_pause_3.10.tar", "aifactory_kube-router_v2.1.0.tar"} <= set(wanted)
     assert {"aifactory_tenant-operator_0.1.0.tar", "registry", "crane"} <= set(wanted)
@@ -55,3 +61,28 @@ def test_the_bundle_holds_every_file_a_real_site_installs():
     for name in wanted:
         rec = manifest[name]
         assert (paths.bin_dir() / name).is_file() and len(rec["sha256"]) == 64, name
+
+
+def test_toolchain_bundle_writes_what_a_mirror_serves(tmp_path, capsys):
+    """`aifactory toolchain bundle --out DIR`: every file the roles install, each one's sha256 (hashed
+    here again) as manifest.json says; a file changed afterwards is caught by verify_bundle."""
+    import hashlib
+    import json
+
+    from aifactory import cli
+
+    if not toolchain.manifest():
+        pytest.skip("toolchain not built: run `aifactory toolchain build`")
+    out = tmp_path / "bundle"
+    assert cli.main(["toolchain", "bundle", "--out", str(out)]) == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(_wanted()) <= set(manifest)
+    assert {b.name for b in toolchain.BINARIES} <= set(manifest)
+    assert {p.name for p in out.iterdir()} == {*manifest, "manifest.json"}
+    for name, rec in manifest.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == rec["sha256"], name
+    # again into the same directory: allowed (it is a bundle), and the result verifies
+    assert cli.main(["toolchain", "bundle", "--out", str(out)]) == 0
+    assert toolchain.verify_bundle(out) == []
+    (out / "kubelet").write_bytes(b"tampered")
+    assert toolchain.verify_bundle(out) == ["kubelet: sha256 differs from manifest.json"]

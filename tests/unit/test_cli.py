@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     ["node", "move"],
     ["toolchain"],
     ["toolchain", "build"],
+    ["toolchain", "bundle"],
     ["toolchain", "status"],
     ["operator"],
     ["operator", "run"],
@@ -113,3 +114,16 @@ def test_operator_start_and_stop_a_background_operator(tmp_path, monkeypatch, ca
     assert cli.main(["operator", "stop", "--site", str(site)]) == 0
     time.sleep(0.2)
     assert daemons.pid_of(pid_file) is None and not pid_file.exists()
+
+
+def test_toolchain_bundle_refuses_a_target_that_is_not_a_bundle(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert cli.main(["toolchain", "bundle", "--out", str(afile)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    strays = tmp_path / "strays"
+    strays.mkdir()
+    (strays / "notes.txt").write_text("keep me")
+    assert cli.main(["toolchain", "bundle", "--out", str(strays)]) == 2
+    assert "not a bundle (notes.txt)" in capsys.readouterr().err
+    assert [p.name for p in strays.iterdir()] == ["notes.txt"]  # nothing written
