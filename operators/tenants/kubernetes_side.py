@@ -167,6 +167,7 @@ _PLURALS = {
     "Tenant": "tenants",
     "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
     "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
+    "ClusterKopfPeering": "clusterkopfpeerings",
 }
 
 
