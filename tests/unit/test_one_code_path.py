@@ -20,7 +20,7 @@ ALLOWED = {
     "aifactory/inventory.py": "hands the flag to the roles below (the one place Ansible learns it)",
     "aifactory/validate/checks/gpu.py": "an emulated GPU machine has no GPU: nothing for nvidia-smi or DCGM",
     "playbooks/roles/nvidia_gpu": "an emulated GPU machine has no GPU: no NVIDIA driver to install or load",
-    "playbooks/roles/slurm_common": "slurmd's cgroup plugins: emulated hosts use the linuxproc tracker",
+    "playbooks/roles/slurm_common": "an emulated machine lacks the cores it declares: jobs not bound to them",
     "playbooks/roles/kwok": "kwok's fake Nodes are for scale simulation on emulated sites only",
 }
 
