@@ -1,7 +1,9 @@
 """The `aifactory` command: one entry point for operators of the factory.
 
 Exit codes follow DeepOps' validation scripts: 0 success, 1 a check or operation failed,
-2 the input was wrong or the run could not happen (nothing was changed).
+2 the input was wrong or the run could not happen (nothing was changed), 130 interrupted (Ctrl-C).
+An expected failure (a missing credential, a stale toolchain, a registry that does not answer) is
+one line naming what and where, never a traceback. Commands that print a result take --json.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aifactory import paths
@@ -16,7 +19,7 @@ from aifactory.report import table
 
 DEFAULT_SITE = paths.REPO / "sites" / "local.yaml"
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _site_arg(p: argparse.ArgumentParser) -> None:
@@ -36,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Slurm and Kubernetes on the same fleet, GPU quota per tenant. The local site "
             "(sites/local.yaml) emulates the hardware on this machine so every step runs for real."
         ),
-        epilog="Exit codes: 0 ok, 1 something failed, 2 bad input or the run could not start.",
+        epilog="Exit codes: 0 ok, 1 something failed, 2 bad input or the run could not start, 130 "
+        "interrupted. Commands that print a result take --json (the result on stdout, progress on stderr).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -110,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument(
         "--playbook", default="site.yml", help="playbook under playbooks/ (default: site.yml, everything)"
     )
+    _json_arg(cf, "the per-host summary and what could not be verified")
 
     va = sub.add_parser(
         "validate",
@@ -143,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument(
         "--report-dir", type=Path, help="where validate.json and junit.xml go (default: the site's state dir)"
     )
+    _json_arg(va, "the records of validate.json")
 
     nd = sub.add_parser(
         "node",
@@ -168,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _site_arg(mv)
     mv.add_argument("machine", help="the worker to move, e.g. gpu-03")
     mv.add_argument("--to", required=True, choices=["slurm", "kubernetes"], help="the pool it serves next")
+    _json_arg(mv, "the move's outcome")
     mv.add_argument(
         "--timeout",
         type=int,
@@ -193,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--destroy", action="store_true", help="power every machine off and remove what was deployed"
     )
+    dp.add_argument("--yes", action="store_true", help="destroy without asking (scripts, CI)")
     dp.add_argument("pulumi_args", nargs="*", help="extra arguments for pulumi, after --")
 
     tc = sub.add_parser(
@@ -225,12 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
         "is missing or stale, 2 when DIR is a file or holds something other than a bundle.",
     )
     bd.add_argument("--out", type=Path, required=True, metavar="DIR", help="the bundle directory")
-    tc_sub.add_parser(
+    _json_arg(bd, "the manifest")
+    ts = tc_sub.add_parser(
         "status",
         help="pinned and reported version, state and path of each binary",
         description="One row per binary: pinned version, state (ok, missing, stale), the version the binary "
         "itself reports, and its path. Exit 1 unless all are ok.",
     )
+    _json_arg(ts, "the rows")
     _operator_parser(sub)
     return parser
 
@@ -257,8 +267,40 @@ def main(argv: list[str] | None = None) -> int:
             return _operator(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        code = _expected_failure(e)
+        if code is None:
+            raise  # a bug: the traceback is for us
+        print(f"aifactory {args.command}: {e}", file=sys.stderr)
+        return code
     return EXIT_USAGE
+
+
+def _expected_failure(e: Exception) -> int | None:
+    """The exit code of a failure the user can act on (its message says what and where), or None."""
+    from aifactory import credentials, images, toolchain
+    from infra.registry import RegistryUnreachable
+    from sandbox.hardware import HardwareError
+
+    if isinstance(e, credentials.MissingCredentials):
+        return EXIT_USAGE
+    if isinstance(e, (toolchain.ToolchainError, images.ImageError, HardwareError, RegistryUnreachable)):
+        return EXIT_FAILED
+    return None
+
+
+def _json_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help=f"print {what} as JSON on stdout (progress goes to stderr)"
+    )
+
+
+def _progress(args) -> Callable[[str], None]:
+    """Progress lines: stdout, or stderr when stdout carries the JSON result."""
+    if getattr(args, "json", False):
+        return lambda line: print(line, file=sys.stderr)
+    return print
 
 
 def _print_findings(findings, as_json: bool) -> None:
@@ -318,17 +360,38 @@ def _configure(args) -> int:
     if not (configure.PLAYBOOKS / args.playbook).exists():
         print(f"no playbook {args.playbook!r} under {configure.PLAYBOOKS}", file=sys.stderr)
         return EXIT_USAGE
+    progress = _progress(args)
     try:
-        result = configure.run_playbook(site, args.playbook, limit=args.limit, check=args.check)
+        result = configure.run_playbook(
+            site, args.playbook, limit=args.limit, check=args.check, progress=progress
+        )
     except configure.PlaybookFailed as e:
-        print(table(e.result.rows()))
+        if args.json:
+            print(json.dumps(_playbook_json(e.result, failed=str(e)), indent=2))
+        else:
+            print(table(e.result.rows()))
         print(f"configure FAILED: {e}", file=sys.stderr)
         return EXIT_FAILED
+    if args.json:
+        print(json.dumps(_playbook_json(result), indent=2))
+        return EXIT_OK
     print(table(result.rows()))
     for line in result.unverified:
         print(line)
     print(f"configure: {args.playbook} ok in {result.seconds:.0f}s, {result.changed} change(s)")
     return EXIT_OK
+
+
+def _playbook_json(result, failed: str | None = None) -> dict:
+    return {
+        "playbook": result.playbook,
+        "ok": failed is None,
+        "failed": failed,
+        "seconds": round(result.seconds, 1),
+        "changed": result.changed,
+        "hosts": result.rows(),
+        "unverified": result.unverified,
+    }
 
 
 def _validate(args) -> int:
@@ -342,10 +405,13 @@ def _validate(args) -> int:
             limit=args.limit,
             report_dir=args.report_dir,
             drain_on_failure=args.drain_on_failure,
+            progress=_progress(args),
         )
     except runner.RunImpossible as e:
         print(f"validate: {e}; nothing was checked", file=sys.stderr)
         return EXIT_USAGE
+    if args.json:
+        print(result.json_path.read_text(), end="")
     return result.exit_code
 
 
@@ -357,7 +423,7 @@ def _node(args) -> int:
         print("node move: --timeout must be 0 or more seconds", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = nodemove.move(site, args.machine, args.to, timeout=args.timeout)
+        result = nodemove.move(site, args.machine, args.to, timeout=args.timeout, progress=_progress(args))
     except nodemove.BadMove as e:
         _print_findings(e.findings, as_json=False)
         print(f"node move: {e}; nothing was moved", file=sys.stderr)
@@ -367,6 +433,9 @@ def _node(args) -> int:
         pool = site.machine(args.machine).pool
         print(f"{args.site}: {args.machine} still says pool {pool}", file=sys.stderr)
         return EXIT_FAILED
+    if args.json:
+        print(json.dumps({**result.__dict__, "seconds": round(result.seconds, 1)}, indent=2))
+        return EXIT_OK
     if not result.moved:
         print(f"node move: {args.machine} was already in the {args.to} pool; its state re-asserted")
         return EXIT_OK
@@ -381,6 +450,14 @@ def _deploy(args) -> int:
     from aifactory import deploy, toolchain
 
     action = "preview" if args.preview else "refresh" if args.refresh else "destroy" if args.destroy else "up"
+    if action == "destroy" and not args.yes:
+        if not sys.stdin.isatty():
+            print("deploy --destroy: powers every machine off; pass --yes to confirm", file=sys.stderr)
+            return EXIT_USAGE
+        answer = input(f"Destroy stack {args.stack}: power every machine off and remove it all? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("deploy --destroy: not confirmed; nothing was done", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return EXIT_OK if deploy.run(args.stack, action, extra=args.pulumi_args) == 0 else EXIT_FAILED
     except (ValueError, toolchain.ToolchainError) as e:
@@ -391,30 +468,29 @@ def _deploy(args) -> int:
 def _toolchain(args) -> int:
     from aifactory import toolchain
 
-    try:
-        if args.toolchain_command == "build":
-            unknown = [n for n in args.names if n not in toolchain.BY_NAME]
-            if unknown:
-                print(f"unknown binaries: {', '.join(unknown)}; known: {', '.join(toolchain.BY_NAME)}")
-                return EXIT_USAGE
-            toolchain.build(args.names or None, force=args.force)
-            return EXIT_OK
-        if args.toolchain_command == "bundle":
-            try:
-                toolchain.bundle(args.out.resolve())
-            except toolchain.BundleTargetError as e:
-                print(f"toolchain bundle: {e}", file=sys.stderr)
-                return EXIT_USAGE
-            problems = toolchain.verify_bundle(args.out.resolve())
-            for problem in problems:
-                print(f"toolchain bundle: {problem}", file=sys.stderr)
-            return EXIT_FAILED if problems else EXIT_OK
-        rows = toolchain.status_rows()
-        print(table(rows))
-        return EXIT_OK if all(r["state"] == "ok" for r in rows) else EXIT_FAILED
-    except toolchain.ToolchainError as e:
-        print(f"toolchain: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    if args.toolchain_command == "build":
+        unknown = [n for n in args.names if n not in toolchain.BY_NAME]
+        if unknown:
+            print(f"unknown binaries: {', '.join(unknown)}; known: {', '.join(toolchain.BY_NAME)}")
+            return EXIT_USAGE
+        toolchain.build(args.names or None, force=args.force)
+        return EXIT_OK
+    if args.toolchain_command == "bundle":
+        out = args.out.resolve()
+        try:
+            man = toolchain.bundle(out, progress=_progress(args))
+        except toolchain.BundleTargetError as e:
+            print(f"toolchain bundle: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        problems = toolchain.verify_bundle(out)
+        for problem in problems:
+            print(f"toolchain bundle: {problem}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"out": str(out), "files": man, "problems": problems}, indent=2))
+        return EXIT_FAILED if problems else EXIT_OK
+    rows = toolchain.status_rows()
+    print(json.dumps(rows, indent=2) if args.json else table(rows))
+    return EXIT_OK if all(r["state"] == "ok" for r in rows) else EXIT_FAILED
 
 
 def _operator_parser(sub) -> None:

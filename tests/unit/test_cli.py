@@ -127,3 +127,98 @@ def test_toolchain_bundle_refuses_a_target_that_is_not_a_bundle(tmp_path, capsys
     assert cli.main(["toolchain", "bundle", "--out", str(strays)]) == 2
     assert "not a bundle (notes.txt)" in capsys.readouterr().err
     assert [p.name for p in strays.iterdir()] == ["notes.txt"]  # nothing written
+
+
+def test_interrupt_exits_130(monkeypatch, capsys):
+    from aifactory import toolchain
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toolchain, "build", interrupted)
+    assert cli.main(["toolchain", "build"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        ("toolchain", 1),
+        ("credentials", 2),
+    ],
+)
+def test_an_expected_failure_is_one_line_and_its_code(monkeypatch, capsys, error, code):
+    from aifactory import credentials, toolchain
+
+    exc = {
+        "toolchain": toolchain.ToolchainError("go build of kubelet failed: see /tmp/x.log"),
+        "credentials": credentials.MissingCredentials("no credentials 'hall-a-bmc' in /etc/aifactory"),
+    }[error]
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(toolchain, "build", fail)
+    assert cli.main(["toolchain", "build"]) == code
+    err = capsys.readouterr().err
+    assert err.strip() == f"aifactory toolchain: {exc}" and "Traceback" not in err
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch):
+    from aifactory import toolchain
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(toolchain, "build", bug)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["toolchain", "build"])
+
+
+def test_destroy_asks_and_refuses_without_a_yes(monkeypatch, capsys):
+    from aifactory import deploy
+
+    ran = []
+    monkeypatch.setattr(deploy, "run", lambda *a, **k: ran.append(a) or 0)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert cli.main(["deploy", "--destroy"]) == 2
+    assert "pass --yes" in capsys.readouterr().err and not ran
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert cli.main(["deploy", "--destroy"]) == 2 and not ran
+    monkeypatch.setattr("builtins.input", lambda prompt: "yes")
+    assert cli.main(["deploy", "--destroy"]) == 0 and ran == [("local", "destroy")]
+    assert cli.main(["deploy", "--destroy", "--yes"]) == 0 and len(ran) == 2
+
+
+RESULT_COMMANDS = [
+    ["site", "validate", str(REPO / "sites" / "local.yaml"), "--json"],
+    ["toolchain", "status", "--json"],
+]
+
+
+@pytest.mark.parametrize("words", RESULT_COMMANDS, ids=" ".join)
+def test_json_results_parse(words, capsys):
+    import json
+
+    cli.main(words)
+    json.loads(capsys.readouterr().out)
+
+
+def test_every_result_printing_command_takes_json():
+    """configure, validate, node move, toolchain status/bundle, site status/validate (the site tests
+    parse their output on a real site)."""
+    for words in (
+        ["configure"],
+        ["validate"],
+        ["node", "move"],
+        ["toolchain", "status"],
+        ["toolchain", "bundle"],
+        ["site", "status"],
+        ["site", "validate"],
+    ):
+        parser = cli.build_parser()
+        sub = parser._subparsers._group_actions[0].choices[words[0]]  # type: ignore[union-attr]
+        for w in words[1:]:
+            sub = sub._subparsers._group_actions[0].choices[w]  # type: ignore[union-attr]
+        assert any("--json" in a.option_strings for a in sub._actions), words
