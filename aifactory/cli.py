@@ -282,8 +282,9 @@ def _expected_failure(e: Exception) -> int | None:
     from aifactory import credentials, images, toolchain
     from infra.registry import RegistryUnreachable
     from sandbox.hardware import HardwareError
+    from sandbox.hosts import UnknownCgroupLayout
 
-    if isinstance(e, credentials.MissingCredentials):
+    if isinstance(e, (credentials.MissingCredentials, UnknownCgroupLayout)):
         return EXIT_USAGE
     if isinstance(e, (toolchain.ToolchainError, images.ImageError, HardwareError, RegistryUnreachable)):
         return EXIT_FAILED

@@ -5,7 +5,8 @@ Each host is an overlayfs over the shared image (its disk, kept across power cyc
 A small supervisor loop restarts nspawn when the host reboots (nspawn exits 133), so Ansible's
 reboot module works. Processes live in their own cgroups under `aifactory/<site>/<host>`, in every
 cgroup hierarchy of this machine (the controllers too: the host's containers and pods are created
-below it), which is also how `down` proves nothing is left.
+below it), which is also how `down` proves nothing is left. Hybrid (v1) and unified (cgroup2)
+machines are both known; another layout is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -62,13 +63,51 @@ def host_paths(site: Site, name: str) -> HostPaths:
     return HostPaths(paths.site_state_dir(site.name) / "hosts" / name)
 
 
-def cgroup_roots() -> list[Path]:
-    """Every cgroup hierarchy mounted under /sys/fs/cgroup (v1 controllers, name=systemd, unified)."""
-    with open("/proc/self/mounts") as f:
-        mounts = [line.split() for line in f]
-    return sorted(
-        Path(m[1]) for m in mounts if m[2] in ("cgroup", "cgroup2") and Path(m[1]).parent == CGROUP_FS
+HYBRID, UNIFIED = "hybrid", "unified"
+
+
+class UnknownCgroupLayout(RuntimeError):
+    """This machine's cgroups are laid out in a way the sandbox cannot track its hosts in."""
+
+
+def _cgroup_mounts(mounts: str | None) -> list[tuple[Path, str]]:
+    if mounts is None:
+        mounts = Path("/proc/self/mounts").read_text()
+    found = []
+    for line in mounts.splitlines():
+        words = line.split()
+        if len(words) > 2 and words[2] in ("cgroup", "cgroup2"):
+            point = Path(words[1])
+            if point == CGROUP_FS or point.parent == CGROUP_FS:
+                found.append((point, words[2]))
+    return found
+
+
+def cgroup_layout(mounts: str | None = None) -> str:
+    """`hybrid` (v1 controllers, name=systemd, an empty cgroup2 at /sys/fs/cgroup/unified: Debian 11 and
+    this project's CI machines) or `unified` (cgroup2 alone at /sys/fs/cgroup: a stock Debian 12);
+    anything else raises UnknownCgroupLayout, naming what is mounted."""
+    found = _cgroup_mounts(mounts)
+    v1 = {p for p, kind in found if kind == "cgroup"}
+    v2 = {p for p, kind in found if kind == "cgroup2"}
+    if v2 == {CGROUP_FS} and not v1:
+        return UNIFIED
+    if v2 == {CGROUP_FS / "unified"} and CGROUP_FS / "systemd" in v1:
+        return HYBRID
+    seen = ", ".join(f"{p} ({kind})" for p, kind in sorted(found)) or "no cgroup filesystem"
+    raise UnknownCgroupLayout(
+        f"this machine's cgroups are neither hybrid (v1 hierarchies and cgroup2 at {CGROUP_FS}/unified) nor "
+        f"unified (cgroup2 alone at {CGROUP_FS}): {seen}; the sandbox keeps each host in a cgroup of its "
+        "own to stop it and prove nothing is left, and knows those two layouts"
     )
+
+
+def cgroup_roots(mounts: str | None = None) -> list[Path]:
+    """Every hierarchy the hosts live in: the v1 controllers, name=systemd and unified (hybrid), or
+    the one cgroup2 tree (unified)."""
+    if cgroup_layout(mounts) == UNIFIED:
+        return [CGROUP_FS]
+    return sorted(p for p, _ in _cgroup_mounts(mounts) if p.parent == CGROUP_FS)
 
 
 def cgroup_dirs(site: Site, name: str | None = None) -> list[Path]:
@@ -77,9 +116,16 @@ def cgroup_dirs(site: Site, name: str | None = None) -> list[Path]:
 
 
 def make_cgroup(path: Path) -> None:
-    """mkdir -p in a hierarchy; a v1 cpuset cgroup takes no process until it has CPUs and memory nodes."""
+    """mkdir -p in a hierarchy. A v1 cpuset cgroup takes no process until it has CPUs and memory
+    nodes; in cgroup2 a child has only the controllers its parent enables for it, and the host's
+    containers and pods need them all below it."""
     missing = [p for p in (path, *path.parents) if not p.exists()]
     for d in reversed(missing):
+        controllers = d.parent / "cgroup.controllers"
+        if controllers.exists() and controllers.read_text().split():
+            (d.parent / "cgroup.subtree_control").write_text(
+                " ".join(f"+{c}" for c in controllers.read_text().split())
+            )
         d.mkdir()
         for key in ("cpuset.cpus", "cpuset.mems"):
             if (d / key).exists():

@@ -69,6 +69,7 @@ def _preflight(site: Site) -> None:
         )
     if os.geteuid() != 0:
         raise SiteError("the local site needs root (bridge, overlay mounts, systemd-nspawn)")
+    hosts.cgroup_layout()  # UnknownCgroupLayout: bad input for this machine, before anything starts
 
 
 def _bmc_credentials(site: Site) -> credentials.Credentials:
