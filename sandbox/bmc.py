@@ -15,15 +15,14 @@ import socket
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import bcrypt
 import requests
 import sushy
-from sushy import auth as sushy_auth
 
+from aifactory.bmcs import system
 from aifactory.site.model import Machine, Site
 from sandbox import daemons
 
@@ -145,33 +144,6 @@ def stop_bmcs(state_dir: Path, timeout: float = 10) -> None:
             # Reap it if this process started it, so it does not linger as a zombie.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-
-
-def system(machine: Machine, username: str, password: str, timeout: float = 10):
-    """The machine's `sushy` System resource (basic auth: the emulator has no SessionService)."""
-    root = sushy.Sushy(
-        machine.bmc.endpoint,
-        auth=sushy_auth.BasicAuth(username, password),
-        verify=machine.bmc.verify_tls,
-        read_timeout=timeout,
-        connect_timeout=timeout,
-        server_side_retries=0,
-    )
-    system_id = machine.bmc.system_id
-    return root.get_system(f"/redfish/v1/Systems/{system_id}" if system_id else None)
-
-
-def power_states(site: Site, username: str, password: str, timeout: float = 3) -> dict[str, str]:
-    """Each machine's power state ("On", "Off", ... or "unreachable: <reason>"), BMCs queried in parallel."""
-
-    def one(machine: Machine) -> str:
-        try:
-            return system(machine, username, password, timeout).power_state.value
-        except Exception as e:  # any failure is a status to show, not an error to raise
-            return f"unreachable: {e}"
-
-    with ThreadPoolExecutor(max_workers=max(1, len(site.machines))) as pool:
-        return dict(zip([m.name for m in site.machines], pool.map(one, site.machines), strict=True))
 
 
 def set_power(machine: Machine, username: str, password: str, reset_type: str, timeout: float = 10) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aifactory import credentials, inventory, paths, toolchain
+from aifactory import bmcs, credentials, inventory, paths, toolchain
 from aifactory.site.model import Machine, Site
 from sandbox import bmc, daemons, hardware, hosts, image, mirror, network, ssh
 
@@ -154,7 +154,7 @@ def _up(site: Site, power_on: bool, progress: Progress) -> None:
     except RuntimeError as e:
         raise SiteError(str(e)) from e
     if not power_on:  # with power_on, every machine is booted and waited for below
-        powers = bmc.power_states(site, creds.username, creds.password)
+        powers = bmcs.power_states(site, lambda m: (creds.username, creds.password))
         restored = [m for m in site.machines if powers[m.name] == "On"]
         if restored:
             _step(
@@ -232,7 +232,7 @@ def _host_health(site: Site, m: Machine, power: str) -> tuple[str, str]:
 
 def status(site: Site) -> list[dict[str, str]]:
     creds = credentials.load(site.machines[0].bmc.credentials) if site.emulated else None
-    powers = bmc.power_states(site, creds.username, creds.password) if creds else {}
+    powers = bmcs.power_states(site, lambda m: (creds.username, creds.password)) if creds else {}
     with ThreadPoolExecutor(max_workers=max(1, len(site.machines))) as pool:
         health = list(pool.map(lambda m: _host_health(site, m, powers.get(m.name, "unknown")), site.machines))
     rows = []

@@ -4,6 +4,8 @@ The tests share one pair of BMCs on fixed ports (8191-8192) and run in file orde
 stops them. Run them in one process (not spread over xdist workers).
 """
 
+import dataclasses
+import ipaddress
 import os
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 import requests
 import sushy
 
+from aifactory.bmcs import power_states, site_status, system
 from aifactory.site.validate import load_site
 from sandbox import bmc, daemons
 
@@ -99,14 +102,14 @@ def test_service_root_is_public_systems_need_credentials(bmcs):
 def test_inventory_matches_the_site(bmcs):
     site, _, _ = bmcs
     for machine in site.machines:
-        system = bmc.system(machine, USER, PASSWORD)
-        assert system.name == machine.name
-        assert system.memory_summary.size_gib == machine.memory_gib
-        assert system.processors.summary.count == machine.cpus
-        gpus = [p for p in system.processors.get_members() if p.processor_type == sushy.ProcessorType.GPU]
+        found = system(machine, USER, PASSWORD)
+        assert found.name == machine.name
+        assert found.memory_summary.size_gib == machine.memory_gib
+        assert found.processors.summary.count == machine.cpus
+        gpus = [p for p in found.processors.get_members() if p.processor_type == sushy.ProcessorType.GPU]
         assert len(gpus) == machine.gpu_count
         assert {g.model for g in gpus} == ({machine.gpu_model} if machine.gpu_count else set())
-        assert [n.mac_address for n in system.ethernet_interfaces.get_members()] == [
+        assert [n.mac_address for n in found.ethernet_interfaces.get_members()] == [
             nic.mac for nic in machine.nics
         ]
 
@@ -114,24 +117,24 @@ def test_inventory_matches_the_site(bmcs):
 def test_power_on_and_off_run_the_hook(bmcs):
     site, _, calls = bmcs
     gpu = site.machine("gpu-01")
-    assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "Off"}
+    assert power_states(site, lambda m: (USER, PASSWORD)) == {"head-01": "Off", "gpu-01": "Off"}
 
     bmc.set_power(gpu, USER, PASSWORD, "On")
     # Applied at once, not after the stock driver's random delay.
-    assert bmc.system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
-    assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "On"}
+    assert system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
+    assert power_states(site, lambda m: (USER, PASSWORD)) == {"head-01": "Off", "gpu-01": "On"}
     assert _wait_for_line(calls, "gpu-01 on") == ["gpu-01 on"]
 
     bmc.set_power(gpu, USER, PASSWORD, "On")  # no transition, no hook
     bmc.set_power(gpu, USER, PASSWORD, "ForceOff")
     # A real BMC says Off once the machine is off: here, once the hook has stopped the host.
     time.sleep(1)
-    assert bmc.system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
+    assert system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
     bmc.set_power(gpu, USER, PASSWORD, "GracefulShutdown")  # already stopping: no second hook
     (calls.parent / "release-off").touch()
     assert _wait_for_line(calls, "gpu-01 off") == ["gpu-01 on", "gpu-01 off"]
     assert bmc.wait_for_power(gpu, USER, PASSWORD, "Off", timeout=20)
-    assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "Off"}
+    assert power_states(site, lambda m: (USER, PASSWORD)) == {"head-01": "Off", "gpu-01": "Off"}
     time.sleep(0.5)
     assert calls.read_text().splitlines() == ["gpu-01 on", "gpu-01 off"]
 
@@ -148,7 +151,7 @@ def test_failed_power_off_leaves_the_machine_on(bmcs):
     try:
         bmc.set_power(gpu, USER, PASSWORD, "ForceOff")
         time.sleep(2)  # the hook fails at once (release-off exists)
-        assert bmc.system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
+        assert system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
     finally:
         (calls.parent / "fail-off").unlink()
     bmc.set_power(gpu, USER, PASSWORD, "ForceOff")  # a retry runs the hook again
@@ -167,7 +170,7 @@ def test_restarted_bmc_restores_the_last_power_state(bmcs):
     _wait_for_more_lines(calls, n)
     time.sleep(0.5)
     assert calls.read_text().splitlines()[n:] == ["gpu-01 on"]  # head-01 was Off: no hook
-    assert bmc.power_states(site, USER, PASSWORD) == {"head-01": "Off", "gpu-01": "On"}
+    assert power_states(site, lambda m: (USER, PASSWORD)) == {"head-01": "Off", "gpu-01": "On"}
     bmc.set_power(gpu, USER, PASSWORD, "ForceOff")
     assert bmc.wait_for_power(gpu, USER, PASSWORD, "Off", timeout=20)
 
@@ -179,6 +182,27 @@ def test_start_again_leaves_running_bmcs_alone(bmcs):
     assert _pids(site, state) == before
 
 
+def test_real_site_status_asks_each_bmc_and_ssh(bmcs):
+    """`site status` of a real site: power from each BMC over Redfish, and whether ssh answers on the
+    management address (here loopback, where no sshd listens: never an address outside the sandbox)."""
+    site, _, _ = bmcs
+    at_loopback = [
+        dataclasses.replace(
+            m, nics=(dataclasses.replace(m.nics[0], address=ipaddress.ip_address("127.0.0.1")),)
+        )
+        for m in site.machines
+    ]
+    real = dataclasses.replace(site, machines=tuple(at_loopback), emulated=False)
+    rows = site_status(real, lambda m: (USER, PASSWORD))
+    powers = power_states(site, lambda m: (USER, PASSWORD))
+    assert [r["machine"] for r in rows] == ["head-01", "gpu-01"]
+    for r in rows:
+        assert r["power"] == powers[r["machine"]] and r["power"] in ("On", "Off")
+        assert r["ssh"].startswith("closed")
+        want = "off" if r["power"] == "Off" else f"fault: powered On but ssh {r['ssh']}"
+        assert r["health"] == want, r
+
+
 def test_stop_leaves_no_process(bmcs):
     site, state, _ = bmcs
     pids = _pids(site, state)
@@ -186,5 +210,5 @@ def test_stop_leaves_no_process(bmcs):
     bmc.stop_bmcs(state)
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids.values())
     assert not list((state / "bmc").glob("*/bmc.pid"))
-    states = bmc.power_states(site, USER, PASSWORD, timeout=1)
+    states = power_states(site, lambda m: (USER, PASSWORD), timeout=1)
     assert all(s.startswith("unreachable: ") for s in states.values()), states

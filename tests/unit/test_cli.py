@@ -222,3 +222,19 @@ def test_every_result_printing_command_takes_json():
         for w in words[1:]:
             sub = sub._subparsers._group_actions[0].choices[w]  # type: ignore[union-attr]
         assert any("--json" in a.option_strings for a in sub._actions), words
+
+
+def test_real_site_status_without_its_bmc_credentials_exits_2_before_any_request(
+    monkeypatch, tmp_path, capsys
+):
+    """A real site's status asks its BMCs; a missing credential is bad input, named, no traceback, and
+    found before any BMC is contacted."""
+    from aifactory import bmcs
+
+    monkeypatch.setenv("AIFACTORY_CREDENTIALS_DIR", str(tmp_path))
+    asked = []
+    monkeypatch.setattr(bmcs, "system", lambda *a, **k: asked.append(a))
+    monkeypatch.setattr(bmcs, "_ssh_open", lambda *a, **k: asked.append(a) or "open")
+    assert cli.main(["site", "status", "--site", str(REPO / "sites" / "example-groningen.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "no credentials 'hall-a-bmc'" in err and "Traceback" not in err and not asked
