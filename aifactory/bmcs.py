@@ -76,16 +76,18 @@ def site_status(site: Site, login: Login = store_login, timeout: float = 3) -> l
             health = "off" if port != "open" else "fault: powered off but ssh answers"
         else:
             health = "ok" if port == "open" else f"fault: powered {power} but ssh {port}"
-        rows.append(
-            {
-                "machine": m.name,
-                "roles": ",".join(m.roles),
-                "pool": m.pool or "-",
-                "address": m.address,
-                "bmc": m.bmc.endpoint,
-                "power": power,
-                "ssh": port,
-                "health": health,
-            }
-        )
+        rows.append(status_row(m, power, ssh=port, health=health))
     return rows
+
+
+def status_row(m: Machine, power: str, **more: str) -> dict[str, str]:
+    """One machine's row of `site status`: who it is, where its BMC is, its power, then `more`."""
+    row = {
+        "machine": m.name,
+        "roles": ",".join(m.roles),
+        "pool": m.pool or "-",
+        "address": m.address,
+        "bmc": m.bmc.endpoint,
+        "power": power,
+    }
+    return {**row, **more}

@@ -341,12 +341,6 @@ def _site(args) -> int:
         return EXIT_USAGE if failed else EXIT_OK
 
     site = load_site_or_exit(args.site)
-    if args.site_command == "status" and not site.emulated:  # a real site: its BMCs and ssh
-        from aifactory import bmcs
-
-        rows = bmcs.site_status(site)
-        print(json.dumps(rows, indent=2) if args.json else table(rows))
-        return EXIT_OK if all(r["health"] in ("ok", "off") for r in rows) else EXIT_FAILED
     from sandbox import localsite
 
     if args.site_command == "up":

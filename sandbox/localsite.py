@@ -231,25 +231,18 @@ def _host_health(site: Site, m: Machine, power: str) -> tuple[str, str]:
 
 
 def status(site: Site) -> list[dict[str, str]]:
-    creds = credentials.load(site.machines[0].bmc.credentials) if site.emulated else None
-    powers = bmcs.power_states(site, lambda m: (creds.username, creds.password)) if creds else {}
+    """Every machine's power (its BMC) and health: an emulated site's hosts as this machine runs them,
+    a real site's by whether ssh answers (aifactory/bmcs.py)."""
+    if not site.emulated:
+        return bmcs.site_status(site)
+    creds = credentials.load(site.machines[0].bmc.credentials)
+    powers = bmcs.power_states(site, lambda m: (creds.username, creds.password))
     with ThreadPoolExecutor(max_workers=max(1, len(site.machines))) as pool:
         health = list(pool.map(lambda m: _host_health(site, m, powers.get(m.name, "unknown")), site.machines))
-    rows = []
-    for m, (host, h) in zip(site.machines, health, strict=True):
-        rows.append(
-            {
-                "machine": m.name,
-                "roles": ",".join(m.roles),
-                "pool": m.pool or "-",
-                "address": m.address,
-                "bmc": m.bmc.endpoint,
-                "power": powers.get(m.name, "unknown"),
-                "host": host,
-                "health": h,
-            }
-        )
-    return rows
+    return [
+        bmcs.status_row(m, powers.get(m.name, "unknown"), host=host, health=h)
+        for m, (host, h) in zip(site.machines, health, strict=True)
+    ]
 
 
 def _summary(site: Site) -> str:

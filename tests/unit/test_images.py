@@ -185,27 +185,18 @@ def test_build_all_writes_every_image(inputs, tmp_path):
 def test_build_all_names_a_missing_input(inputs, tmp_path):
     bin_dir, _ = inputs
     out = tmp_path / "out"
+
+    def build_without_busybox():
+        fakes = {"operator": _fake_operator(tmp_path), "kube_router": _fake_kube_router}
+        images.build_all(bin_dir, out, REGISTRY, busybox=tmp_path / "no-busybox", **fakes)
+
     with pytest.raises(images.ImageError) as e:
-        images.build_all(
-            bin_dir,
-            out,
-            REGISTRY,
-            busybox=tmp_path / "no-busybox",
-            operator=_fake_operator(tmp_path),
-            kube_router=_fake_kube_router,
-        )
+        build_without_busybox()
     assert f"{tmp_path / 'no-busybox'} missing: install Debian's busybox-static" in str(e.value)
     assert not out.exists()  # nothing built when an input is absent
     (bin_dir / "pause").unlink()
     with pytest.raises(images.ImageError, match="pause missing: build it with"):
-        images.build_all(
-            bin_dir,
-            out,
-            REGISTRY,
-            busybox=tmp_path / "no-busybox",
-            operator=_fake_operator(tmp_path),
-            kube_router=_fake_kube_router,
-        )
+        build_without_busybox()
 
 
 def test_dynamically_linked_binary_is_refused(inputs, tmp_path):
