@@ -60,6 +60,20 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
         all_vars["kubernetes_service_cidr"] = site.kubernetes.service_cidr
         all_vars["kubernetes_api_port"] = site.kubernetes.api_port
         all_vars["kubernetes_pod_cidr"] = site.kubernetes.pod_cidr
+    if site.nvidia:
+        all_vars["nvidia_driver_branch"] = site.nvidia.driver_branch
+        all_vars["nvidia_profiling_for_all_users"] = site.nvidia.profiling_for_all_users
+        all_vars["nvidia_package_versions"] = dict(site.nvidia.versions)
+        all_vars["nvidia_apt_repositories"] = [
+            {
+                "name": r.name,
+                "url": r.url,
+                "suite": r.suite,
+                "components": list(r.components),
+                "key": str(r.key),
+            }
+            for r in site.nvidia.repositories
+        ]
     if ssh_config:
         all_vars["ansible_ssh_common_args"] = f"-F {ssh_config}"
     return {"all": {"hosts": hostvars, "vars": all_vars, "children": groups}}

@@ -93,6 +93,29 @@ class ValidationSettings:
 
 
 @dataclass(frozen=True)
+class AptRepository:
+    """An apt repository the roles add to hosts: a site's mirror of a vendor's archive."""
+
+    name: str
+    url: str
+    suite: str  # "/" for a flat repository (NVIDIA's layout)
+    components: tuple[str, ...]
+    key: Path  # its signing key (OpenPGP, .asc armored or .gpg binary), resolved against the site file
+
+
+@dataclass(frozen=True)
+class NvidiaSettings:
+    """Where the GPU machines get NVIDIA's driver, Fabric Manager, DCGM and container toolkit."""
+
+    repositories: tuple[AptRepository, ...]
+    versions: dict[str, str]  # Debian package -> the version apt is pinned to
+    driver_branch: str = "570"
+    # NVreg_RestrictProfilingToAdminUsers=0: every user may read the GPUs' profiling counters
+    # (a side channel between tenants); off unless the site asks for it.
+    profiling_for_all_users: bool = False
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     emulated: bool
@@ -104,6 +127,7 @@ class Site:
     bundle_url: str | None  # where hosts fetch the toolchain bundle (an air-gapped mirror)
     ssh_user: str = "root"
     validation: ValidationSettings = field(default_factory=ValidationSettings)
+    nvidia: NvidiaSettings | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def machine(self, name: str) -> Machine:

@@ -22,11 +22,13 @@ from aifactory.site.gpus import GPU_MODELS
 from aifactory.site.model import (
     POOLS,
     ROLES,
+    AptRepository,
     Bmc,
     KubernetesSettings,
     Machine,
     Network,
     Nic,
+    NvidiaSettings,
     Site,
     SlurmSettings,
     ValidationSettings,
@@ -50,6 +52,7 @@ TOP_KEYS = {
     "bundle_url",
     "ssh_user",
     "validation",
+    "nvidia",
 }
 MACHINE_KEYS = {"name", "roles", "pool", "bmc", "cpus", "memory_gib", "gpus", "nics"}
 BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls"}
@@ -57,6 +60,8 @@ NIC_KEYS = {"name", "mac", "address"}
 NETWORK_KEYS = {"name", "cidr", "gateway", "bridge"}
 SLURM_KEYS = {"cluster_name", "partitions", "accounting_enforce"}
 KUBE_KEYS = {"version", "service_cidr", "api_port", "pod_cidr", "node_pod_prefix"}
+NVIDIA_KEYS = {"driver_branch", "repositories", "versions", "profiling_for_all_users"}
+REPO_KEYS = {"name", "url", "suite", "components", "key"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,14 @@ class _Checker:
                 hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
                 self.add(ERROR, _join(path, key), f"unknown key {key!r}{extra}")
+
+    def section(self, raw: Any, path: str, allowed: set[str]) -> dict[str, Any] | None:
+        """An optional top-level section: the mapping with its keys checked, or None (reported)."""
+        if not isinstance(raw, dict):
+            self.add(ERROR, path, "must be a mapping")
+            return None
+        self.keys(raw, allowed, path)
+        return raw
 
     def field(self, obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str, required=True):
         p = _join(path, key)
@@ -197,6 +210,7 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
     bundle_url = c.field(raw, "bundle_url", str, "", required=False)
     ssh_user = c.field(raw, "ssh_user", str, "", required=False) or "root"
     validation = _check_validation(c, raw.get("validation"))
+    nvidia = _check_nvidia(c, raw.get("nvidia"), path.resolve().parent, machines, emulated)
     if name is None or networks is None or machines is None:
         return None
     return Site(
@@ -210,7 +224,60 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
         bundle_url=bundle_url,
         ssh_user=ssh_user,
         validation=validation,
+        nvidia=nvidia,
     )
+
+
+def _check_nvidia(
+    c: _Checker, raw: Any, base: Path, machines: list[Machine] | None, emulated: bool
+) -> NvidiaSettings | None:
+    """`nvidia:` where the GPU machines' NVIDIA packages come from: apt repositories (a site's mirror
+    of NVIDIA's CUDA and container-toolkit archives) with their signing keys, and version pins."""
+    if raw is None:
+        if not emulated and machines and any(m.gpu_count for m in machines):
+            c.add(
+                WARNING,
+                "nvidia",
+                "GPU machines but no nvidia section: the roles install NVIDIA's packages from whatever "
+                "apt sources the hosts already have, unpinned",
+            )
+        return None
+    raw = c.section(raw, "nvidia", NVIDIA_KEYS)
+    if raw is None:
+        return None
+    branch = c.field(raw, "driver_branch", str, "nvidia", required=False) or "570"
+    if not branch.isdigit():
+        c.add(ERROR, "nvidia.driver_branch", f'{branch!r} is not a driver branch number (e.g. "570")')
+    profiling = c.field(raw, "profiling_for_all_users", bool, "nvidia", required=False) or False
+    versions = c.field(raw, "versions", dict, "nvidia", required=False) or {}
+    for pkg, version in versions.items():
+        if not isinstance(version, str) or not version:
+            c.add(ERROR, _join("nvidia.versions", pkg), f"must be a Debian version string, got {version!r}")
+    repos: list[AptRepository] = []
+    for i, r in enumerate(c.field(raw, "repositories", list, "nvidia") or []):
+        p = _join("nvidia.repositories", i)
+        if not isinstance(r, dict):
+            c.add(ERROR, p, "must be a mapping {name, url, suite, components, key}")
+            continue
+        c.keys(r, REPO_KEYS, p)
+        rname, url = c.field(r, "name", str, p), c.field(r, "url", str, p)
+        suite = c.field(r, "suite", str, p, required=False) or "/"
+        components = c.field(r, "components", list, p, required=False) or []
+        key = c.field(r, "key", str, p)
+        if rname is not None and not NAME_RE.match(rname):
+            c.add(ERROR, _join(p, "name"), f"{rname!r} is not a DNS label (it names files on the hosts)")
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            c.add(ERROR, _join(p, "url"), f"{url!r} is not an http(s) URL of an apt repository")
+        if suite == "/" and components:
+            c.add(ERROR, _join(p, "components"), "a flat repository (suite '/') has no components")
+        key_path = (base / key) if key else None
+        if key_path is not None and key_path.suffix not in (".asc", ".gpg"):
+            c.add(ERROR, _join(p, "key"), f"{key!r}: an OpenPGP key file ending .asc (armored) or .gpg")
+        elif key_path is not None and not key_path.is_file():
+            c.add(ERROR, _join(p, "key"), f"{key_path} does not exist (paths are relative to the site file)")
+        if rname and url and key_path is not None:
+            repos.append(AptRepository(rname, url, suite, tuple(map(str, components)), key_path))
+    return NvidiaSettings(tuple(repos), {str(k): str(v) for k, v in versions.items()}, branch, profiling)
 
 
 def _check_validation(c: _Checker, raw: Any) -> ValidationSettings:
@@ -485,10 +552,9 @@ def _check_unique(c: _Checker, raw: list[Any], machines: list[Machine]) -> None:
 def _check_slurm(c: _Checker, raw: Any, machines: list[Machine] | None) -> SlurmSettings | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        c.add(ERROR, "slurm", "must be a mapping")
+    raw = c.section(raw, "slurm", SLURM_KEYS)
+    if raw is None:
         return None
-    c.keys(raw, SLURM_KEYS, "slurm")
     cluster = c.field(raw, "cluster_name", str, "slurm")
     parts_raw = c.field(raw, "partitions", list, "slurm") or []
     enforce = c.field(raw, "accounting_enforce", str, "slurm", required=False)
@@ -525,10 +591,9 @@ def _check_kubernetes(
                 "machines are in the kubernetes pool but the site has no kubernetes section",
             )
         return None
-    if not isinstance(raw, dict):
-        c.add(ERROR, "kubernetes", "must be a mapping")
+    raw = c.section(raw, "kubernetes", KUBE_KEYS)
+    if raw is None:
         return None
-    c.keys(raw, KUBE_KEYS, "kubernetes")
     version = c.field(raw, "version", str, "kubernetes")
     svc = c.field(raw, "service_cidr", str, "kubernetes")
     port = c.field(raw, "api_port", int, "kubernetes", required=False)

@@ -1,13 +1,12 @@
 """ansible-runner reads back the extra variables and command line an earlier run was given: a dry run
 (`--check`, `site_emulated=false`) must not leak into the next run (aifactory/configure.py)."""
 
-import sys
 from pathlib import Path
 
-import ansible_runner
 import pytest
 
 from aifactory.configure import forget_earlier_inputs
+from tests.unit.ansible_local import run_local
 
 pytestmark = pytest.mark.unit
 
@@ -20,14 +19,7 @@ PLAYBOOK = """- hosts: localhost
 
 
 def _run(data_dir: Path, **kwargs) -> str:
-    r = ansible_runner.run(
-        private_data_dir=str(data_dir),
-        playbook=str(data_dir / "probe.yml"),
-        inventory="localhost ansible_connection=local ansible_python_interpreter=" + sys.executable,
-        envvars={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
-        quiet=True,
-        **kwargs,
-    )
+    r = run_local(data_dir, data_dir / "probe.yml", **kwargs)
     msgs = [e["event_data"]["res"]["msg"] for e in r.events if e.get("event") == "runner_on_ok"]
     assert r.status == "successful" and msgs, r.status
     return msgs[-1]

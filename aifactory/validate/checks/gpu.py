@@ -14,7 +14,7 @@ import re
 import pytest
 
 from aifactory.site.gpus import GPU_MODELS
-from aifactory.site.model import Machine
+from aifactory.site.model import Machine, NvidiaSettings
 from aifactory.validate import roles
 from aifactory.validate.context import DCGM_LEVEL, EMULATED_NO_GPU, Context, check, gpu_host
 from aifactory.validate.parsers import (
@@ -35,8 +35,9 @@ NCCL_TIMEOUT_S = 1800
 NCCL_TESTS = ("all_reduce_perf", "/usr/local/bin/all_reduce_perf", "/opt/nccl-tests/build/all_reduce_perf")
 
 
-def pinned_branch() -> str:
-    return str(roles.default("nvidia_gpu", "nvidia_gpu_driver_branch"))
+def pinned_branch(ctx: Context) -> str:
+    """The driver branch the site pins (its `nvidia:` section, else the schema's default)."""
+    return (ctx.site.nvidia or NvidiaSettings((), {})).driver_branch
 
 
 def needs_fabricmanager(m: Machine) -> bool:
@@ -89,9 +90,11 @@ def check_stack_report(ctx: Context, machine: Machine, measure) -> None:
     report = json.loads(out.out)
     want = {"model": machine.gpu_model, "count": machine.gpu_count}
     got = {"model": report["expected_gpus"]["model"], "count": int(report["expected_gpus"]["count"])}
-    measure(f"branch {report['driver_branch']}, {got['count']} x {got['model']}", f"branch {pinned_branch()}")
+    measure(
+        f"branch {report['driver_branch']}, {got['count']} x {got['model']}", f"branch {pinned_branch(ctx)}"
+    )
     assert got == want, f"the role configured {got}, the site file says {want}: re-run aifactory configure"
-    assert str(report["driver_branch"]) == pinned_branch(), f"configured branch {report['driver_branch']}"
+    assert str(report["driver_branch"]) == pinned_branch(ctx), f"configured branch {report['driver_branch']}"
     if not ctx.site.emulated:
         assert report["verified"], f"the role could not verify: {'; '.join(report['unverified'])}"
 
@@ -100,9 +103,9 @@ def check_stack_report(ctx: Context, machine: Machine, measure) -> None:
 def check_driver(ctx: Context, machine: Machine, measure) -> None:
     _hardware(ctx)
     versions = sorted({g.driver_version for g in _smi(ctx, machine)})
-    measure(",".join(versions), f"{pinned_branch()}.*")
-    assert all(v.split(".")[0] == pinned_branch() for v in versions), (
-        f"driver {', '.join(versions)} is not on the pinned branch {pinned_branch()}"
+    measure(",".join(versions), f"{pinned_branch(ctx)}.*")
+    assert all(v.split(".")[0] == pinned_branch(ctx) for v in versions), (
+        f"driver {', '.join(versions)} is not on the pinned branch {pinned_branch(ctx)}"
     )
 
 
