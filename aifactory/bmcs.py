@@ -30,7 +30,7 @@ def system(machine: Machine, username: str, password: str, timeout: float = 10):
     root = sushy.Sushy(
         machine.bmc.endpoint,
         auth=sushy_auth.BasicAuth(username, password),
-        verify=machine.bmc.verify_tls,
+        verify=machine.bmc.tls_verify,
         read_timeout=timeout,
         connect_timeout=timeout,
         server_side_retries=0,

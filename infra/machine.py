@@ -39,7 +39,7 @@ class BareMetalMachine(pulumi.ComponentResource):
                 "name": m.name,
                 "endpoint": m.bmc.endpoint,
                 "system_id": m.bmc.system_id,
-                "verify_tls": m.bmc.verify_tls,
+                "verify_tls": m.bmc.tls_verify,  # or the path of the site's CA bundle
                 "username": args.username,
                 "password": pulumi.Output.secret(args.password),
                 "address": m.address,

@@ -43,7 +43,7 @@ def _connect(props: dict[str, Any]):
             root = sushy.Sushy(
                 endpoint,
                 auth=sushy_auth.BasicAuth(props["username"], props["password"]),
-                verify=bool(props.get("verify_tls", True)),
+                verify=props.get("verify_tls", True),  # a bool, or a CA bundle's path
                 read_timeout=timeout,
                 connect_timeout=timeout,
                 server_side_retries=0,

@@ -27,6 +27,13 @@ class Bmc:
     credentials: str  # reference into the credentials store, never the secret itself
     system_id: str | None = None  # Redfish System to drive; None: the BMC's only system
     verify_tls: bool = True
+    ca_bundle: Path | None = None  # the CA that signed the BMC's certificate (a site's own PKI)
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """What an HTTPS client verifies the BMC with: the site's CA bundle, else the system's CAs (or
+        nothing, where verify_tls is false)."""
+        return str(self.ca_bundle) if self.ca_bundle and self.verify_tls else self.verify_tls
 
 
 @dataclass(frozen=True)

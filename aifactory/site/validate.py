@@ -55,7 +55,7 @@ TOP_KEYS = {
     "nvidia",
 }
 MACHINE_KEYS = {"name", "roles", "pool", "bmc", "cpus", "memory_gib", "gpus", "nics"}
-BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls"}
+BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls", "ca_bundle"}
 NIC_KEYS = {"name", "mac", "address"}
 NETWORK_KEYS = {"name", "cidr", "gateway", "bridge"}
 SLURM_KEYS = {"cluster_name", "partitions", "accounting_enforce"}
@@ -204,7 +204,7 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
         c.add(ERROR, "name", f"{name!r} is not a DNS label (lowercase letters, digits, '-')")
     emulated = c.field(raw, "emulated", bool, "", required=False) or False
     networks = _check_networks(c, raw.get("networks"), emulated)
-    machines = _check_machines(c, raw.get("machines"), networks, emulated)
+    machines = _check_machines(c, raw.get("machines"), networks, emulated, path.resolve().parent)
     slurm = _check_slurm(c, raw.get("slurm"), machines)
     kube = _check_kubernetes(c, raw.get("kubernetes"), machines, networks[0].cidr if networks else None)
     bundle_url = c.field(raw, "bundle_url", str, "", required=False)
@@ -347,7 +347,7 @@ def _check_networks(c: _Checker, raw: Any, emulated: bool) -> list[Network] | No
     return out if len(out) == len(raw) else None
 
 
-def _check_machines(c: _Checker, raw: Any, networks: list[Network] | None, emulated: bool):
+def _check_machines(c: _Checker, raw: Any, networks: list[Network] | None, emulated: bool, base: Path):
     if not isinstance(raw, list) or not raw:
         c.add(ERROR, "machines", "needs a non-empty list of machines")
         return None
@@ -357,14 +357,16 @@ def _check_machines(c: _Checker, raw: Any, networks: list[Network] | None, emula
         if not isinstance(m, dict):
             c.add(ERROR, p, "must be a mapping")
             continue
-        machine = _check_machine(c, m, p, networks, emulated)
+        machine = _check_machine(c, m, p, networks, emulated, base)
         if machine:
             out.append(machine)
     _check_unique(c, raw, out)
     return out if len(out) == len(raw) else None
 
 
-def _check_machine(c: _Checker, m: dict[str, Any], p: str, networks, emulated: bool) -> Machine | None:
+def _check_machine(
+    c: _Checker, m: dict[str, Any], p: str, networks, emulated: bool, base: Path
+) -> Machine | None:
     c.keys(m, MACHINE_KEYS, p)
     name = c.field(m, "name", str, p)
     if name and not NAME_RE.match(name):
@@ -392,7 +394,7 @@ def _check_machine(c: _Checker, m: dict[str, Any], p: str, networks, emulated: b
     if mem is not None and mem < 1:
         c.add(ERROR, _join(p, "memory_gib"), f"must be at least 1, got {mem}")
     gpu_model, gpu_count = _check_gpus(c, m.get("gpus"), _join(p, "gpus"), "gpu" in roles)
-    bmc = _check_bmc(c, m.get("bmc"), _join(p, "bmc"), emulated)
+    bmc = _check_bmc(c, m.get("bmc"), _join(p, "bmc"), emulated, base)
     nics = _check_nics(c, m.get("nics"), _join(p, "nics"), networks)
     if None in (name, cpus, mem, bmc, nics) or not roles or not set(roles) <= set(ROLES):
         return None
@@ -431,7 +433,7 @@ def _check_gpus(c: _Checker, raw: Any, p: str, is_gpu: bool) -> tuple[str | None
     return model, count or 0
 
 
-def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool) -> Bmc | None:
+def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool, base: Path) -> Bmc | None:
     if not isinstance(raw, dict):
         c.add(ERROR, p, "needs a mapping {endpoint, credentials}")
         return None
@@ -440,6 +442,12 @@ def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool) -> Bmc | None:
     cred = c.field(raw, "credentials", str, p)
     system_id = c.field(raw, "system_id", str, p, required=False)
     verify = c.field(raw, "verify_tls", bool, p, required=False)
+    ca = c.field(raw, "ca_bundle", str, p, required=False)
+    ca_path = base / ca if ca else None
+    if ca_path is not None and not ca_path.is_file():
+        c.add(ERROR, _join(p, "ca_bundle"), f"{ca_path} does not exist (paths are relative to the site file)")
+    if ca_path is not None and verify is False:
+        c.add(ERROR, _join(p, "ca_bundle"), "a CA bundle to verify the BMC with, but verify_tls is false")
     if endpoint and not re.match(r"^https?://[^/\s]+(:\d+)?/?$", endpoint):
         c.add(
             ERROR,
@@ -461,7 +469,9 @@ def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool) -> Bmc | None:
         c.add(ERROR, _join(p, "credentials"), "must be a credentials reference name, not a secret")
     if endpoint is None or cred is None:
         return None
-    return Bmc(endpoint.rstrip("/"), cred, system_id, True if verify is None else verify)
+    if ca_path is not None and endpoint.startswith("http://"):
+        c.add(WARNING, _join(p, "ca_bundle"), "unused: the endpoint is plain http")
+    return Bmc(endpoint.rstrip("/"), cred, system_id, True if verify is None else verify, ca_path)
 
 
 def _check_nics(c: _Checker, raw: Any, p: str, networks: list[Network] | None) -> list[Nic] | None:
