@@ -391,6 +391,13 @@ def shared_libraries(files: Iterable[Path], own: Path | None = None) -> list[Pat
     return sorted(Path(x) for x in found)
 
 
+def library_files(files: Iterable[Path], own: Path | None = None) -> list[ImageFile]:
+    """The shared libraries the ELF files among `files` load (shared_libraries), each laid out as on
+    this machine (machine_file), once."""
+    found = {f.path_in_image: f for lib in shared_libraries(files, own) for f in machine_file(lib)}
+    return list(found.values())
+
+
 def python_distributions(roots: Iterable[str], target: str, skip: Iterable[str] = ()) -> list[ImageFile]:
     """The installed distributions `roots` need, their requirements followed (extras not), as the running
     interpreter has them, under `target`: the image runs exactly the versions installed here. Bytecode
@@ -485,9 +492,7 @@ def kube_router_image(
     programs = [Path(os.path.realpath(t)) for t in tools]
     plugins = sorted(extensions.glob("*.so"))
     files = {f.path_in_image: f for t in (*tools, *plugins) for f in machine_file(t)}
-    files |= {
-        f.path_in_image: f for lib in shared_libraries([*programs, *plugins]) for f in machine_file(lib)
-    }
+    files |= {f.path_in_image: f for f in library_files([*programs, *plugins])}
     return ImageSpec(
         name=name,
         tag=KUBE_ROUTER_TAG,
@@ -555,7 +560,7 @@ def operator_image(repo: Path = paths.REPO, python: Path = PYTHON, ssh: Path = S
     ]
     elves = [python, ssh, *(f.source for f in stdlib + packages if f.source)]
     own = Path(sys.prefix)  # the wheels' own bundled libraries come with the wheels
-    libraries = {f.path_in_image: f for lib in shared_libraries(elves, own) for f in machine_file(lib)}
+    libraries = library_files(elves, own)
     user = f"aifactory:x:{OPERATOR_UID}:{OPERATOR_UID}:tenant operator:/tmp:/usr/sbin/nologin\n"
     return ImageSpec(
         name=name,
@@ -563,7 +568,7 @@ def operator_image(repo: Path = paths.REPO, python: Path = PYTHON, ssh: Path = S
         files=(
             ImageFile("/tmp", None, 0o1777, directory=True),
             *programs,
-            *libraries.values(),
+            *libraries,
             *stdlib,
             *packages,
             *sources,
