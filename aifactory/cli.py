@@ -483,12 +483,10 @@ def _toolchain(args) -> int:
         except toolchain.BundleTargetError as e:
             print(f"toolchain bundle: {e}", file=sys.stderr)
             return EXIT_USAGE
-        problems = toolchain.verify_bundle(out)
-        for problem in problems:
-            print(f"toolchain bundle: {problem}", file=sys.stderr)
+        # bundle() has hashed every copy against the build's record: no second pass over 1.2 GB
         if args.json:
-            print(json.dumps({"out": str(out), "files": man, "problems": problems}, indent=2))
-        return EXIT_FAILED if problems else EXIT_OK
+            print(json.dumps({"out": str(out), "files": man}, indent=2))
+        return EXIT_OK
     rows = toolchain.status_rows()
     print(json.dumps(rows, indent=2) if args.json else table(rows))
     return EXIT_OK if all(r["state"] == "ok" for r in rows) else EXIT_FAILED
