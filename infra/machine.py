@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 
@@ -27,6 +28,28 @@ class BareMetalMachineArgs:
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
+def redfish_props(m: Machine, t: Timeouts) -> dict[str, Any]:
+    """The Redfish provider's inputs for a machine, less the BMC login."""
+    return {
+        "name": m.name,
+        "endpoint": m.bmc.endpoint,
+        "system_id": m.bmc.system_id,
+        "verify_tls": m.bmc.tls_verify,  # or the path of the site's CA bundle
+        "address": m.address,
+        "cpus": m.cpus,
+        "cpus_count": m.bmc.cpus_count,
+        "gpu_system": m.bmc.gpu_system,
+        "memory_gib": m.memory_gib,
+        "gpu_model": m.gpu_model,
+        "gpu_count": m.gpu_count,
+        "bmc_timeout": t.bmc_timeout,
+        "bmc_retries": t.bmc_retries,
+        "boot_timeout": t.boot_timeout,
+        "shutdown_timeout": t.shutdown_timeout,
+        "wait_ssh": t.wait_ssh,
+    }
+
+
 class BareMetalMachine(pulumi.ComponentResource):
     power_state: pulumi.Output[str]
 
@@ -36,22 +59,9 @@ class BareMetalMachine(pulumi.ComponentResource):
         self.bmc = RedfishMachine(
             f"{name}-bmc",
             {
-                "name": m.name,
-                "endpoint": m.bmc.endpoint,
-                "system_id": m.bmc.system_id,
-                "verify_tls": m.bmc.tls_verify,  # or the path of the site's CA bundle
+                **redfish_props(m, t),
                 "username": args.username,
                 "password": pulumi.Output.secret(args.password),
-                "address": m.address,
-                "cpus": m.cpus,
-                "memory_gib": m.memory_gib,
-                "gpu_model": m.gpu_model,
-                "gpu_count": m.gpu_count,
-                "bmc_timeout": t.bmc_timeout,
-                "bmc_retries": t.bmc_retries,
-                "boot_timeout": t.boot_timeout,
-                "shutdown_timeout": t.shutdown_timeout,
-                "wait_ssh": t.wait_ssh,
             },
             pulumi.ResourceOptions(parent=self, additional_secret_outputs=["password"]),
         )

@@ -1,7 +1,9 @@
 """A Pulumi dynamic provider for bare-metal machines driven through their Redfish BMC (`sushy`).
 
 create:  enroll (the BMC answers, credentials work, its inventory matches the site file), one-time
-         boot to PXE, power on, wait until the host answers on ssh.
+         boot to PXE, power on, wait until the host answers on ssh. The inventory compares like with
+         like: `cpus` in the unit the site file names (bmc.cpus_count: sockets, cores or threads), the
+         GPUs of the system that lists them (bmc.gpu_system: an HGX baseboard; else the host's).
 read:    the BMC's power state, so `pulumi refresh` sees a machine powered off behind Pulumi's back.
 diff:    a machine that is not On (after refresh) is replaced in place by powering it on again.
 update:  power on again (drift repair) and re-check the inventory.
@@ -68,25 +70,101 @@ def _connect(props: dict[str, Any]):
     )
 
 
-def _observed(system) -> dict[str, Any]:
-    gpus = [p for p in system.processors.get_members() if p.processor_type == sushy.ProcessorType.GPU]
+# Where a Redfish ComputerSystem says how many CPUs it has, per unit a site file's `cpus` may count
+# (bmc.cpus_count): ProcessorSummary first; per-Processor figures where a BMC leaves the summary out.
+SUMMARY_FIELDS = {"sockets": "Count", "cores": "CoreCount", "threads": "LogicalProcessorCount"}
+PROCESSOR_FIELDS = {"cores": "TotalCores", "threads": "TotalThreads"}
+
+
+def _processors(system) -> list[Any]:
+    try:
+        return list(system.processors.get_members())
+    except sushy_exc.MissingAttributeError:  # a System without a Processors collection
+        return []
+
+
+def cpu_counts(summary: dict[str, Any], processors: list[Any]) -> dict[str, int | None]:
+    """Sockets, cores and threads of a system: its ProcessorSummary, and what that lacks summed over its
+    CPUs (present ones: BMCs list empty sockets as Absent). None where the BMC gives no figure."""
+    counts = {unit: summary.get(field) for unit, field in SUMMARY_FIELDS.items()}
+    cpus = [
+        p
+        for p in processors
+        # Some BMCs leave ProcessorType out on CPUs; GPUs and other accelerators always carry one.
+        if p.processor_type in (None, sushy.ProcessorType.CPU)
+        and not (p.status and p.status.state == sushy.State.ABSENT)
+    ]
+    if counts["sockets"] is None and cpus:
+        counts["sockets"] = len(cpus)
+    for unit, field in PROCESSOR_FIELDS.items():
+        figures = [p.json.get(field) for p in cpus]
+        if counts[unit] is None and figures and all(isinstance(f, int) for f in figures):
+            counts[unit] = sum(figures)
+    return {unit: n if isinstance(n, int) and not isinstance(n, bool) else None for unit, n in counts.items()}
+
+
+def _observed(props: dict[str, Any], system) -> dict[str, Any]:
+    """What the BMC reports, in the site file's terms; the GPUs from the system that lists them."""
+    processors = _processors(system)
+    gpu_system = props.get("gpu_system")
+    if gpu_system:
+        try:
+            gpu_processors = _processors(system.root.get_system(f"/redfish/v1/Systems/{gpu_system}"))
+        except sushy_exc.SushyError as e:
+            raise RedfishError(
+                f"{props['name']}: BMC {props['endpoint']} has no readable system {gpu_system} "
+                f"(bmc.gpu_system): {type(e).__name__}: {str(e)[:200]}"
+            ) from None
+    else:
+        gpu_processors = processors
+    gpus = [p for p in gpu_processors if p.processor_type == sushy.ProcessorType.GPU]
     return {
-        "cpus": system.processors.summary.count,
+        "cpus": cpu_counts(system.json.get("ProcessorSummary") or {}, processors),
         "memory_gib": int(system.memory_summary.size_gib) if system.memory_summary else None,
         "gpu_count": len(gpus),
         "gpu_model": (gpus[0].model or "").lower() if gpus else None,
     }
 
 
-def _check_inventory(props: dict[str, Any], seen: dict[str, Any]) -> None:
+def _many(n: int, unit: str) -> str:
+    return f"{n} {unit[:-1] if n == 1 else unit}"
+
+
+def inventory_mismatches(props: dict[str, Any], seen: dict[str, Any]) -> list[str]:
+    """Each figure of the site file the BMC contradicts, both sides in the same unit."""
     wrong = []
-    for key in ("cpus", "memory_gib", "gpu_count"):
-        want = int(props[key])  # numbers cross the engine as floats
-        if seen.get(key) is not None and seen[key] != want:
-            wrong.append(f"{key}: site file says {want}, BMC reports {seen[key]}")
+    unit = props.get("cpus_count") or "threads"
+    cpus, counts = int(props["cpus"]), seen["cpus"]  # numbers cross the engine as floats
+    if counts.get(unit) is not None and counts[unit] != cpus:
+        others = [u for u in SUMMARY_FIELDS if u != unit and counts.get(u) is not None]
+        also = ", ".join(_many(counts[u], u) for u in others)
+        hint = "".join(
+            f"; {cpus} is its {u[:-1]} count: bmc.cpus_count: {u}?" for u in others if counts[u] == cpus
+        )
+        wrong.append(
+            f"cpus: site file says {_many(cpus, unit)} (bmc.cpus_count: {unit}), "
+            f"BMC reports {_many(counts[unit], unit)}" + (f" ({also})" if also else "") + hint
+        )
+    memory = int(props["memory_gib"])
+    if seen.get("memory_gib") is not None and seen["memory_gib"] != memory:
+        wrong.append(f"memory_gib: site file says {memory}, BMC reports {seen['memory_gib']}")
+    gpus, gpu_system = int(props["gpu_count"]), props.get("gpu_system")
+    if seen["gpu_count"] != gpus:
+        if gpu_system:
+            where = f" in system {gpu_system} (bmc.gpu_system)"
+        elif not seen["gpu_count"]:
+            where = " (an NVIDIA HGX server lists its GPUs under a system of their own: bmc.gpu_system)"
+        else:
+            where = ""
+        wrong.append(f"gpu_count: site file says {gpus}, BMC reports {seen['gpu_count']}{where}")
     model = props.get("gpu_model")
-    if seen.get("gpu_count") and model and seen.get("gpu_model") and model not in seen["gpu_model"]:
+    if seen["gpu_count"] and model and seen.get("gpu_model") and model not in seen["gpu_model"]:
         wrong.append(f"gpu_model: site file says {model}, BMC reports {seen['gpu_model']}")
+    return wrong
+
+
+def _check_inventory(props: dict[str, Any], seen: dict[str, Any]) -> None:
+    wrong = inventory_mismatches(props, seen)
     if wrong:
         raise RedfishError(f"{props['name']}: inventory mismatch: " + "; ".join(wrong))
 
@@ -107,7 +185,7 @@ def _wait_ssh(props: dict[str, Any]) -> float:
 
 def _power_on(props: dict[str, Any]) -> dict[str, Any]:
     system = _connect(props)
-    seen = _observed(system)
+    seen = _observed(props, system)
     _check_inventory(props, seen)
     if system.power_state != sushy.POWER_STATE_ON:
         try:

@@ -52,23 +52,39 @@ def _system_uuid(site: Site, machine: Machine) -> str:
     return machine.bmc.system_id or str(uuid.uuid5(uuid.NAMESPACE_URL, name))
 
 
+def _cpu_topology(machine: Machine) -> dict[str, int]:
+    """The emulated machine's sockets, cores and threads, with the site file's figure in the unit it
+    counts (bmc.cpus_count): single-thread cores on one socket where it counts threads (what these BMCs
+    always reported), two threads per core where it counts cores, eight cores a socket for sockets."""
+    n = machine.cpus
+    shapes = {"threads": (1, n, n), "cores": (1, n, 2 * n), "sockets": (n, 8 * n, 16 * n)}
+    sockets, cores, threads = shapes[machine.bmc.cpus_count]
+    return {"cpu_sockets": sockets, "cpu_cores": cores, "cpu_threads": threads}
+
+
 def _config(site: Site, machine: Machine, d: Path, hook: list[str]) -> str:
     host, port = _listen(machine)
+    host_id = _system_uuid(site, machine)
+    gpus = {"gpu_model": machine.gpu_model, "gpu_count": machine.gpu_count}
     system = {
-        "uuid": _system_uuid(site, machine),
+        "uuid": host_id,
         "name": machine.name,
         "power_state": "Off",
         "nics": [{"mac": nic.mac, "ip": str(nic.address)} for nic in machine.nics],
-        "cpus": machine.cpus,
+        **_cpu_topology(machine),
         "memory_gib": machine.memory_gib,
-        "gpu_model": machine.gpu_model,
-        "gpu_count": machine.gpu_count,
+        # An HGX server lists its GPUs under the baseboard's System, not the host's.
+        **({"gpu_model": None, "gpu_count": 0} if machine.bmc.gpu_system else gpus),
     }
+    systems = [system]
+    if machine.bmc.gpu_system:
+        baseboard = {"uuid": machine.bmc.gpu_system, "name": machine.bmc.gpu_system, "power_state": None}
+        systems.append({**baseboard, "baseboard": host_id, "nics": [], **gpus})
     settings = {
         "SUSHY_EMULATOR_LISTEN_IP": host,
         "SUSHY_EMULATOR_LISTEN_PORT": port,
         "SUSHY_EMULATOR_FAKE_DRIVER": True,
-        "SUSHY_EMULATOR_FAKE_SYSTEMS": [system],
+        "SUSHY_EMULATOR_FAKE_SYSTEMS": systems,
         "SUSHY_EMULATOR_STATE_DIR": str(d / "state"),
         "SUSHY_EMULATOR_AUTH_FILE": str(d / "htpasswd"),
         "SUSHY_AIFACTORY_POWER_HOOK": list(hook),

@@ -19,10 +19,14 @@ from sandbox import redfish_driver
 def main() -> int:
     fakedriver.FakeDriver = redfish_driver.AifactoryDriver
     app = emulator.app
-    # Templates of this loader win over the package's; only processor.json differs (GPU processors).
-    app.jinja_loader = jinja2.ChoiceLoader(
-        [jinja2.DictLoader({"processor.json": redfish_driver.PROCESSOR_TEMPLATE}), app.jinja_loader]
-    )
+    # Templates of this loader win over the package's: processor.json (GPU processors) and
+    # system.json (cores and threads in ProcessorSummary).
+    stock_system, _, _ = app.jinja_loader.get_source(app.jinja_env, "system.json")
+    ours = {
+        "processor.json": redfish_driver.PROCESSOR_TEMPLATE,
+        "system.json": redfish_driver.system_template(stock_system),
+    }
+    app.jinja_loader = jinja2.ChoiceLoader([jinja2.DictLoader(ours), app.jinja_loader])
     # main() installs a SIGCHLD handler that reaps every child, which would steal the power hook's
     # exit status (subprocess then reports 0); the fake driver starts no other children.
     emulator.cleanup_zombies = signal.SIG_DFL

@@ -16,6 +16,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -233,6 +234,7 @@ def power_off(site: Site, machine: Machine, force: bool = False, timeout: float 
     if sup is None:
         return
     nspawn = pid_of(hp.nspawn_pid)
+    link = _host_link(nspawn)
     if nspawn and not force:
         # nspawn turns SIGTERM into an orderly poweroff; it then exits 0 and the supervisor ends.
         with contextlib.suppress(ProcessLookupError):
@@ -244,6 +246,29 @@ def power_off(site: Site, machine: Machine, force: bool = False, timeout: float 
         kill_cgroup(cgroup_dirs(site, machine.name))
     hp.supervisor_pid.unlink(missing_ok=True)
     hp.nspawn_pid.unlink(missing_ok=True)
+    _wait_link_gone(link)
+
+
+def _host_link(nspawn: int | None) -> int | None:
+    """The host side of the machine's veth, by index (nspawn shortens long names with a hash): the
+    peer of host0, read from the sysfs the container mounted for its own network namespace."""
+    try:
+        (init,) = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()
+        return int(Path(f"/proc/{init}/root/sys/class/net/host0/iflink").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_link_gone(index: int | None, timeout: float = 30) -> None:
+    """A killed machine's network namespace, and its veth with it, is torn down by the kernel after
+    its processes are gone, asynchronously: a power-on before that fails with "File exists"."""
+    deadline = time.monotonic() + timeout
+    while index is not None and time.monotonic() < deadline:
+        try:
+            socket.if_indextoname(index)
+        except OSError:
+            return
+        time.sleep(0.2)
 
 
 def cgroup_pids(dirs: list[Path]) -> set[int]:

@@ -2,17 +2,19 @@
 
 `AifactoryDriver` is sushy-tools' fake driver plus what a GPU server's BMC shows:
 
-- Inventory, from extra keys of each `SUSHY_EMULATOR_FAKE_SYSTEMS` entry: `cpus`, `memory_gib`,
-  `gpu_model`, `gpu_count`. The System reports `ProcessorSummary.Count` = cpus and
-  `MemorySummary.TotalSystemMemoryGiB` = memory_gib. Its Processors collection holds one CPU package
-  (TotalCores = TotalThreads = cpus) and one Processor per GPU with `ProcessorType: "GPU"`,
-  `Model: <gpu_model>`, `Manufacturer: "NVIDIA"`, the way HGX baseboard BMCs list GPUs. With the
-  `sushy` client: `system.processors.summary.count` is the CPU count (GPU entries carry no thread
-  count, so they do not inflate it) and the GPUs are the members whose
-  `processor_type == sushy.ProcessorType.GPU`. The stock `processor.json` template hard-codes
-  "CPU", hence `PROCESSOR_TEMPLATE`, which `sandbox.bmc_server` installs.
+- Inventory, from extra keys of each `SUSHY_EMULATOR_FAKE_SYSTEMS` entry: `cpu_sockets`,
+  `cpu_cores`, `cpu_threads`, `memory_gib`, `gpu_model`, `gpu_count`. The System reports them as a
+  server's BMC does: `ProcessorSummary` with `Count` (sockets), `CoreCount` and
+  `LogicalProcessorCount` (threads), `MemorySummary.TotalSystemMemoryGiB`. Its Processors collection
+  holds one CPU per socket (`TotalCores`, `TotalThreads`: the system's shared out) and one Processor
+  per GPU with `ProcessorType: "GPU"`, `Model: <gpu_model>`, `Manufacturer: "NVIDIA"`. An entry
+  with `baseboard: <host's uuid>` and no CPUs is an NVIDIA HGX GPU baseboard (`HGX_Baseboard_0`): a
+  second System of the same BMC that lists the server's GPUs and is powered with its host.
+  The stock templates hard-code "CPU" as every processor's type and give ProcessorSummary only a
+  Count, hence `PROCESSOR_TEMPLATE` and `system_template`, which `sandbox.bmc_server` installs.
 - Power: each real transition runs the config's `SUSHY_AIFACTORY_POWER_HOOK` (argv list) as
-  `HOOK... <system name> on|off`. "On" shows at once (the stock driver applies it after a random
+  `HOOK... <system name> on|off|force-off` (ForceOff cuts the power: no orderly shutdown, as on a
+  real server). "On" shows at once (the stock driver applies it after a random
   1-11 s); "Off" shows once the hook has stopped the host, as a real BMC reports Off only when the
   machine is off, so a caller that waits for Off knows the host is down. A failed "off" hook leaves
   the system On. Restarts (ForceRestart, GracefulRestart, PowerCycle) of a running
@@ -35,11 +37,20 @@ from sushy_tools import error
 from sushy_tools.emulator.resources.systems import fakedriver
 
 _STOPPING = "aifactory_stopping"  # an "off" hook is queued or running
-INVENTORY_KEYS = ("cpus", "memory_gib", "gpu_model", "gpu_count", "nics")
+INVENTORY_KEYS = (
+    "cpu_sockets",
+    "cpu_cores",
+    "cpu_threads",
+    "memory_gib",
+    "gpu_model",
+    "gpu_count",
+    "nics",
+    "baseboard",
+)
 _POWER_STEPS = {
     "On": ("On",),
     "ForceOn": ("On",),
-    "ForceOff": ("Off",),
+    "ForceOff": ("ForceOff",),  # power cut at once: the host gets no orderly shutdown
     "GracefulShutdown": ("Off",),
     "ForceRestart": ("Off", "On"),
     "GracefulRestart": ("Off", "On"),
@@ -69,11 +80,31 @@ PROCESSOR_TEMPLATE = """{
 }
 """
 
+# The stock ProcessorSummary has Count only; a server's BMC also reports cores and threads.
+_STOCK_COUNT = '"Count": {{ total_cpus }},'
+_COUNTS = (
+    '"Count": {{ total_cpus.sockets }}, "CoreCount": {{ total_cpus.cores }}, '
+    '"LogicalProcessorCount": {{ total_cpus.threads }},'
+)
+
+
+def system_template(stock: str) -> str:
+    """sushy-tools' system.json with the ProcessorSummary of `AifactoryDriver.get_total_cpus`."""
+    if stock.count(_STOCK_COUNT) != 1:
+        raise RuntimeError(
+            f"sushy-tools' system.json no longer has {_STOCK_COUNT!r}: update sandbox.redfish_driver"
+        )
+    return stock.replace(_STOCK_COUNT, _COUNTS)
+
 
 class AifactoryDriver(fakedriver.FakeDriver):
     def __init__(self):
         super().__init__()
-        # The stored systems outlive a BMC restart (power state must); inventory follows the config.
+        # The stored systems outlive a BMC restart (power state must); inventory follows the config,
+        # and so does the list of systems (a GPU baseboard taken out of the site file goes).
+        configured = {system["uuid"] for system in self._config["SUSHY_EMULATOR_FAKE_SYSTEMS"]}
+        for uuid in set(self._systems) - configured:
+            del self._systems[uuid]
         for system in self._config["SUSHY_EMULATOR_FAKE_SYSTEMS"]:
             stored = self._systems[system["uuid"]]
             stored.update({k: system[k] for k in INVENTORY_KEYS if k in system})
@@ -88,7 +119,7 @@ class AifactoryDriver(fakedriver.FakeDriver):
         for system in self._config["SUSHY_EMULATOR_FAKE_SYSTEMS"]:
             stored = self._systems[system["uuid"]]
             if stored.get(_STOPPING):
-                self._hook_queue.put((stored["uuid"], stored["name"], "off"))
+                self._hook_queue.put((stored["uuid"], stored["name"], "off"))  # finish the stop
             elif stored.get("power_state") == "On":
                 self._hook_queue.put((stored["uuid"], stored["name"], "on"))
         threading.Thread(target=self._run_hooks, name="power-hook", daemon=True).start()
@@ -97,18 +128,42 @@ class AifactoryDriver(fakedriver.FakeDriver):
         return self._get(identity).get("memory_gib")
 
     def get_total_cpus(self, identity):
-        return self._get(identity).get("cpus")
+        """Sockets, cores and threads, for `system_template`'s ProcessorSummary (None: no CPUs)."""
+        system = self._get(identity)
+        if not system.get("cpu_sockets"):
+            return None
+        return {
+            "sockets": system["cpu_sockets"],
+            "cores": system["cpu_cores"],
+            "threads": system["cpu_threads"],
+        }
+
+    def get_power_state(self, identity):
+        system = self._get(identity)
+        if system.get("baseboard"):  # powered with its host
+            system = self._get(system["baseboard"])
+        return system["power_state"]
 
     def get_processors(self, identity):
         system = self._get(identity)
-        cpus, gpu_model = system.get("cpus"), system.get("gpu_model")
-        processors = [
+        sockets, gpu_model = system.get("cpu_sockets") or 0, system.get("gpu_model")
+        processors = []
+        for i in range(sockets):
+            # The system's cores and threads shared out over its sockets, the first taking what is left.
+            cores = system["cpu_cores"] // sockets + (system["cpu_cores"] % sockets if i == 0 else 0)
+            threads = system["cpu_threads"] // sockets + (system["cpu_threads"] % sockets if i == 0 else 0)
+            cpu = {
+                "id": f"CPU{i}",
+                "socket": f"CPU {i}",
+                "type": "CPU",
+                "vendor": "Emulated",
+                "model": "x86-64",
+            }
+            processors.append({**cpu, "cores": cores, "threads": threads})
+        processors += [
             {"id": f"GPU{i}", "socket": f"GPU {i}", "type": "GPU", "vendor": "NVIDIA", "model": gpu_model}
             for i in range(system.get("gpu_count") or 0)
         ]
-        if cpus:
-            cpu = {"id": "CPU0", "socket": "CPU 0", "type": "CPU", "vendor": "Emulated", "model": "x86-64"}
-            processors.insert(0, {**cpu, "cores": cpus, "threads": cpus})
         return processors
 
     def set_power_state(self, identity, state):
@@ -117,7 +172,10 @@ class AifactoryDriver(fakedriver.FakeDriver):
             raise error.NotSupportedError(f"Power state {state} is not supported")
         with self._power_lock:
             system = self._get(identity)
-            for target in steps:
+            if system.get("baseboard"):
+                raise error.NotSupportedError("a GPU baseboard is powered with its host's system")
+            for step in steps:
+                target = "Off" if step == "ForceOff" else step
                 # A stop in progress counts as Off, so a repeated shutdown does not queue a second hook.
                 current = "Off" if system.get(_STOPPING) else system["power_state"]
                 if current == target:
@@ -126,11 +184,13 @@ class AifactoryDriver(fakedriver.FakeDriver):
                     self._update(system, **{_STOPPING: True})
                 else:
                     self._update(system, power_state="On", pending_power=None, **{_STOPPING: False})
-                self._hook_queue.put((system["uuid"], system["name"], target.lower()))
+                self._hook_queue.put(
+                    (system["uuid"], system["name"], "force-off" if step == "ForceOff" else step.lower())
+                )
 
     def _hook_done(self, uuid, power, ok):
         """An "off" that the hook carried out (and no "on" has superseded) makes the system Off."""
-        if power != "off":
+        if power not in ("off", "force-off"):
             return
         with self._power_lock:
             system = self._get(uuid)

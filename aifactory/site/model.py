@@ -12,6 +12,9 @@ from pathlib import Path
 
 ROLES = ("head", "gpu", "cpu", "k8s-control")
 POOLS = ("slurm", "kubernetes")
+# What a machine's `cpus` counts, in the BMC's terms (Redfish ProcessorSummary): Count (physical
+# processors), CoreCount or LogicalProcessorCount. Threads is what Slurm's CPUs= and the kubelet count.
+CPU_UNITS = ("threads", "cores", "sockets")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class Bmc:
     system_id: str | None = None  # Redfish System to drive; None: the BMC's only system
     verify_tls: bool = True
     ca_bundle: Path | None = None  # the CA that signed the BMC's certificate (a site's own PKI)
+    cpus_count: str = "threads"  # what the machine's `cpus` counts (CPU_UNITS), as the BMC reports it
+    # The Redfish System that lists the GPUs when it is not the host's own (NVIDIA HGX: HGX_Baseboard_0).
+    gpu_system: str | None = None
 
     @property
     def tls_verify(self) -> bool | str:
@@ -81,6 +87,9 @@ class KubernetesSettings:
     # (stable when machines are added or reordered; see node_pod_cidr).
     pod_cidr: str = "10.244.0.0/16"
     node_pod_prefix: int = 24
+    # A virtual address on the management network that one control-plane machine holds at a time
+    # (keepalived, VRRP): the stable API endpoint of a site with several control-plane machines.
+    api_address: ipaddress.IPv4Address | None = None
 
     def node_pod_cidr(self, address: ipaddress.IPv4Address, mgmt: ipaddress.IPv4Network) -> str:
         """The pod subnet of the node at `address`: the n-th subnet for the n-th management address."""
@@ -148,6 +157,15 @@ class Site:
 
     def with_role(self, role: str) -> list[Machine]:
         return [m for m in self.machines if m.has_role(role)]
+
+    @property
+    def api_host(self) -> str:
+        """Where kubelets, Pulumi and clients reach the API server: the site's API address, or the
+        address of its one control-plane machine."""
+        assert self.kubernetes, f"site {self.name!r} has no kubernetes section"
+        if self.kubernetes.api_address:
+            return str(self.kubernetes.api_address)
+        return self.with_role("k8s-control")[0].address
 
     @property
     def management(self) -> Network:

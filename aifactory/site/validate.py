@@ -20,6 +20,7 @@ import yaml
 
 from aifactory.site.gpus import GPU_MODELS
 from aifactory.site.model import (
+    CPU_UNITS,
     POOLS,
     ROLES,
     AptRepository,
@@ -55,11 +56,11 @@ TOP_KEYS = {
     "nvidia",
 }
 MACHINE_KEYS = {"name", "roles", "pool", "bmc", "cpus", "memory_gib", "gpus", "nics"}
-BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls", "ca_bundle"}
+BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls", "ca_bundle", "cpus_count", "gpu_system"}
 NIC_KEYS = {"name", "mac", "address"}
 NETWORK_KEYS = {"name", "cidr", "gateway", "bridge"}
 SLURM_KEYS = {"cluster_name", "partitions", "accounting_enforce"}
-KUBE_KEYS = {"version", "service_cidr", "api_port", "pod_cidr", "node_pod_prefix"}
+KUBE_KEYS = {"version", "service_cidr", "api_port", "pod_cidr", "node_pod_prefix", "api_address"}
 NVIDIA_KEYS = {"driver_branch", "repositories", "versions", "profiling_for_all_users"}
 REPO_KEYS = {"name", "url", "suite", "components", "key"}
 
@@ -206,7 +207,7 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
     networks = _check_networks(c, raw.get("networks"), emulated)
     machines = _check_machines(c, raw.get("machines"), networks, emulated, path.resolve().parent)
     slurm = _check_slurm(c, raw.get("slurm"), machines)
-    kube = _check_kubernetes(c, raw.get("kubernetes"), machines, networks[0].cidr if networks else None)
+    kube = _check_kubernetes(c, raw.get("kubernetes"), machines, networks[0] if networks else None)
     bundle_url = c.field(raw, "bundle_url", str, "", required=False)
     ssh_user = c.field(raw, "ssh_user", str, "", required=False) or "root"
     validation = _check_validation(c, raw.get("validation"))
@@ -394,7 +395,7 @@ def _check_machine(
     if mem is not None and mem < 1:
         c.add(ERROR, _join(p, "memory_gib"), f"must be at least 1, got {mem}")
     gpu_model, gpu_count = _check_gpus(c, m.get("gpus"), _join(p, "gpus"), "gpu" in roles)
-    bmc = _check_bmc(c, m.get("bmc"), _join(p, "bmc"), emulated, base)
+    bmc = _check_bmc(c, m.get("bmc"), _join(p, "bmc"), emulated, base, gpu_count)
     nics = _check_nics(c, m.get("nics"), _join(p, "nics"), networks)
     if None in (name, cpus, mem, bmc, nics) or not roles or not set(roles) <= set(ROLES):
         return None
@@ -433,7 +434,7 @@ def _check_gpus(c: _Checker, raw: Any, p: str, is_gpu: bool) -> tuple[str | None
     return model, count or 0
 
 
-def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool, base: Path) -> Bmc | None:
+def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool, base: Path, gpu_count: int) -> Bmc | None:
     if not isinstance(raw, dict):
         c.add(ERROR, p, "needs a mapping {endpoint, credentials}")
         return None
@@ -444,6 +445,24 @@ def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool, base: Path) -> Bmc
     verify = c.field(raw, "verify_tls", bool, p, required=False)
     ca = c.field(raw, "ca_bundle", str, p, required=False)
     ca_path = base / ca if ca else None
+    cpus_count = c.field(raw, "cpus_count", str, p, required=False) or Bmc.cpus_count
+    if cpus_count not in CPU_UNITS:
+        hint = difflib.get_close_matches(str(cpus_count), CPU_UNITS, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        units = ", ".join(CPU_UNITS)
+        c.add(ERROR, _join(p, "cpus_count"), f"unknown unit {cpus_count!r}{extra}; what cpus counts: {units}")
+    gpu_system = c.field(raw, "gpu_system", str, p, required=False)
+    if gpu_system is not None:
+        q = _join(p, "gpu_system")
+        if not re.match(r"^[A-Za-z0-9._-]+$", gpu_system):
+            c.add(ERROR, q, f"{gpu_system!r} is not a Redfish System Id (e.g. HGX_Baseboard_0)")
+        elif gpu_system == system_id:
+            c.add(ERROR, q, "is the host's own system (system_id): leave gpu_system out")
+        elif system_id is None:
+            # The BMC then lists two systems, and only the site file can say which one is the host.
+            c.add(ERROR, q, "needs system_id too: the BMC lists the host's system beside the GPUs'")
+        if not gpu_count:
+            c.add(WARNING, q, "unused: the machine has no GPUs")
     if ca_path is not None and not ca_path.is_file():
         c.add(ERROR, _join(p, "ca_bundle"), f"{ca_path} does not exist (paths are relative to the site file)")
     if ca_path is not None and verify is False:
@@ -471,7 +490,10 @@ def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool, base: Path) -> Bmc
         return None
     if ca_path is not None and endpoint.startswith("http://"):
         c.add(WARNING, _join(p, "ca_bundle"), "unused: the endpoint is plain http")
-    return Bmc(endpoint.rstrip("/"), cred, system_id, True if verify is None else verify, ca_path)
+    if cpus_count not in CPU_UNITS:
+        return None
+    verify_tls = True if verify is None else verify
+    return Bmc(endpoint.rstrip("/"), cred, system_id, verify_tls, ca_path, cpus_count, gpu_system)
 
 
 def _check_nics(c: _Checker, raw: Any, p: str, networks: list[Network] | None) -> list[Nic] | None:
@@ -591,8 +613,9 @@ def _check_slurm(c: _Checker, raw: Any, machines: list[Machine] | None) -> Slurm
 
 
 def _check_kubernetes(
-    c: _Checker, raw: Any, machines: list[Machine] | None, mgmt: ipaddress.IPv4Network | None
+    c: _Checker, raw: Any, machines: list[Machine] | None, network: Network | None
 ) -> KubernetesSettings | None:
+    mgmt = network.cidr if network else None
     if raw is None:
         if machines and any(m.pool == "kubernetes" for m in machines):
             c.add(
@@ -609,6 +632,7 @@ def _check_kubernetes(
     port = c.field(raw, "api_port", int, "kubernetes", required=False)
     pods = c.field(raw, "pod_cidr", str, "kubernetes", required=False) or KubernetesSettings.pod_cidr
     prefix = c.field(raw, "node_pod_prefix", int, "kubernetes", required=False) or 24
+    api_address = _check_api_address(c, raw, machines, network)
     if version and not re.match(r"^v\d+\.\d+\.\d+$", version):
         c.add(ERROR, "kubernetes.version", f"{version!r} is not a version like v1.37.2")
     nets: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
@@ -645,4 +669,37 @@ def _check_kubernetes(
         )
     if version is None or svc is None:
         return None
-    return KubernetesSettings(version, svc, port or 6443, pods, prefix)
+    return KubernetesSettings(version, svc, port or 6443, pods, prefix, api_address)
+
+
+def _check_api_address(
+    c: _Checker, raw: dict[str, Any], machines: list[Machine] | None, mgmt: Network | None
+) -> ipaddress.IPv4Address | None:
+    """The virtual API address: required with several control-plane machines (kubelets and clients
+    need one endpoint that survives the loss of any of them), a free address of the management network."""
+    p = "kubernetes.api_address"
+    value = c.field(raw, "api_address", str, "kubernetes", required=False)
+    controls = [m for m in machines or [] if "k8s-control" in m.roles]
+    if value is None:
+        if len(controls) > 1:
+            c.add(
+                ERROR,
+                p,
+                f"is required with {len(controls)} k8s-control machines: a free address of the management "
+                "network that keepalived moves to a live control-plane machine (the API endpoint)",
+            )
+        return None
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        c.add(ERROR, p, f"{value!r} is not an IPv4 address")
+        return None
+    if mgmt is not None and (
+        address not in mgmt.cidr
+        or address in (mgmt.cidr.network_address, mgmt.cidr.broadcast_address, mgmt.gateway)
+    ):
+        c.add(ERROR, p, f"{address} is not a free host address of the management network {mgmt.cidr}")
+    for m in machines or []:
+        if m.address == str(address):
+            c.add(ERROR, p, f"{address} is the address of machine {m.name}; the API address must be free")
+    return address

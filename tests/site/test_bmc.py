@@ -52,10 +52,11 @@ def bmcs(tmp_path_factory):
     site = load_site(tmp / "site.yaml")
     calls = tmp / "hook-calls"
     hook = tmp / "hook.sh"
-    # An "off" waits for the file `release-off` (the host "shutting down"); `fail-off` makes it fail.
+    # An "off" or "force-off" waits for the file `release-off` (the host stopping); `fail-off` makes
+    # it fail.
     hook.write_text(
         "#!/bin/sh\n"
-        f'if [ "$2" = off ]; then\n  while [ ! -e {tmp}/release-off ]; do sleep 0.1; done\n'
+        f'if [ "$2" != on ]; then\n  while [ ! -e {tmp}/release-off ]; do sleep 0.1; done\n'
         f"  [ -e {tmp}/fail-off ] && exit 1\nfi\n"
         f'echo "$1 $2" >> {calls}\n'
     )
@@ -132,11 +133,12 @@ def test_power_on_and_off_run_the_hook(bmcs):
     assert system(gpu, USER, PASSWORD).power_state == sushy.PowerState.ON
     bmc.set_power(gpu, USER, PASSWORD, "GracefulShutdown")  # already stopping: no second hook
     (calls.parent / "release-off").touch()
-    assert _wait_for_line(calls, "gpu-01 off") == ["gpu-01 on", "gpu-01 off"]
+    # ForceOff cuts the power: the host is killed, not shut down
+    assert _wait_for_line(calls, "gpu-01 force-off") == ["gpu-01 on", "gpu-01 force-off"]
     assert bmc.wait_for_power(gpu, USER, PASSWORD, "Off", timeout=20)
     assert power_states(site, lambda m: (USER, PASSWORD)) == {"head-01": "Off", "gpu-01": "Off"}
     time.sleep(0.5)
-    assert calls.read_text().splitlines() == ["gpu-01 on", "gpu-01 off"]
+    assert calls.read_text().splitlines() == ["gpu-01 on", "gpu-01 force-off"]
 
 
 def test_failed_power_off_leaves_the_machine_on(bmcs):

@@ -149,7 +149,13 @@ def test_inventory_mismatch_fails_naming_machine_then_converges(bm, capfd):
     data["machines"][1]["cpus"] = 96  # the BMC reports 64
     site_file.write_text(yaml.safe_dump(data, sort_keys=False))
     try:
-        _fails_naming(bm, capfd, "gpu-01", "inventory mismatch", "cpus: site file says 96, BMC reports 64")
+        _fails_naming(
+            bm,
+            capfd,
+            "gpu-01",
+            "inventory mismatch",
+            "cpus: site file says 96 threads (bmc.cpus_count: threads), BMC reports 64 threads",
+        )
     finally:
         site_file.write_text(original)
     assert pulumi_run(bm, "up", "--refresh") == 0
