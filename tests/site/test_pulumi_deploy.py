@@ -4,6 +4,8 @@
 teardown runs `pulumi destroy` and checks every machine is off.
 """
 
+import json
+
 import pytest
 from kubernetes import client, config
 
@@ -56,3 +58,30 @@ def test_power_off_behind_pulumis_back_is_seen_and_repaired(deployed_site):
     assert deploy.run("citest", "up", template=template) == 0
     assert localsite.wait_for_ssh(site, m, timeout=60) == "running"
     assert deploy.run("citest", "preview", template=template, extra=["--expect-no-changes"]) == 0
+
+
+def hosts_state(stack: str) -> str:
+    """The Ansible configuration's `hosts_state` as the stack's state holds it."""
+    exported = json.loads(deploy.pulumi("stack", "export", "--stack", stack, capture=True).stdout)
+    for resource in exported["deployment"]["resources"]:
+        if resource["urn"].endswith(f"::{stack}-configuration"):
+            return resource["outputs"]["hosts_state"]
+    raise AssertionError(f"no {stack}-configuration resource in the state of stack {stack}")
+
+
+def test_a_file_edited_behind_pulumis_back_is_named_by_refresh_and_restored_by_up(deployed_site):
+    site, template = deployed_site
+    stack = site.name
+    # From a clean start: earlier tests may have left drift of their own (up is a no-op otherwise).
+    assert deploy.run(stack, "refresh", template=template) == 0
+    assert deploy.run(stack, "up", template=template) == 0
+    assert ssh.run(site, "gpu-01", "echo '# edited by hand' >> /etc/slurm/slurm.conf").returncode == 0
+    assert deploy.run(stack, "refresh", template=template) == 0
+    assert hosts_state(stack) == "drifted: gpu-01: /etc/slurm/slurm.conf (changed)"
+    assert deploy.run(stack, "preview", template=template, extra=["--expect-no-changes"]) != 0
+    assert deploy.run(stack, "up", template=template) == 0
+    assert "edited by hand" not in ssh.run(site, "gpu-01", "cat /etc/slurm/slurm.conf").stdout
+    assert hosts_state(stack) == "as-configured"
+    assert deploy.run(stack, "refresh", template=template) == 0
+    assert hosts_state(stack) == "as-configured"
+    assert deploy.run(stack, "preview", template=template, extra=["--expect-no-changes"]) == 0
