@@ -60,6 +60,9 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
         all_vars["kubernetes_service_cidr"] = site.kubernetes.service_cidr
         all_vars["kubernetes_api_port"] = site.kubernetes.api_port
         all_vars["kubernetes_pod_cidr"] = site.kubernetes.pod_cidr
+        all_vars["kubernetes_api_host"] = site.api_host
+        if site.kubernetes.api_address:
+            all_vars["kubernetes_api_address"] = str(site.kubernetes.api_address)
     if site.nvidia:
         all_vars["nvidia_driver_branch"] = site.nvidia.driver_branch
         all_vars["nvidia_profiling_for_all_users"] = site.nvidia.profiling_for_all_users

@@ -107,10 +107,8 @@ class KubernetesLayer(pulumi.ComponentResource):
         assert args.site.kubernetes, "a KubernetesLayer needs the site's kubernetes settings"
         service_cidr = args.site.kubernetes.service_cidr
         dns_args = ClusterDnsArgs(service_cidr, image=toolchain.image_ref(COREDNS_REF))
-        control = args.site.with_role("k8s-control")[0]
-        policy_args = NetworkPolicyAgentArgs(
-            toolchain.image_ref(KUBE_ROUTER_REF), service_cidr, control.address, args.site.kubernetes.api_port
-        )
+        api = (args.site.api_host, args.site.kubernetes.api_port)
+        policy_args = NetworkPolicyAgentArgs(toolchain.image_ref(KUBE_ROUTER_REF), service_cidr, *api)
         head = args.site.with_role("head")[0]
         self.images = ServedImages(
             f"{name}-images",

@@ -77,6 +77,8 @@ HOST_PACKAGES: tuple[str, ...] = (
     "iptables",
     "ipset",
     "conntrack",
+    # the control plane's API address on sites with several control-plane machines (VRRP)
+    "keepalived",
 )
 
 # Enabled in the image: the network (each host gets a .network file for host0) and ssh.

@@ -17,12 +17,15 @@ from aifactory import paths
 LOCAL = paths.REPO / "sites" / "local.yaml"
 
 
-def scratch_site(name: str, index: int, machines: int | None = None) -> dict[str, Any]:
-    """The local site renamed and relocated; `machines` keeps the first N, or grows to N GPU workers."""
-    data = yaml.safe_load(LOCAL.read_text())
+def scratch_site(name: str, index: int, machines: int | None = None, base: Path = LOCAL) -> dict[str, Any]:
+    """A local site (sites/local.yaml unless `base` names another) renamed and relocated; `machines`
+    keeps the first N, or grows to N GPU workers."""
+    data = yaml.safe_load(base.read_text())
     net = f"198.19.{index}"
     data.update(name=name, bundle_url=f"http://{net}.1:{8089 + index}/bundle")
     data["networks"][0].update(cidr=f"{net}.0/24", gateway=f"{net}.1", bridge=f"aftest{index}")
+    if data.get("kubernetes", {}).get("api_address"):
+        data["kubernetes"]["api_address"] = f"{net}.10"
     head, gpu = data["machines"][0], data["machines"][1]
     if machines is not None and machines > len(data["machines"]):
         workers = [
@@ -40,7 +43,9 @@ def scratch_site(name: str, index: int, machines: int | None = None) -> dict[str
     return data
 
 
-def write_scratch_site(directory: Path, name: str, index: int, machines: int | None = None) -> Path:
+def write_scratch_site(
+    directory: Path, name: str, index: int, machines: int | None = None, base: Path = LOCAL
+) -> Path:
     path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(scratch_site(name, index, machines), sort_keys=False))
+    path.write_text(yaml.safe_dump(scratch_site(name, index, machines, base), sort_keys=False))
     return path

@@ -4,13 +4,18 @@ They use a copy of sites/local.yaml moved to its own bridge, range and ports (`c
 developer's running local site is never touched.
 """
 
+import contextlib
+import json
 import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
 
 from aifactory.images import toolbox_pod  # noqa: F401 - the site tests' pod, imported from here
+from aifactory.site.model import Site
 from aifactory.site.validate import load_site
 from sandbox.scratch import scratch_site
 from tests.conftest import REPO
@@ -27,6 +32,23 @@ def wait_until(pred, timeout: float, what: str, interval: float = 0.5):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {value!r})")
+
+
+# A request to etcd's JSON gateway, run on a control-plane machine with a client certificate of its
+# PKI (the apiserver's by default): etcd accepts only certificates of the etcd CA.
+ETCD_REQUEST = """python3 - {path} '{body}' {cert} <<'EOF'
+import ssl, sys, urllib.request
+pki = "/etc/kubernetes/pki"
+context = ssl.create_default_context(cafile=f"{{pki}}/etcd-ca.crt")
+context.load_cert_chain(f"{{pki}}/{{sys.argv[3]}}.crt", f"{{pki}}/{{sys.argv[3]}}.key")
+request = urllib.request.Request("https://127.0.0.1:2379" + sys.argv[1], data=sys.argv[2].encode())
+print(urllib.request.urlopen(request, context=context, timeout=5).read().decode())
+EOF"""
+
+
+def etcd_request(host, path: str, body: dict | None = None, cert: str = "apiserver-etcd-client"):
+    """The command result of an etcd v3 gateway call (`path` like /v3/kv/range) on `host` (testinfra)."""
+    return host.run(ETCD_REQUEST.format(path=path, body=json.dumps(body or {}), cert=cert))
 
 
 def skip_unless_root():
@@ -63,35 +85,42 @@ def site_up(citest_file):
         assert localsite.down(site) == 0
 
 
-@pytest.fixture(scope="session")
-def deployed_site(site_up, tmp_path_factory):
-    """citest deployed from nothing by `pulumi up`: Redfish power-on, Ansible, Kubernetes objects.
-
-    Yields (site, stack template). At the end `pulumi destroy` must power everything off.
-    """
+@contextlib.contextmanager
+def pulumi_deployed(site: Site, tmp: Path) -> Iterator[Path]:
+    """An emulated site that is up, deployed from nothing by `pulumi up` (Redfish power-on, Ansible,
+    Kubernetes objects) on the stack named like the site. Yields the stack template; on exit
+    `pulumi destroy` must power every machine off."""
     from aifactory import deploy, toolchain
     from sandbox import hosts
 
     missing = [b.name for b in toolchain.BINARIES if not b.path.exists()]
     if missing:
         pytest.skip(f"toolchain not built ({', '.join(missing)}): run `aifactory toolchain build`")
-    tmp = tmp_path_factory.mktemp("deploy")
-    template = tmp / "citest-stack.yaml"
+    template = tmp / f"{site.name}-stack.yaml"
     template.write_text(
-        yaml.safe_dump({"config": {"aifactory:site": str(site_up.path), "aifactory:bootTimeout": "90"}})
+        yaml.safe_dump({"config": {"aifactory:site": str(site.path), "aifactory:bootTimeout": "90"}})
     )
     mp = pytest.MonkeyPatch()
     (tmp / "state").mkdir()
     mp.setenv("PULUMI_BACKEND_URL", f"file://{tmp / 'state'}")
-    assert deploy.run("citest", "up", template=template) == 0, "pulumi up of the citest site failed"
-    yield site_up, template
+    started = time.monotonic()
+    assert deploy.run(site.name, "up", template=template) == 0, f"pulumi up of the {site.name} site failed"
+    print(f"\n{site.name}: pulumi up from nothing took {time.monotonic() - started:.0f} s")
     try:
-        assert deploy.run("citest", "destroy", template=template) == 0
-        assert not any(hosts.is_running(site_up, m.name) for m in site_up.machines)
+        yield template
+        assert deploy.run(site.name, "destroy", template=template) == 0
+        assert not any(hosts.is_running(site, m.name) for m in site.machines)
     finally:
-        deploy.pulumi("stack", "rm", "citest", "--yes", "--force", capture=True, check=False)
-        (REPO / "Pulumi.citest.yaml").unlink(missing_ok=True)
+        deploy.pulumi("stack", "rm", site.name, "--yes", "--force", capture=True, check=False)
+        (REPO / f"Pulumi.{site.name}.yaml").unlink(missing_ok=True)
         mp.undo()
+
+
+@pytest.fixture(scope="session")
+def deployed_site(site_up, tmp_path_factory):
+    """citest deployed from nothing by `pulumi up`. Yields (site, stack template)."""
+    with pulumi_deployed(site_up, tmp_path_factory.mktemp("deploy")) as template:
+        yield site_up, template
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ pod asking for 2 GPUs sees exactly 2 GPU devices, and pods on different nodes re
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -30,7 +31,7 @@ from aifactory import images, inventory, paths
 from aifactory.site.model import Site
 from infra import registry
 from sandbox import mirror, ssh
-from tests.site.conftest import toolbox_pod, wait_until
+from tests.site.conftest import etcd_request, toolbox_pod, wait_until
 
 pytestmark = pytest.mark.site
 
@@ -47,9 +48,8 @@ def _host(site: Site, name: str):
 
 @pytest.fixture(scope="module")
 def control(configured_site):
-    machines = configured_site.with_role("k8s-control")
-    assert len(machines) == 1, "the roles support exactly one k8s-control machine"
-    return machines[0]
+    """The first control-plane machine: it holds the site's PKI and issues the workers' identities."""
+    return configured_site.with_role("k8s-control")[0]
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +97,33 @@ def test_control_plane_services_enabled_and_running(control_host):
         assert svc.is_running, f"{name} is not running"
 
 
-def test_etcd_only_on_loopback_and_apiserver_on_the_site_port(configured_site, control_host):
-    assert control_host.socket("tcp://127.0.0.1:2379").is_listening
-    assert not control_host.socket("tcp://0.0.0.0:2379").is_listening
-    port = configured_site.kubernetes.api_port
-    assert control_host.socket(f"tcp://{port}").is_listening
+def test_etcd_speaks_tls_to_etcd_ca_clients_only(configured_site, control, control_host, all_workers):
+    assert control_host.socket(f"tcp://{control.address}:2379").is_listening
+    assert control_host.socket(f"tcp://{configured_site.kubernetes.api_port}").is_listening
+    health = etcd_request(control_host, "/v3/maintenance/status")
+    assert health.rc == 0 and json.loads(health.stdout)["header"]["member_id"], health.stderr
+    # a certificate of the cluster CA (here a kubelet's) is refused at the TLS handshake
+    refused = etcd_request(control_host, "/v3/maintenance/status", cert=f"kubelet-{all_workers[0].name}")
+    assert refused.rc != 0 and "SSL" in refused.stderr, refused.stdout
+    with pytest.raises(OSError):  # and nothing talks plain http to it
+        urllib.request.urlopen(f"http://{control.address}:2379/health", timeout=5)
+
+
+def test_secrets_are_encrypted_in_etcd(control_host, core, namespace):
+    marker = f"plaintext-{uuid.uuid4().hex}"
+    core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="at-rest"), string_data={"v": marker})
+    )
+    key = base64.b64encode(f"/registry/secrets/{namespace}/at-rest".encode()).decode()
+    result = etcd_request(control_host, "/v3/kv/range", {"key": key})
+    assert result.rc == 0, result.stderr
+    (kv,) = json.loads(result.stdout)["kvs"]
+    stored = base64.b64decode(kv["value"])
+    assert stored.startswith(b"k8s:enc:secretbox:v1:key1:") and marker.encode() not in stored
+    assert (
+        core.read_namespaced_secret("at-rest", namespace).data["v"]
+        == base64.b64encode(marker.encode()).decode()
+    )
 
 
 def test_pki_keys_are_private_and_certs_signed_by_the_ca(control_host, all_workers):
@@ -116,13 +138,17 @@ def test_pki_keys_are_private_and_certs_signed_by_the_ca(control_host, all_worke
         "kube-proxy",
     ]
     names += [f"kubelet-{m.name}" for m in all_workers]
-    for key in ["ca", "sa", *names]:
+    etcd_names = ["etcd", "apiserver-etcd-client"]
+    for key in ["ca", "etcd-ca", "sa", "encryption", *names, *etcd_names]:
         f = control_host.file(f"{PKI}/{key}.key")
         assert f.is_file and f.user == "root" and f.mode == 0o600, f"{key}.key: mode {oct(f.mode)}"
-    for name in names:
-        crt = f"{PKI}/{name}.crt"
-        assert control_host.file(crt).mode == 0o644
-        control_host.check_output(f"openssl verify -CAfile {PKI}/ca.crt {crt}")
+    for ca, signed in (("ca", names), ("etcd-ca", etcd_names)):
+        for name in signed:
+            crt = f"{PKI}/{name}.crt"
+            assert control_host.file(crt).mode == 0o644
+            control_host.check_output(f"openssl verify -CAfile {PKI}/{ca}.crt {crt}")
+    # the two CAs are distinct: a cluster certificate is no etcd client
+    assert control_host.run(f"openssl verify -CAfile {PKI}/etcd-ca.crt {PKI}/admin.crt").rc != 0
     for conf in ("admin", "controller-manager", "scheduler"):
         assert control_host.file(f"/etc/kubernetes/{conf}.conf").mode == 0o600
 
@@ -153,11 +179,11 @@ def test_binaries_match_the_bundle_manifest(configured_site, control_host, all_w
         assert f.sha256sum == manifest[name]["sha256"], f"{name} differs from the bundle manifest"
 
 
-def test_admin_kubeconfig_points_at_the_control_plane(configured_site, control, kubeconfig):
+def test_admin_kubeconfig_points_at_the_sites_api_endpoint(configured_site, kubeconfig):
     assert kubeconfig.stat().st_mode & 0o777 == 0o600
     kc = yaml.safe_load(kubeconfig.read_text())
     server = kc["clusters"][0]["cluster"]["server"]
-    assert server == f"https://{control.address}:{configured_site.kubernetes.api_port}"
+    assert server == f"https://{configured_site.api_host}:{configured_site.kubernetes.api_port}"
 
 
 # --- workers over ssh -------------------------------------------------------------------------

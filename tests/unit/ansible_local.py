@@ -6,12 +6,17 @@ from pathlib import Path
 import ansible_runner
 
 
-def run_local(data_dir: Path, playbook: Path, **kwargs):
-    """ansible-runner on localhost with this interpreter, its venv's ansible first on PATH."""
+def run_local(data_dir: Path, playbook: Path, inventory: dict | None = None, **kwargs):
+    """ansible-runner on this machine with this interpreter, its venv's ansible first on PATH: on
+    localhost, or on every host of `inventory` (connected locally)."""
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    if inventory:
+        for host in inventory["all"]["hosts"].values():
+            host.update(local)
     return ansible_runner.run(
         private_data_dir=str(data_dir),
         playbook=str(playbook),
-        inventory="localhost ansible_connection=local ansible_python_interpreter=" + sys.executable,
+        inventory=inventory or {"all": {"hosts": {"localhost": local}}},
         envvars={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
         quiet=True,
         **kwargs,

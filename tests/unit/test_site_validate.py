@@ -24,7 +24,7 @@ def messages(path):
 
 
 def test_shipped_sites_are_valid():
-    for name in ("local.yaml", "example-groningen.yaml"):
+    for name in ("local.yaml", "local-ha.yaml", "example-groningen.yaml"):
         findings, site = check(REPO / "sites" / name)
         assert findings == [], findings
         assert site is not None
@@ -35,6 +35,38 @@ def test_shipped_sites_are_valid():
     assert all(m.gpu_model == "h100" and m.gpu_count == 8 for m in local.with_role("gpu"))
     real = load_site(REPO / "sites" / "example-groningen.yaml")
     assert len(real.with_role("gpu")) == 64 and not real.emulated
+    assert len(real.with_role("k8s-control")) == 3 and real.api_host == "10.40.0.10"
+    assert local.api_host == "198.18.0.11"  # one control-plane machine: its own address
+
+
+HA = REPO / "sites" / "local-ha.yaml"
+
+
+def ha_with(write_site, fn):
+    data = yaml.safe_load(HA.read_text())
+    fn(data)
+    return write_site(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_several_control_planes_need_an_api_address(write_site):
+    p = ha_with(write_site, lambda d: d["kubernetes"].pop("api_address"))
+    ((level, msg),) = [(lvl, m) for lvl, path, m in messages(p) if path == "kubernetes.api_address"]
+    assert level == ERROR and msg.startswith("is required with 3 k8s-control machines")
+
+
+@pytest.mark.parametrize(
+    "address, problem",
+    [
+        ("198.18.0.300", "'198.18.0.300' is not an IPv4 address"),
+        ("10.0.0.10", "10.0.0.10 is not a free host address of the management network 198.18.0.0/24"),
+        ("198.18.0.1", "198.18.0.1 is not a free host address of the management network 198.18.0.0/24"),
+        ("198.18.0.255", "198.18.0.255 is not a free host address of the management network 198.18.0.0/24"),
+        ("198.18.0.12", "198.18.0.12 is the address of machine cp-02; the API address must be free"),
+    ],
+)
+def test_api_address_must_be_a_free_management_address(write_site, address, problem):
+    p = ha_with(write_site, lambda d: d["kubernetes"].update(api_address=address))
+    assert (ERROR, "kubernetes.api_address", problem) in messages(p)
 
 
 def test_duplicate_address_names_both_places(write_site):

@@ -17,6 +17,8 @@ def _fixed(ctx: Context, m: Machine) -> list[str]:
     names: list[str] = []
     for role in m.roles:
         names += [s for s in SERVICES.get(role, ()) if s not in names]
+    if m.has_role("k8s-control") and ctx.site.kubernetes and ctx.site.kubernetes.api_address:
+        names.append("keepalived")  # holds the site's API address (k8s_control_plane role)
     return names
 
 
