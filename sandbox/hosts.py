@@ -127,7 +127,8 @@ def make_cgroup(path: Path) -> None:
             (d.parent / "cgroup.subtree_control").write_text(
                 " ".join(f"+{c}" for c in controllers.read_text().split())
             )
-        d.mkdir()
+        # BMCs power machines on in parallel: another machine's hook may make the site's cgroup first.
+        d.mkdir(exist_ok=True)
         for key in ("cpuset.cpus", "cpuset.mems"):
             if (d / key).exists():
                 (d / key).write_text((d.parent / key).read_text())
