@@ -122,6 +122,14 @@ def schema(known_models: list[str]) -> dict[str, Any]:
                 "default": True,
                 "description": "Default-deny ingress from other tenants' namespaces.",
             },
+            "namespaceDeletionPolicy": {
+                "type": "string",
+                "enum": ["Retain", "Delete"],
+                "default": "Retain",
+                "description": "A namespace removed from `namespaces`: Retain releases it with its "
+                "workloads (the tenant's quota, queue, policy and member binding are removed); Delete "
+                "deletes it once no pod runs there (until then: condition NamespaceInUse).",
+            },
         },
         "x-kubernetes-validations": [
             {

@@ -52,6 +52,7 @@ from operators.tenants.spec import (
     PEERING_LIFETIME_S,
     PLURAL,
     READY,
+    SLURM_ORGANIZATION,
     SLURM_SYNCED,
     VERSION,
     TenantSpec,
@@ -196,16 +197,26 @@ def reread_ledger() -> None:
 # --- the two sides -----------------------------------------------------------------------
 
 
-def sync_kubernetes(t: TenantSpec, check_drift: bool = False, fresh: bool = False) -> list[str]:
+def sync_kubernetes(
+    t: TenantSpec, check_drift: bool = False, fresh: bool = False
+) -> tuple[list[str], list[str]]:
     """Apply every object; remove what the tenant no longer has (nothing to look for when `fresh`,
-    a first creation). Returns what had drifted."""
+    a first creation) and let go of the namespaces it no longer lists. Returns what had drifted,
+    and what was done with each namespace let go."""
     st = state()
+    let_go: list[str] = []
     with metrics.timed("kubernetes"):
         want = kside.desired_objects(t, st.kueue)
         drifted = kside.write(st.kube, t.name, want, fresh, check_drift)
         wanted = {kside.object_path(o) for o in want}
         for p in [] if fresh else kside.owned(st.kube, t.name, st.kueue):
-            if p not in wanted:
+            if p in wanted:
+                continue
+            if p.startswith(kside.path("v1", "Namespace") + "/"):
+                # never deleted with its workloads (namespaceDeletionPolicy)
+                ns = p.rsplit("/", 1)[1]
+                let_go.append(kside.let_go(st.kube, t.name, ns, t.namespace_deletion_policy))
+            else:
                 st.kube.delete(p)
                 drifted.append(f"leftover {p}")
         if not t.network_isolation and not fresh:
@@ -215,7 +226,7 @@ def sync_kubernetes(t: TenantSpec, check_drift: bool = False, fresh: bool = Fals
                     st.kube.delete(p)
     if check_drift and drifted:
         metrics.DRIFT.labels("kubernetes").inc(len(drifted))
-    return drifted
+    return drifted, let_go
 
 
 def sync_slurm(t: TenantSpec) -> Future[tuple[list[str], slurm.Observed]]:
@@ -329,12 +340,18 @@ async def converge(
     # Kubernetes objects are written.
     slurm_side = asyncio.wrap_future(sync_slurm(t))
     try:
-        drifted = await in_kube_pool(sync_kubernetes, t, check_drift, fresh)
+        drifted, let_go = await in_kube_pool(sync_kubernetes, t, check_drift, fresh)
         if drifted:
             kopf.warn(body, reason="DriftCorrected", message="restored: " + ", ".join(drifted)[:900])
+        if let_go:
+            normal(body, reason="NamespaceLetGo", message="; ".join(let_go)[:900])
     except Exception as e:  # reported in status; the handler retries
         out.k8s_error = str(e)[:500]
-        out.k8s_reason = "NamespaceConflict" if isinstance(e, kside.NamespaceConflict) else "ApiError"
+        reasons: dict[type[Exception], str] = {
+            kside.NamespaceConflict: "NamespaceConflict",
+            kside.NamespaceInUse: "NamespaceInUse",
+        }
+        out.k8s_reason = reasons.get(type(e), "ApiError")
     try:
         cmds, out.observed = await slurm_side
         if check_drift and cmds:
@@ -387,7 +404,9 @@ async def reconcile(
         raise kopf.TemporaryError(out.k8s_error or out.slurm_error or "", delay=10)
 
 
-@kopf.timer(*TENANTS, interval=config.drift_interval(), initial_delay=config.drift_interval())
+# `idle`: a tenant changed in the last seconds is left to its update handler; kopf runs timers
+# beside change handlers, so a drift round that started from the old spec could write it back.
+@kopf.timer(*TENANTS, interval=config.drift_interval(), initial_delay=config.drift_interval(), idle=5)
 async def drift(
     name: str,
     spec: kopf.Spec,
@@ -397,7 +416,7 @@ async def drift(
     body: kopf.Body,
     **kwargs: Any,
 ) -> None:
-    if meta.get("deletionTimestamp"):
+    if meta.get("deletionTimestamp") or not await in_kube_pool(spec_unchanged, name, meta):
         return
     t = parse(name, dict(spec))
     out, v = await converge(t, meta, check_drift=True, body=body)
@@ -410,6 +429,13 @@ async def drift(
         kind = kopf.warn if v.overcommitted else normal
         kind(body, reason="Overcommitted" if v.overcommitted else "WithinCapacity", message=v.message())
     write_status(patch, status, t, int(meta.get("generation", 0)), out, v, state().cfg.policy)
+
+
+def spec_unchanged(name: str, meta: Mapping[str, Any]) -> bool:
+    """Whether the tenant's spec is still the one this drift round started from (a spec edited
+    since belongs to the update handler, which applies the new one)."""
+    live = state().kube.get(f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}")
+    return live is not None and live["metadata"].get("generation") == meta.get("generation")
 
 
 @kopf.on.delete(*TENANTS)
@@ -427,8 +453,11 @@ def cleanup(
     force = meta.get("annotations", {}).get(FORCE_DELETE_ANNOTATION) == "true"
     namespaces = [p.rsplit("/", 1)[1] for p in kside.owned(st.kube, name, False)]
     observed = st.slurm.observe(name)  # SlurmError -> kopf retries the deletion later
+    # An account of that name the operator did not make (condition AccountNotOwned) is not the
+    # tenant's: its jobs do not block, and it is left as it is.
+    ours = observed.organization == SLURM_ORGANIZATION
     pods = kside.gpus_in_use(st.kube, namespaces)
-    if (observed.running_jobs or pods) and not force:
+    if ((ours and observed.running_jobs) or pods) and not force:
         msg = (
             f"GPUs still in use: {observed.running_jobs} running Slurm job(s), "
             f"{sum(pods.values())} GPU(s) in pods; set annotation {FORCE_DELETE_ANNOTATION}=true to force"
@@ -440,9 +469,11 @@ def cleanup(
         kopf.warn(body, reason="DeletionBlocked", message=msg)
         raise kopf.TemporaryError(msg, delay=15)
     with metrics.timed("delete"):
-        st.slurm.delete(name, cancel_jobs=True)
+        if ours:
+            st.slurm.delete(name, cancel_jobs=True)
         for p in kside.owned(st.kube, name, st.kueue):
             st.kube.delete(p)
     st.ledger.drop(name)
-    normal(body, reason="Deleted", message=f"removed account {name} and namespaces {', '.join(namespaces)}")
+    account = f"account {name}" if ours else f"no account ({name} is not the operator's)"
+    normal(body, reason="Deleted", message=f"removed {account} and namespaces {', '.join(namespaces)}")
     log.info("tenant %s deleted (forced=%s, namespaces %s)", t.name, force, namespaces)

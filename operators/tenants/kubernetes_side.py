@@ -343,6 +343,47 @@ def owned(kube: Kube, tenant: str, kueue: bool) -> list[str]:
     return paths
 
 
+class NamespaceInUse(RuntimeError):
+    """A namespace to delete (namespaceDeletionPolicy Delete) still runs pods: it stays, for now."""
+
+
+def _pods_running(kube: Kube, namespace: str) -> int:
+    pods = kube.list(path("v1", "Pod", namespace=namespace))
+    return sum(1 for p in pods if p.get("status", {}).get("phase") not in ("Succeeded", "Failed"))
+
+
+def let_go(kube: Kube, tenant: str, namespace: str, policy: str) -> str:
+    """A namespace the tenant no longer lists. Retain: release it, its workloads untouched (the
+    tenant's objects in it removed, its labels dropped, so no quota or queue applies there any more).
+    Delete: delete it, only when no pod runs there. Returns what was done."""
+    if policy == "Delete":
+        running = _pods_running(kube, namespace)
+        if running:
+            raise NamespaceInUse(
+                f"namespace {namespace} left the tenant's spec but {running} pod(s) still run there: "
+                "not deleted (namespaceDeletionPolicy: Delete) until they finish"
+            )
+        kube.delete(path("v1", "Namespace", namespace))
+        return f"deleted namespace {namespace}"
+    for kind, name, api_version in (
+        ("ResourceQuota", QUOTA_NAME, "v1"),
+        ("LimitRange", LIMITS_NAME, "v1"),
+        ("RoleBinding", BINDING_NAME, "rbac.authorization.k8s.io/v1"),
+        ("NetworkPolicy", POLICY_NAME, "networking.k8s.io/v1"),
+    ):
+        kube.delete(path(api_version, kind, name, namespace))
+    if kube.has_kueue():
+        kube.delete(path(KUEUE, "LocalQueue", "default", namespace))
+    labels = {TENANT_LABEL: None, **dict.fromkeys(MANAGED_BY)}
+    kube.request(
+        "PATCH",
+        path("v1", "Namespace", namespace),
+        {"metadata": {"labels": labels}},
+        content_type="application/merge-patch+json",
+    )
+    return f"released namespace {namespace} (its workloads kept)"
+
+
 def gpus_in_use(kube: Kube, namespaces: list[str]) -> dict[str, int]:
     """GPUs requested by pods that are not finished, per resource (`gpu` = the generic name)."""
     used: dict[str, int] = {}

@@ -75,6 +75,9 @@ def desired(spec: TenantSpec) -> Desired:
 class Observed:
     account: str
     exists: bool = False
+    # The account's Organization: SLURM_ORGANIZATION marks the accounts the operator made; it adopts,
+    # changes and removes only those.
+    organization: str | None = None
     fairshare: int | None = None
     grp_tres: dict[str, int] = field(default_factory=dict)
     grp_tres_mins: dict[str, int] = field(default_factory=dict)
@@ -113,8 +116,21 @@ def _tres_change(want: dict[str, int], have: dict[str, int]) -> dict[str, int] |
 # --- the plan: sacctmgr commands (pure, unit tested) ---------------------------------------
 
 
+def check_owned(have: Observed) -> None:
+    """An account of the same name that the operator did not make (a hand-made one, another tool's)
+    is never taken over: adopting it would change its limits, and deleting the tenant would remove it."""
+    if have.exists and have.organization != SLURM_ORGANIZATION:
+        raise SlurmError(
+            "AccountNotOwned",
+            f"Slurm account {have.account} exists and was not made by the tenant operator "
+            f"(Organization={have.organization or 'none'}, not {SLURM_ORGANIZATION}); left untouched: "
+            "rename the tenant, or remove or re-mark that account",
+        )
+
+
 def plan(want: Desired, have: Observed) -> list[str]:
     """The sacctmgr commands, in order, that turn `have` into `want`. [] when in sync."""
+    check_owned(have)
     cmds: list[str] = []
     # A tenant without per-user caps has no QOS (one commit less per tenant); one that had caps
     # keeps its QOS with the limits cleared. `add account` commands merge in a batch only for
@@ -271,6 +287,8 @@ def parse_observation(text: str, accounts: Sequence[str]) -> dict[str, Observed]
             o.grp_tres, o.grp_tres_mins = parse_tres(f[3]), parse_tres(f[4])
             o.qos_list = frozenset(filter(None, f[5].split(",")))
             o.default_qos = f[6]
+        elif section == "acct" and len(f) >= 2 and f[0] in obs:
+            obs[f[0]].organization = f[1]
         elif section == "qos" and len(f) >= 3 and f[0] in by_qos:
             o = obs[by_qos[f[0]]]
             o.qos_exists = True
@@ -314,6 +332,7 @@ def observe_script(accounts: Sequence[str]) -> str:
     return _SECTION_FN + "; ".join(
         [
             f"sec assoc sacctmgr -nP show assoc where account={names} format={ASSOC_FORMAT}",
+            f"sec acct sacctmgr -nP show account where name={names} format=account,organization",
             f"sec qos sacctmgr -nP show qos where name={qos} format={QOS_FORMAT}",
             f"sec jobs squeue -h -t R -A {names} -O 'Account:|,tres-alloc:|'",
             f"sec share sshare -nP -A {names} -o Account,User,GrpTRESRaw",

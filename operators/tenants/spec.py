@@ -61,6 +61,7 @@ class TenantSpec:
     max_jobs_per_user: int | None = None
     namespaces: tuple[str, ...] = ()
     network_isolation: bool = True
+    namespace_deletion_policy: str = "Retain"  # or "Delete": what a namespace removed from the spec gets
 
     @property
     def total_gpus(self) -> int:
@@ -88,6 +89,7 @@ def parse(name: str, spec: dict[str, Any]) -> TenantSpec:
         # A tenant without namespaces listed gets one named after it.
         namespaces=tuple(spec.get("namespaces") or (name,)),
         network_isolation=bool(spec.get("networkIsolation", True)),
+        namespace_deletion_policy=str(spec.get("namespaceDeletionPolicy", "Retain")),
     )
 
 

@@ -1,9 +1,9 @@
 """The tenant operator against the site's real kube-apiserver and real Slurm.
 
-The operator runs here as a `kopf run` process (on emulated sites pods do not really run), against
-the admin kubeconfig the roles fetched, with sacctmgr on the head through ssh. Tenants are named
-`optest-<random>-...` so nothing of another test or user is touched, and every test removes what
-it made (tenants with the force annotation, then a check that Slurm and Kubernetes are clean).
+The operator runs here as a `kopf run` process, against the admin kubeconfig the roles fetched,
+with sacctmgr on the head through ssh. Tenants are named `optest-<random>-...` so nothing of
+another test or user is touched, and every test removes what it made (tenants with the force
+annotation, then a check that Slurm and Kubernetes are clean).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from operators.tenants import capacity, install
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION
 from sandbox import ssh
-from tests.site.conftest import wait_until
+from tests.site.conftest import toolbox_pod, wait_until
 
 pytestmark = pytest.mark.site
 
@@ -325,6 +325,75 @@ def test_a_namespace_that_is_not_the_tenants_is_never_taken_over(operator, kube)
     finally:
         force_delete(kube, t)
         kube.delete(f"/api/v1/namespaces/{other}")
+
+
+def run_pod(kube: kside.Kube, namespace: str) -> str:
+    """A pod that keeps running in `namespace` (the toolbox image, no GPU); its uid once Running."""
+    body = kube.api.sanitize_for_serialization(toolbox_pod("worker", ["sleep", "3600"]))
+    kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)
+    pod = f"/api/v1/namespaces/{namespace}/pods/worker"
+    wait_for(f"pod in {namespace} Running", lambda: kube.get(pod)["status"].get("phase") == "Running", 120)
+    return kube.get(pod)["metadata"]["uid"]
+
+
+def test_a_namespace_removed_from_the_spec_keeps_its_running_workloads(operator, kube):
+    t = name("nsgo")
+    kept, deleted = f"{t}-kept", f"{t}-deleted"
+    create(kube, t, namespaces=[f"{t}-a", kept, deleted])
+    try:
+        wait_ready(kube, t)
+        uid = run_pod(kube, kept)
+        # Retain (the default): released with its pod; the tenant's quota and binding leave it.
+        patch_spec(kube, t, {"namespaces": [f"{t}-a", deleted]})
+        wait_ready(kube, t, generation=2)
+        ns = kube.get(f"/api/v1/namespaces/{kept}")
+        assert ns["status"]["phase"] == "Active" and TENANT_LABEL not in (ns["metadata"].get("labels") or {})
+        assert kube.get(f"/api/v1/namespaces/{kept}/pods/worker")["metadata"]["uid"] == uid
+        assert kube.get(f"/api/v1/namespaces/{kept}/resourcequotas/tenant-gpu-quota") is None
+        assert kube.get(f"/api/v1/namespaces/{kept}/rolebindings/tenant-members") is None
+        assert any(r == "NamespaceLetGo" and f"released namespace {kept}" in m for r, m in events(kube, t))
+
+        # Delete: refused while a pod runs there, with the reason; done once it has finished.
+        run_pod(kube, deleted)
+        patch_spec(kube, t, {"namespaces": [f"{t}-a"], "namespaceDeletionPolicy": "Delete"})
+        wait_for(
+            "NamespaceInUse",
+            lambda: (cond(kube, t, "KubernetesSynced") or {}).get("reason") == "NamespaceInUse",
+            timeout=60,
+        )
+        assert "1 pod(s) still run there" in cond(kube, t, "Ready")["message"]
+        assert kube.get(f"/api/v1/namespaces/{deleted}/pods/worker")["status"]["phase"] == "Running"
+        kube.request("DELETE", f"/api/v1/namespaces/{deleted}/pods/worker", query={"gracePeriodSeconds": "0"})
+        wait_ready(kube, t, generation=3, timeout=120)
+        ns = kube.get(f"/api/v1/namespaces/{deleted}")
+        assert ns is None or ns["status"]["phase"] == "Terminating"
+    finally:
+        force_delete(kube, t)
+        kube.delete(f"/api/v1/namespaces/{kept}")
+
+
+def test_a_tenant_named_like_a_hand_made_slurm_account_leaves_it_alone(operator, kube, head):
+    t = name("clash")
+    head(f"sacctmgr -i add account {t} Description=physics Organization=physics GrpTRES=gres/gpu=2")
+    try:
+        create(kube, t)
+        wait_for(
+            "AccountNotOwned",
+            lambda: (cond(kube, t, "SlurmSynced") or {}).get("reason") == "AccountNotOwned",
+            timeout=60,
+        )
+        assert (
+            "was not made by the tenant operator (Organization=physics" in cond(kube, t, "Ready")["message"]
+        )
+        assert grp_tres(head, t) == "gres/gpu=2"
+        # Deleting the tenant leaves the account as it was.
+        kube.delete(f"{TENANTS}/{t}")
+        wait_for("tenant gone", lambda: kube.get(f"{TENANTS}/{t}") is None, timeout=120)
+        account = head(f"sacctmgr -nP show account where name={t} format=account,organization").strip()
+        assert account == f"{t}|physics" and grp_tres(head, t) == "gres/gpu=2"
+    finally:
+        force_delete(kube, t)
+        head(f"sacctmgr -i remove account where name={t}", check=False)
 
 
 @pytest.mark.parametrize(

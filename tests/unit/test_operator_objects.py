@@ -235,3 +235,48 @@ def test_crd_lists_the_site_models_in_the_cel_rule_and_has_status_columns():
         "In use",
         "Ready",
     ]
+
+
+class RecordingKube:
+    """Records the REST calls of kubernetes_side.let_go; `pods` are the namespace's pods."""
+
+    def __init__(self, pods: list[dict]):
+        self.pods, self.calls = pods, []
+
+    def list(self, url_path, selector=None):
+        return self.pods
+
+    def delete(self, url_path):
+        self.calls.append(("DELETE", url_path))
+
+    def request(self, method, url_path, body=None, query=None, content_type="application/json"):
+        self.calls.append((method, url_path, body))
+
+    def has_kueue(self):
+        return False
+
+
+def test_a_namespace_let_go_is_released_with_its_workloads_by_default():
+    kube = RecordingKube(pods=[{"status": {"phase": "Running"}}])
+    assert kside.let_go(kube, "team-a", "old", "Retain") == "released namespace old (its workloads kept)"
+    deleted = [c[1] for c in kube.calls if c[0] == "DELETE"]
+    assert "/api/v1/namespaces/old" not in deleted and not any("/pods" in p for p in deleted)
+    assert "/api/v1/namespaces/old/resourcequotas/tenant-gpu-quota" in deleted
+    assert "/apis/rbac.authorization.k8s.io/v1/namespaces/old/rolebindings/tenant-members" in deleted
+    (patch,) = [c for c in kube.calls if c[0] == "PATCH"]
+    assert patch[2]["metadata"]["labels"][TENANT_LABEL] is None  # no longer the tenant's
+
+
+def test_a_namespace_to_delete_waits_for_its_pods():
+    busy = RecordingKube(pods=[{"status": {"phase": "Running"}}, {"status": {"phase": "Succeeded"}}])
+    with pytest.raises(kside.NamespaceInUse, match="1 pod\\(s\\) still run there"):
+        kside.let_go(busy, "team-a", "old", "Delete")
+    assert busy.calls == []
+    idle = RecordingKube(pods=[{"status": {"phase": "Succeeded"}}])
+    assert kside.let_go(idle, "team-a", "old", "Delete") == "deleted namespace old"
+    assert idle.calls == [("DELETE", "/api/v1/namespaces/old")]
+
+
+def test_namespaces_are_retained_unless_the_spec_says_delete():
+    assert parse("t", {}).namespace_deletion_policy == "Retain"
+    assert parse("t", {"namespaceDeletionPolicy": "Delete"}).namespace_deletion_policy == "Delete"

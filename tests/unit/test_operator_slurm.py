@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from operators.tenants import slurm
-from operators.tenants.spec import parse
+from operators.tenants.spec import SLURM_ORGANIZATION, parse
 
 pytestmark = pytest.mark.unit
 
@@ -31,6 +31,7 @@ def in_sync(t) -> slurm.Observed:
     return slurm.Observed(
         account=d.account,
         exists=True,
+        organization=SLURM_ORGANIZATION,
         fairshare=d.fairshare,
         grp_tres=dict(d.grp_tres),
         grp_tres_mins=dict(d.grp_tres_mins),
@@ -112,6 +113,8 @@ def test_delete_removes_users_before_the_account_then_its_qos():
 SAMPLE = """#assoc
 team-a||10|gres/gpu:h100=8,gres/gpu=8|gres/gpu=6000|tenant-team-a|tenant-team-a
 team-a|alice|1|||tenant-team-a|tenant-team-a
+#acct
+team-a|aifactory-tenant
 #qos
 tenant-team-a|gres/gpu=4|
 #jobs
@@ -131,7 +134,18 @@ def test_parse_observation():
     assert a.qos_exists and a.qos_max_tres_pu == {"gres/gpu": 4} and a.qos_max_jobs_pu is None
     assert a.running_jobs == 1 and a.gpus_in_use == {"h100": 8} and a.gpu_minutes_used == 120
     assert not b.exists and not b.qos_exists and b.running_jobs == 0
+    assert a.organization == SLURM_ORGANIZATION and b.organization is None
     assert slurm.plan(slurm.desired(tenant()), a) == ["add user bob Account=team-a"]
+
+
+def test_an_account_the_operator_did_not_make_is_never_taken_over():
+    hand_made = slurm.parse_observation(
+        "#assoc\nteam-a||1|||normal|normal\n#acct\nteam-a|physics\n", ["team-a"]
+    )
+    with pytest.raises(slurm.SlurmError) as e:
+        slurm.plan(slurm.desired(tenant()), hand_made["team-a"])
+    assert e.value.reason == "AccountNotOwned"
+    assert "Organization=physics, not aifactory-tenant" in str(e.value)
 
 
 def test_slurmctld_down_is_its_own_reason():
