@@ -6,8 +6,8 @@ in `cache_dir()/images/` as a zstd tarball plus its extracted tree. The tree is 
 read-only lower dir of every host's overlayfs (`sandbox.hosts`).
 
 The image is generic: no hostname, an empty machine-id, no ssh host keys, no munge key, no apt
-sources, and the baked daemons (munge, Slurm, MariaDB, containerd) disabled so that a fresh host
-boots clean under `systemd-nspawn --boot` (`systemctl is-system-running` says `running`) and the
+sources, and the baked daemons (munge, Slurm, MariaDB, containerd, keepalived) disabled so that a
+fresh host boots clean under `systemd-nspawn --boot` (`systemctl is-system-running` says `running`) and the
 roles enable what each machine needs.
 
 The cache key hashes everything that shapes the image (suite, variant, packages, dpkg filters,
@@ -93,6 +93,7 @@ DISABLED_UNITS: tuple[str, ...] = (
     "slurmrestd.service",
     "mariadb.service",
     "containerd.service",
+    "keepalived.service",
 )
 
 # apt's periodic jobs: the hosts have no archive to fetch from (apt-daily would also wait for the
