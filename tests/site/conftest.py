@@ -85,8 +85,15 @@ def site_up(citest_file):
         assert localsite.down(site) == 0
 
 
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """A line in the test run's own output (not captured): figures CI logs should show."""
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
 @contextlib.contextmanager
-def pulumi_deployed(site: Site, tmp: Path) -> Iterator[Path]:
+def pulumi_deployed(site: Site, tmp: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     """An emulated site that is up, deployed from nothing by `pulumi up` (Redfish power-on, Ansible,
     Kubernetes objects) on the stack named like the site. Yields the stack template; on exit
     `pulumi destroy` must power every machine off."""
@@ -105,7 +112,7 @@ def pulumi_deployed(site: Site, tmp: Path) -> Iterator[Path]:
     mp.setenv("PULUMI_BACKEND_URL", f"file://{tmp / 'state'}")
     started = time.monotonic()
     assert deploy.run(site.name, "up", template=template) == 0, f"pulumi up of the {site.name} site failed"
-    print(f"\n{site.name}: pulumi up from nothing took {time.monotonic() - started:.0f} s")
+    say(request, f"\n{site.name}: pulumi up from nothing took {time.monotonic() - started:.0f} s")
     try:
         yield template
         assert deploy.run(site.name, "destroy", template=template) == 0
@@ -117,9 +124,9 @@ def pulumi_deployed(site: Site, tmp: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def deployed_site(site_up, tmp_path_factory):
+def deployed_site(site_up, tmp_path_factory, request):
     """citest deployed from nothing by `pulumi up`. Yields (site, stack template)."""
-    with pulumi_deployed(site_up, tmp_path_factory.mktemp("deploy")) as template:
+    with pulumi_deployed(site_up, tmp_path_factory.mktemp("deploy"), request) as template:
         yield site_up, template
 
 

@@ -25,13 +25,13 @@ from aifactory.site.validate import load_site
 from sandbox import localsite, ssh
 from sandbox.scratch import scratch_site
 from tests.conftest import REPO
-from tests.site.conftest import etcd_request, pulumi_deployed, skip_unless_root, wait_until
+from tests.site.conftest import etcd_request, pulumi_deployed, say, skip_unless_root, wait_until
 
 pytestmark = pytest.mark.site
 
 
 @pytest.fixture(scope="module")
-def ha_site(tmp_path_factory):
+def ha_site(tmp_path_factory, request):
     skip_unless_root()
     tmp = tmp_path_factory.mktemp("ciha")
     path = tmp / "ciha.yaml"
@@ -39,7 +39,7 @@ def ha_site(tmp_path_factory):
     site = load_site(path)
     try:
         assert localsite.up(site) == 0, "site up of the HA site failed (see output above)"
-        with pulumi_deployed(site, tmp):
+        with pulumi_deployed(site, tmp, request):
             yield site
     finally:
         assert localsite.down(site) == 0
@@ -105,7 +105,7 @@ def test_etcd_has_a_tls_member_on_every_control_plane_machine(ha_site):
     assert all(url.startswith("https://") for m in members for url in m["peerURLs"] + m["clientURLs"])
 
 
-def test_the_api_survives_a_control_plane_machine_powered_off_and_it_rejoins(ha_site):
+def test_the_api_survives_a_control_plane_machine_powered_off_and_it_rejoins(ha_site, request):
     api = _api(ha_site)
     _write(api, "before-power-off")
     (gone,) = _holders(ha_site)
@@ -114,7 +114,7 @@ def test_the_api_survives_a_control_plane_machine_powered_off_and_it_rejoins(ha_
 
     started = time.monotonic()
     wait_until(lambda: _wrote(api, "while-one-is-off"), 90, "a write through the site's API address")
-    print(f"\nAPI writable again {time.monotonic() - started:.1f} s after {gone.name} was powered off")
+    say(request, f"\nAPI writable again {time.monotonic() - started:.1f} s after {gone.name} was powered off")
     (holder,) = _holders(ha_site, off=gone)
     before = api.read_namespaced_config_map("before-power-off", "default")
     assert before.data == {"written": "before-power-off"}
@@ -129,7 +129,12 @@ def test_the_api_survives_a_control_plane_machine_powered_off_and_it_rejoins(ha_
         except (ApiException, HTTPError, OSError):  # booting, or etcd still catching up
             return None
 
+    started = time.monotonic()
     served = wait_until(serves_what_was_written, 240, f"{gone.name}'s apiserver")
+    say(
+        request,
+        f"{gone.name} powered on: its apiserver served the write after {time.monotonic() - started:.0f} s",
+    )
     assert served == {"written": "while-one-is-off"}
     health = _etcd(ha_site, gone, "/v3/maintenance/status")
     assert health["header"]["member_id"] and not health.get("errors")
