@@ -61,13 +61,20 @@ def fingerprint(site_file: Path) -> dict[str, str]:
     }
 
 
-def _configure(props: dict[str, Any]) -> dict[str, Any]:
+def _configure(props: dict[str, Any], limit: list[str] | None = None) -> dict[str, Any]:
     from aifactory.configure import PlaybookFailed, run_playbook
     from aifactory.site.validate import load_site
 
     site = load_site(props["site_file"])
+    if limit:
+        pulumi.log.info(f"repairing drift: the playbooks on {', '.join(limit)} only")
     try:
-        result = run_playbook(site, props["playbook"], progress=lambda line: pulumi.log.info(line.strip()))
+        result = run_playbook(
+            site,
+            props["playbook"],
+            limit=",".join(limit) if limit else None,
+            progress=lambda line: pulumi.log.info(line.strip()),
+        )
     except PlaybookFailed as e:
         raise Exception(f"Ansible failed on site {site.name}: {e}") from None
     kubeconfig = paths.site_state_dir(site.name) / "kubeconfig"
@@ -78,6 +85,8 @@ def _configure(props: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(result.seconds, 1),
         "kubeconfig_path": str(kubeconfig) if kubeconfig.exists() else None,
         "operator_access_dir": str(operator_access) if (operator_access / "id_ed25519").exists() else None,
+        "hosts_state": AS_CONFIGURED,
+        "repair_hosts": [],
     }
 
 
@@ -141,12 +150,17 @@ def describe(drifted: dict[str, list[str]], unknown: dict[str, str]) -> str:
 
 def hosts_state(props: dict[str, Any], run: Runner = ssh_python) -> str:
     """Every configured host's files against the record its last run left, hosts asked in parallel."""
+    return describe(*survey(props, run))
+
+
+def survey(props: dict[str, Any], run: Runner = ssh_python) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(drifted paths per host, why per host that could not say); "site file" when it is unreadable."""
     from aifactory.site.validate import SiteInvalid, load_site
 
     try:
         site = load_site(props["site_file"])
     except SiteInvalid as e:
-        return f"unknown: site file {props['site_file']}: {e}"
+        return {}, {f"site file {props['site_file']}": str(e)}
     names = [str(n) for n in props.get("machines") or []]
     known = {m.name: m for m in site.machines}
     unknown = {n: "no longer in the site file" for n in names if n not in known}
@@ -160,7 +174,11 @@ def hosts_state(props: dict[str, Any], run: Runner = ssh_python) -> str:
                 unknown[m.name] = why
             elif found:
                 drifted[m.name] = found
-    return describe(drifted, unknown)
+    return drifted, unknown
+
+
+# The inputs whose change re-runs the playbooks on every machine.
+INPUT_KEYS = ("site_file", "playbook", "site_digest", "playbooks_digest", "bundle_digest", "machines")
 
 
 class AnsibleProvider(dynamic.ResourceProvider):
@@ -168,27 +186,26 @@ class AnsibleProvider(dynamic.ResourceProvider):
         return dynamic.CreateResult(id_=f"ansible-{props['playbook']}", outs=_configure(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
-        state = hosts_state(props)
+        drifted, unknown = survey(props)
+        state = describe(drifted, unknown)
         if state != AS_CONFIGURED:
             pulumi.log.warn(f"{id_}: {state}")
-        return dynamic.ReadResult(id_=id_, outs={**props, "hosts_state": state})
+        # What `up` repairs when nothing else changed: the machines that drifted or could not say.
+        repair = sorted(set(drifted) | (set(unknown) & {str(n) for n in props.get("machines") or []}))
+        return dynamic.ReadResult(id_=id_, outs={**props, "hosts_state": state, "repair_hosts": repair})
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         # news' hosts_state is always "as-configured": a refresh that found drift (or a host that could
         # not say) makes the next `pulumi up` run the playbooks again.
-        keys = (
-            "site_file",
-            "playbook",
-            "site_digest",
-            "playbooks_digest",
-            "bundle_digest",
-            "machines",
-            "hosts_state",
-        )
+        keys = (*INPUT_KEYS, "hosts_state")
         return dynamic.DiffResult(changes=any(olds.get(k) != news.get(k) for k in keys))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
-        return dynamic.UpdateResult(outs=_configure(news))
+        # Only drift to repair (the site, playbooks, bundle and machines as they were): the playbooks
+        # on those machines alone, not the whole site.
+        same = all(olds.get(k) == news.get(k) for k in INPUT_KEYS)
+        limit = olds.get("repair_hosts") if same and olds.get("repair_hosts") else None
+        return dynamic.UpdateResult(outs=_configure(news, limit))
 
 
 class AnsibleConfiguration(dynamic.Resource):
@@ -215,5 +232,6 @@ class AnsibleConfiguration(dynamic.Resource):
             "kubeconfig_path": None,
             "operator_access_dir": None,
             "hosts_state": AS_CONFIGURED,  # the run just recorded each host's files
+            "repair_hosts": [],
         }
         super().__init__(AnsibleProvider(), name, props, opts)

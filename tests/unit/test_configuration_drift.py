@@ -240,3 +240,18 @@ def test_the_state_names_a_few_paths_per_host_and_counts_the_rest():
         "/etc/slurm/4.conf (changed) and 2 more | unknown: gpu-03: down"
     )
     assert describe({}, {}) == AS_CONFIGURED
+
+
+def test_up_after_drift_repairs_only_the_drifted_machines(drift_site, monkeypatch):
+    props, etc, _ = drift_site
+    runs = []
+    monkeypatch.setattr(configuration, "_configure", lambda p, limit=None: runs.append(limit) or p)
+    provider = AnsibleProvider()
+    props["machines"] = ["head-01"]
+    (etc / "slurm" / "slurm.conf").write_text("ClusterName=edited\n")
+    read = provider.read("ansible-site.yml", props).outs
+    assert read["repair_hosts"] == ["head-01"]
+    provider.update("ansible-site.yml", read, props)
+    # a changed playbook tree (or site file, bundle, machine list) re-runs them everywhere
+    provider.update("ansible-site.yml", read, {**props, "playbooks_digest": "new"})
+    assert runs == [["head-01"], None]
