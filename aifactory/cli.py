@@ -63,6 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="lowest finding level that fails validation (default: error)",
     )
     v.add_argument("--json", action="store_true", help="print findings as JSON")
+    gen = site_sub.add_parser(
+        "generate",
+        help="write an emulated site file of any size (scale tests and benchmarks)",
+        description="One head, one or three control-plane machines and N GPU servers split between the "
+        "pools, on a management network just large enough inside the test range. The file is checked "
+        "as `site validate` would before it is written; `site up --bmc-only` then serves its BMCs.",
+    )
+    gen.add_argument("--machines", type=int, required=True, help="GPU servers (at least 2)")
+    gen.add_argument("--out", type=Path, required=True, help="where to write the site file")
+    gen.add_argument("--name", default="scale", help="site name (default: scale)")
+    gen.add_argument("--control-planes", type=int, choices=[1, 3], default=1, help="default: 1")
+    gen.add_argument(
+        "--kubernetes-share", type=float, default=0.5, help="share of the servers in the Kubernetes pool"
+    )
+    gen.add_argument("--gpus", type=int, default=8, help="GPUs per server (default: 8)")
+    gen.add_argument("--model", default="h100", help="GPU model (default: h100)")
     up = site_sub.add_parser(
         "up",
         help="emulate the site's hardware: Redfish BMCs and powered-off Debian hosts (idempotent)",
@@ -340,6 +356,9 @@ def _site(args) -> int:
             print(f"{verdict}: {summary}; {errors} error(s), {warnings} warning(s)")
         return EXIT_USAGE if failed else EXIT_OK
 
+    if args.site_command == "generate":
+        return _site_generate(args)
+
     site = load_site_or_exit(args.site)
     from sandbox import localsite
 
@@ -352,6 +371,22 @@ def _site(args) -> int:
     if args.site_command == "down":
         return localsite.down(site)
     return EXIT_USAGE
+
+
+def _site_generate(args) -> int:
+    from aifactory.site.generate import generate, write
+
+    try:
+        data = generate(
+            args.name, args.machines, args.control_planes, args.kubernetes_share, args.gpus, args.model
+        )
+    except ValueError as e:
+        print(f"site generate: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    site = write(data, args.out)
+    gpus = sum(m.gpu_count for m in site.machines)
+    print(f"{args.out}: site {site.name}, {len(site.machines)} machines, {gpus} GPUs")
+    return EXIT_OK
 
 
 def _configure(args) -> int:
