@@ -172,6 +172,11 @@ def schema(known_models: list[str]) -> dict[str, Any]:
                 "description": "GPUs in use now, per model",
                 "properties": {"kubernetes": usage, "slurm": usage, "summary": {"type": "string"}},
             },
+            "overshoot": {
+                **usage,
+                "description": "GPUs held beyond the entitlement on both schedulers together, per "
+                "model and total (two admissions within one drift interval); absent when within it",
+            },
             "gpuHoursUsed": {"type": "number"},
             "budgetPeriodStart": {"type": "string"},
             "kopf": {

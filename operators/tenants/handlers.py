@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -42,6 +42,7 @@ from kubernetes import config as k8s_config
 
 from operators.tenants import capacity, config, metrics, slurm
 from operators.tenants import kubernetes_side as kside
+from operators.tenants.entitlement import Holdings
 from operators.tenants.spec import (
     DELETION_BLOCKED,
     FINALIZER,
@@ -78,6 +79,10 @@ class State:
     # bounded number of threads (async handlers wait for them without a thread of their own).
     kube_pool: ThreadPoolExecutor
     ledger_read_at: float = 0.0
+    # What each tenant's work held at its last drift round (entitlement.py): observed state, so
+    # memory is enough; an operator that restarts starts from the full entitlement on each side
+    # until the first round (one drift interval).
+    holdings: dict[str, Holdings] = field(default_factory=dict)
 
 
 _state: State | None = None
@@ -198,7 +203,7 @@ def reread_ledger() -> None:
 
 
 def sync_kubernetes(
-    t: TenantSpec, check_drift: bool = False, fresh: bool = False
+    t: TenantSpec, check_drift: bool = False, fresh: bool = False, held: Holdings | None = None
 ) -> tuple[list[str], list[str]]:
     """Apply every object; remove what the tenant no longer has (nothing to look for when `fresh`,
     a first creation) and let go of the namespaces it no longer lists. Returns what had drifted,
@@ -206,7 +211,7 @@ def sync_kubernetes(
     st = state()
     let_go: list[str] = []
     with metrics.timed("kubernetes"):
-        want = kside.desired_objects(t, st.kueue)
+        want = kside.desired_objects(t, st.kueue, held)
         drifted = kside.write(st.kube, t.name, want, fresh, check_drift)
         wanted = {kside.object_path(o) for o in want}
         for p in [] if fresh else kside.owned(st.kube, t.name, st.kueue):
@@ -229,11 +234,11 @@ def sync_kubernetes(
     return drifted, let_go
 
 
-def sync_slurm(t: TenantSpec) -> Future[tuple[list[str], slurm.Observed]]:
+def sync_slurm(t: TenantSpec, held: Holdings | None = None) -> Future[tuple[list[str], slurm.Observed]]:
     """Observe, plan, apply, queued to the batch writer (no thread waits for it meanwhile): the
     commands that were needed and the observation."""
     start = time.monotonic()
-    done = state().slurm.sync(slurm.desired(t))
+    done = state().slurm.sync(slurm.desired(t, held))
     done.add_done_callback(lambda f: metrics.record("slurm", start, f.exception()))
     return done
 
@@ -248,7 +253,7 @@ class Outcome:
     slurm_reason: str = ""
     slurm_error: str | None = None
     observed: slurm.Observed | None = None
-    k8s_usage: dict[str, int] | None = None
+    held: Holdings | None = None  # observed this round on both sides (drift rounds only)
 
 
 def write_status(
@@ -305,18 +310,17 @@ def write_status(
         patch.status["observedGeneration"] = generation
         patch.status["quota"] = t.quota_summary()
         patch.status["namespaces"] = list(t.namespaces)
-    usage: dict[str, Any] = {}
-    if out.k8s_usage is not None:
-        usage["kubernetes"] = out.k8s_usage
-    if out.observed is not None and out.observed.running_jobs is not None:
-        usage["slurm"] = out.observed.gpus_in_use
-        if out.observed.gpu_minutes_used is not None:
-            patch.status["gpuHoursUsed"] = round(out.observed.gpu_minutes_used / 60, 2)
-    if usage:
-        k = sum((usage.get("kubernetes") or {}).values())
-        s = sum((usage.get("slurm") or {}).values())
-        usage["summary"] = f"k8s={k} slurm={s}"
-        patch.status["usage"] = usage
+    if out.observed is not None and out.observed.gpu_minutes_used is not None:
+        patch.status["gpuHoursUsed"] = round(out.observed.gpu_minutes_used / 60, 2)
+    if out.held is not None:
+        pods = {m: out.held.pods(m) for ns in out.held.kubernetes.values() for m in ns}
+        patch.status["usage"] = {
+            "kubernetes": pods,
+            "slurm": dict(out.held.slurm),
+            "summary": f"k8s={out.held.pods()} slurm={out.held.jobs()}",
+        }
+        # null clears it once the tenant is back within its entitlement (merge patch)
+        patch.status["overshoot"] = out.held.overshoot(t.gpu_quota) or None
 
 
 def in_kube_pool(fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
@@ -324,7 +328,12 @@ def in_kube_pool(fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
 
 
 async def converge(
-    t: TenantSpec, meta: kopf.Meta, check_drift: bool, body: kopf.Body, fresh: bool = False
+    t: TenantSpec,
+    meta: kopf.Meta,
+    check_drift: bool,
+    body: kopf.Body,
+    fresh: bool = False,
+    held: Holdings | None = None,
 ) -> tuple[Outcome, capacity.Verdict]:
     st = state()
     if time.monotonic() - st.ledger_read_at > st.cfg.drift_interval:
@@ -338,9 +347,9 @@ async def converge(
         return out, v
     # The two sides are independent: the Slurm side waits for its sacctmgr batches while the
     # Kubernetes objects are written.
-    slurm_side = asyncio.wrap_future(sync_slurm(t))
+    slurm_side = asyncio.wrap_future(sync_slurm(t, held))
     try:
-        drifted, let_go = await in_kube_pool(sync_kubernetes, t, check_drift, fresh)
+        drifted, let_go = await in_kube_pool(sync_kubernetes, t, check_drift, fresh, held)
         if drifted:
             kopf.warn(body, reason="DriftCorrected", message="restored: " + ", ".join(drifted)[:900])
         if let_go:
@@ -395,7 +404,8 @@ async def reconcile(
 ) -> None:
     t = parse(name, dict(spec))
     fresh = kwargs.get("reason") == "create" and kwargs.get("retry", 0) == 0
-    out, v = await converge(t, meta, check_drift=False, body=body, fresh=fresh)
+    held = state().holdings.get(name)
+    out, v = await converge(t, meta, check_drift=False, body=body, fresh=fresh, held=held)
     if out.observed is not None and out.slurm_error is None:
         await roll_budget(t, status, patch, body)
     write_status(patch, status, t, int(meta.get("generation", 0)), out, v, state().cfg.policy)
@@ -419,11 +429,28 @@ async def drift(
     if meta.get("deletionTimestamp") or not await in_kube_pool(spec_unchanged, name, meta):
         return
     t = parse(name, dict(spec))
-    out, v = await converge(t, meta, check_drift=True, body=body)
+    st = state()
+    before = st.holdings.get(name, Holdings())
+    # The pods first, so Slurm's limit this round leaves them their GPUs; Slurm's jobs are seen by
+    # this round's observation (the Kubernetes side follows at once when they changed).
+    held = Holdings(before.slurm, await in_kube_pool(kside.gpus_held, st.kube, list(t.namespaces)))
+    # A limit that moved with the tenant's own work is no hand edit: applied, not reported as drift.
+    out, v = await converge(t, meta, check_drift=held == before, body=body, held=held)
     if out.observed is not None and out.slurm_error is None:
         await roll_budget(t, status, patch, body)
-    if out.k8s_error is None:
-        out.k8s_usage = await in_kube_pool(kside.gpus_in_use, state().kube, list(t.namespaces))
+        held = Holdings(dict(out.observed.gpus_in_use), held.kubernetes)
+        if held.slurm != before.slurm and out.k8s_error is None:
+            await in_kube_pool(sync_kubernetes, t, False, False, held)
+    st.holdings[name] = out.held = held
+    over = held.overshoot(t.gpu_quota)
+    if over and not status.get("overshoot"):
+        metrics.OVERSHOOT.inc()
+        kopf.warn(
+            body,
+            reason="Overshoot",
+            message=f"GPUs held beyond the entitlement {t.quota_summary()}: {over} "
+            f"(Slurm jobs {held.jobs()}, pods {held.pods()})",
+        )
     old = condition(status.get("conditions"), OVERCOMMITTED)
     if bool(v.overcommitted) != (old is not None and old.get("status") == "True"):
         kind = kopf.warn if v.overcommitted else normal
@@ -456,11 +483,11 @@ def cleanup(
     # An account of that name the operator did not make (condition AccountNotOwned) is not the
     # tenant's: its jobs do not block, and it is left as it is.
     ours = observed.organization == SLURM_ORGANIZATION
-    pods = kside.gpus_in_use(st.kube, namespaces)
+    pods = Holdings(kubernetes=kside.gpus_held(st.kube, namespaces)).pods()
     if ((ours and observed.running_jobs) or pods) and not force:
         msg = (
             f"GPUs still in use: {observed.running_jobs} running Slurm job(s), "
-            f"{sum(pods.values())} GPU(s) in pods; set annotation {FORCE_DELETE_ANNOTATION}=true to force"
+            f"{pods} GPU(s) in pods; set annotation {FORCE_DELETE_ANNOTATION}=true to force"
         )
         conds = set_condition(
             list(status.get("conditions") or []), DELETION_BLOCKED, True, "GPUsInUse", msg, None
@@ -474,6 +501,7 @@ def cleanup(
         for p in kside.owned(st.kube, name, st.kueue):
             st.kube.delete(p)
     st.ledger.drop(name)
+    st.holdings.pop(name, None)
     account = f"account {name}" if ours else f"no account ({name} is not the operator's)"
     normal(body, reason="Deleted", message=f"removed {account} and namespaces {', '.join(namespaces)}")
     log.info("tenant %s deleted (forced=%s, namespaces %s)", t.name, force, namespaces)

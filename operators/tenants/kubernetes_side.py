@@ -10,8 +10,9 @@ also advertise `nvidia.com/gpu-<model>`; the ResourceQuota caps `requests.nvidia
 tenant's total) and `requests.nvidia.com/gpu-<model>` per model. Kueue, when present, enforces the
 per-model split through flavors keyed on the node label `aifactory.io/gpu-model`.
 
-A quota is per namespace in Kubernetes; a tenant with several namespaces gets its full quota in
-each, and the tenant-wide total across them is what Kueue's ClusterQueue enforces.
+A quota is per namespace in Kubernetes; the tenant's namespaces share its one entitlement with each
+other and with Slurm (entitlement.py): each namespace's ResourceQuota is what the others and Slurm
+leave, recomputed from what the tenant holds every drift interval.
 
 Everything is written with server-side apply (force, one field manager), so re-applying is
 idempotent and puts back what someone edited by hand.
@@ -26,6 +27,12 @@ from urllib.parse import quote, urlencode
 
 from kubernetes import client as k8s_client
 
+from operators.tenants.entitlement import (
+    UNKNOWN_MODEL,
+    Holdings,
+    namespace_limits,
+    queue_limits,
+)
 from operators.tenants.spec import FIELD_MANAGER, MANAGED_BY, TENANT_LABEL, TenantSpec
 
 GPU = "nvidia.com/gpu"
@@ -36,6 +43,7 @@ QUOTA_NAME, LIMITS_NAME, BINDING_NAME, POLICY_NAME = (
     "tenant-isolation",
 )
 KUEUE = "kueue.x-k8s.io/v1beta1"
+MODEL_LABEL = "aifactory.io/gpu-model"  # set on every GPU node from what its driver reports
 
 
 def _meta(name: str, tenant: str, namespace: str | None = None) -> dict[str, Any]:
@@ -45,16 +53,20 @@ def _meta(name: str, tenant: str, namespace: str | None = None) -> dict[str, Any
     return meta
 
 
-def desired_objects(spec: TenantSpec, kueue: bool = False) -> list[dict[str, Any]]:
-    """Every object the tenant should have, in apply order (namespaces first)."""
-    hard = {f"requests.{GPU}": str(spec.total_gpus)}
-    hard |= {f"requests.{GPU}-{m}": str(n) for m, n in sorted(spec.gpu_quota.items())}
+def desired_objects(
+    spec: TenantSpec, kueue: bool = False, held: Holdings | None = None
+) -> list[dict[str, Any]]:
+    """Every object the tenant should have, in apply order (namespaces first). Each namespace's GPU
+    quota is its share of the tenant's one entitlement, given what the tenant holds (entitlement.py)."""
+    held = held or Holdings()
     subjects = [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": u} for u in spec.users]
     subjects += [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": g} for g in spec.groups]
     objs: list[dict[str, Any]] = []
     for ns in spec.namespaces:
         objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns, spec.name)})
     for ns in spec.namespaces:
+        share = namespace_limits(spec.gpu_quota, held, ns)
+        hard = {f"requests.{GPU}{'-' + m if m else ''}": str(n) for m, n in sorted(share.items())}
         objs.append(
             {
                 "apiVersion": "v1",
@@ -107,11 +119,11 @@ def desired_objects(spec: TenantSpec, kueue: bool = False) -> list[dict[str, Any
                 }
             )
     if kueue and spec.gpu_quota:  # a ClusterQueue needs at least one flavor
-        objs += kueue_objects(spec)
+        objs += kueue_objects(spec, held)
     return objs
 
 
-def kueue_objects(spec: TenantSpec) -> list[dict[str, Any]]:
+def kueue_objects(spec: TenantSpec, held: Holdings) -> list[dict[str, Any]]:
     # Quantities as strings: the API server returns them so, and drift compares what it returns.
     flavors = [
         {
@@ -133,7 +145,7 @@ def kueue_objects(spec: TenantSpec) -> list[dict[str, Any]]:
                     "coveredResources": [GPU],
                     "flavors": [
                         {"name": f"gpu-{m}", "resources": [{"name": GPU, "nominalQuota": str(n)}]}
-                        for m, n in sorted(spec.gpu_quota.items())
+                        for m, n in sorted(queue_limits(spec.gpu_quota, held).items())
                     ],
                 }
             ],
@@ -163,6 +175,7 @@ _PLURALS = {
     "ClusterQueue": "clusterqueues",
     "LocalQueue": "localqueues",
     "Pod": "pods",
+    "Node": "nodes",
     "CustomResourceDefinition": "customresourcedefinitions",
     "Tenant": "tenants",
     "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
@@ -384,16 +397,29 @@ def let_go(kube: Kube, tenant: str, namespace: str, policy: str) -> str:
     return f"released namespace {namespace} (its workloads kept)"
 
 
-def gpus_in_use(kube: Kube, namespaces: list[str]) -> dict[str, int]:
-    """GPUs requested by pods that are not finished, per resource (`gpu` = the generic name)."""
-    used: dict[str, int] = {}
+def gpus_held(kube: Kube, namespaces: list[str]) -> dict[str, dict[str, int]]:
+    """GPUs held by the pods that are not finished, per namespace and model: the model from a
+    per-model resource name, else from the node's `aifactory.io/gpu-model` label (pods not yet on a
+    node, and nodes without it, count as UNKNOWN_MODEL)."""
+    models: dict[str, str] = {}
+
+    def node_model(node: str | None) -> str:
+        if not node:
+            return UNKNOWN_MODEL
+        if node not in models:
+            labels = ((kube.get(path("v1", "Node", node)) or {}).get("metadata") or {}).get("labels") or {}
+            models[node] = labels.get(MODEL_LABEL, UNKNOWN_MODEL)
+        return models[node]
+
+    held: dict[str, dict[str, int]] = {}
     for ns in namespaces:
         for pod in kube.list(path("v1", "Pod", namespace=ns)):
             if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                 continue
             for c in pod["spec"].get("containers", []):
                 for res, qty in (c.get("resources", {}).get("limits") or {}).items():
-                    if res.startswith(GPU):
-                        key = res[len(GPU) :].lstrip("-") or "gpu"
-                        used[key] = used.get(key, 0) + int(qty)
-    return used
+                    if res.startswith(GPU) and int(qty):
+                        model = res[len(GPU) :].lstrip("-") or node_model(pod["spec"].get("nodeName"))
+                        per_model = held.setdefault(ns, {})
+                        per_model[model] = per_model.get(model, 0) + int(qty)
+    return held

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from operators.tenants.entitlement import Holdings, slurm_limits
 from operators.tenants.spec import SLURM_ORGANIZATION, TenantSpec, qos_name
 
 log = logging.getLogger("aifactory.tenants.slurm")
@@ -54,8 +55,10 @@ class Desired:
     qos_max_jobs_pu: int | None
 
 
-def desired(spec: TenantSpec) -> Desired:
-    tres = {"gres/gpu": spec.total_gpus} | {f"gres/gpu:{m}": n for m, n in spec.gpu_quota.items()}
+def desired(spec: TenantSpec, held: Holdings | None = None) -> Desired:
+    """The account as the spec wants it; its GPU limits are the entitlement less what the tenant's
+    pods hold (entitlement.py)."""
+    tres = slurm_limits(spec.gpu_quota, held or Holdings())
     mins = {"gres/gpu": spec.budget.gpu_hours * 60} if spec.budget else {}
     per_user = {"gres/gpu": spec.max_gpus_per_user} if spec.max_gpus_per_user is not None else {}
     return Desired(

@@ -183,6 +183,11 @@ def gpu_pod(gpus: int, pname: str = "gpu-job") -> dict:
     }
 
 
+def pod_gpu_quota(kube, namespace: str) -> str:
+    rq = kube.get(f"/api/v1/namespaces/{namespace}/resourcequotas/tenant-gpu-quota")
+    return rq["spec"]["hard"]["requests.nvidia.com/gpu"]
+
+
 def grp_tres(head, account: str) -> str:
     return head(f"sacctmgr -nP show assoc where account={account} user= format=grptres").strip()
 
@@ -242,25 +247,20 @@ def test_tenant_quota_enforced_on_kubernetes_and_slurm(operator, kube, head):
             ),
         )
 
-        # Raising the quota to 16 starts the pending job.
+        # Raising the quota to 16 starts the pending job; Slurm then holds all 16, so the
+        # namespace's share of the one entitlement is 0.
         patch_spec(kube, t, {"gpuQuota": {"h100": 16}})
         wait_ready(kube, t, generation=2)
         status = kube.get(f"{TENANTS}/{t}")["status"]
         assert status["quota"] == "h100=16" and status["observedGeneration"] == 2
         wait_for("second job running", lambda: job_states(head, t).get(second, ("",))[0] == "RUNNING")
-        rq = kube.get(f"/api/v1/namespaces/{t}/resourcequotas/tenant-gpu-quota")
-        assert rq["spec"]["hard"]["requests.nvidia.com/gpu"] == "16"
+        wait_for("the namespace's share is 0", lambda: pod_gpu_quota(kube, t) == "0")
 
         # Lowering it applies at once to new work; running jobs are not preempted.
         patch_spec(kube, t, {"gpuQuota": {"h100": 8}})
         wait_ready(kube, t, generation=3)
         assert "gres/gpu=8" in grp_tres(head, t).split(",")
-        assert (
-            kube.get(f"/api/v1/namespaces/{t}/resourcequotas/tenant-gpu-quota")["spec"]["hard"][
-                "requests.nvidia.com/gpu"
-            ]
-            == "8"
-        )
+        assert pod_gpu_quota(kube, t) == "0"
         assert {s for s, _ in job_states(head, t).values()} == {"RUNNING"}
 
         # Deleting while jobs run is refused, with a condition and an event...
@@ -277,6 +277,45 @@ def test_tenant_quota_enforced_on_kubernetes_and_slurm(operator, kube, head):
         assert job_states(head, t) == {}
         ns = kube.get(f"/api/v1/namespaces/{t}")
         assert ns is None or ns["status"]["phase"] == "Terminating"
+    finally:
+        force_delete(kube, t)
+
+
+def test_one_entitlement_across_both_schedulers_and_all_namespaces(operator, kube, head):
+    """h100: 4 is the most the tenant holds at once, in Slurm jobs and pods together, whichever
+    scheduler takes it first; its two namespaces share it."""
+    t = name("one")
+    a, b = f"{t}-a", f"{t}-b"
+    create(kube, t, gpuQuota={"h100": 4}, namespaces=[a, b])
+    try:
+        wait_ready(kube, t)
+        # Slurm first: a 4-GPU job leaves the namespaces nothing; a 1-GPU pod is refused by quota.
+        job = submit(head, t, gpus=4)
+        wait_for("4-GPU job running", lambda: job_states(head, t).get(job, ("",))[0] == "RUNNING")
+        wait_for("namespaces' share 0", lambda: pod_gpu_quota(kube, a) == pod_gpu_quota(kube, b) == "0")
+        with pytest.raises(kside.ApiError) as e:
+            kube.request("POST", f"/api/v1/namespaces/{a}/pods", gpu_pod(1), query={"dryRun": "All"})
+        assert e.value.status == 403 and "exceeded quota" in str(e.value), e.value
+        head(f"scancel {job}")
+        wait_for("namespaces' share back to 4", lambda: pod_gpu_quota(kube, a) == "4", timeout=60)
+
+        # Kubernetes first: a pod with 3 GPUs in one namespace leaves the other 1 and Slurm 1.
+        body = kube.api.sanitize_for_serialization(toolbox_pod("gpus", ["sleep", "3600"], gpus=3))
+        kube.request("POST", f"/api/v1/namespaces/{a}/pods", body)
+        pod = f"/api/v1/namespaces/{a}/pods/gpus"
+        wait_for("3-GPU pod running", lambda: kube.get(pod)["status"].get("phase") == "Running", 120)
+        wait_for("Slurm limit 1", lambda: "gres/gpu=1" in grp_tres(head, t).split(","), timeout=60)
+        assert pod_gpu_quota(kube, b) == "1" and pod_gpu_quota(kube, a) == "4"
+        two = submit(head, t, gpus=2)
+        wait_for(
+            "a 2-GPU job pending on the association limit",
+            lambda: job_states(head, t).get(two) == ("PENDING", "AssocGrpGRES"),
+        )
+        usage = kube.get(f"{TENANTS}/{t}")["status"]["usage"]
+        assert usage["summary"] == "k8s=3 slurm=0" and usage["kubernetes"] == {"h100": 3}
+        kube.request("DELETE", pod, query={"gracePeriodSeconds": "0"})
+        wait_for("the pending job starts", lambda: job_states(head, t).get(two, ("",))[0] == "RUNNING", 90)
+        assert "overshoot" not in kube.get(f"{TENANTS}/{t}")["status"]
     finally:
         force_delete(kube, t)
 
