@@ -21,7 +21,7 @@ import pulumi_kubernetes as k8s
 
 from aifactory.site.model import Machine, Site
 from operators.tenants import capacity, crd
-from operators.tenants.spec import GROUP, PEERING, PEERING_PRIORITY_IN_CLUSTER
+from operators.tenants.spec import GROUP, PEERING, PEERING_PRIORITY_IN_CLUSTER, STRICT_MEMBER_ROLE
 
 NAMESPACE = "aifactory-system"
 NAME = "tenant-operator"
@@ -87,11 +87,11 @@ def rbac_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
         rule(["events.k8s.io"], ["events"], ["create", "patch"]),
         rule(["networking.k8s.io"], ["networkpolicies"], write),
         rule(["rbac.authorization.k8s.io"], ["rolebindings"], write),
-        # Binding members to `edit` needs `bind` on it, and on nothing else (cluster-admin included).
+        # Binding members needs `bind` on their roles, and on nothing else (cluster-admin included).
         k8s.rbac.v1.PolicyRuleArgs(
             api_groups=["rbac.authorization.k8s.io"],
             resources=["clusterroles"],
-            resource_names=["edit"],
+            resource_names=["edit", STRICT_MEMBER_ROLE],
             verbs=["bind"],
         ),
         rule(["kueue.x-k8s.io"], ["clusterqueues", "localqueues", "resourceflavors"], write),
@@ -108,7 +108,9 @@ class TenantOperator(pulumi.ComponentResource):
         models = sorted(capacity.site_capacity(args.site))
         peering_crd, peering = (_forced(o) for o in crd.peering())
         self.crd = k8s.yaml.v2.ConfigGroup(
-            f"{name}-crd", objs=[_forced(crd.crd(models)), peering_crd], opts=child
+            f"{name}-crd",
+            objs=[_forced(crd.crd(models)), peering_crd, _forced(crd.strict_member_role())],
+            opts=child,
         )
         # One by one, not in the ConfigGroup: the SDK cannot read back kinds it has no class for
         # (MutatingAdmissionPolicy v1 is newer than pulumi-kubernetes 4.25).

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from operators.tenants.spec import FINALIZER, GROUP, KIND, PEERING, PLURAL, VERSION
+from operators.tenants.spec import FINALIZER, GROUP, KIND, PEERING, PLURAL, STRICT_MEMBER_ROLE, VERSION
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes user and group names are free-form strings; this keeps them printable and unambiguous
@@ -121,6 +121,14 @@ def schema(known_models: list[str]) -> dict[str, Any]:
                 "type": "boolean",
                 "default": True,
                 "description": "Default-deny ingress from other tenants' namespaces.",
+            },
+            "isolation": {
+                "type": "string",
+                "enum": ["standard", "strict"],
+                "default": "standard",
+                "description": "strict (sensitive data): default-deny ingress and egress except DNS and "
+                "the tenant's own namespaces, PodSecurity restricted on its namespaces, and members "
+                "who cannot edit NetworkPolicies, ResourceQuotas or LimitRanges.",
             },
             "namespaceDeletionPolicy": {
                 "type": "string",
@@ -292,6 +300,45 @@ def finalizer_policy() -> list[dict[str, Any]]:
             "spec": {"policyName": name},
         },
     ]
+
+
+def strict_member_role() -> dict[str, Any]:
+    """The ClusterRole a strict tenant's members get in its namespaces: their workloads, and the
+    isolation, quotas and limits only to read."""
+    every = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+    read = ["get", "list", "watch"]
+
+    def rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:
+        return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": STRICT_MEMBER_ROLE, "labels": {"app.kubernetes.io/part-of": "aifactory"}},
+        "rules": [
+            rule(
+                [""],
+                [
+                    "pods",
+                    "pods/log",
+                    "pods/exec",
+                    "pods/attach",
+                    "pods/portforward",
+                    "services",
+                    "configmaps",
+                    "secrets",
+                    "persistentvolumeclaims",
+                ],
+                every,
+            ),
+            rule([""], ["events", "serviceaccounts", "resourcequotas", "limitranges"], read),
+            rule(["apps"], ["deployments", "statefulsets", "replicasets", "daemonsets"], every),
+            rule(["batch"], ["jobs", "cronjobs"], every),
+            rule(["policy"], ["poddisruptionbudgets"], every),
+            rule(["networking.k8s.io"], ["networkpolicies"], read),
+            rule(["kueue.x-k8s.io"], ["localqueues", "workloads"], read),
+        ],
+    }
 
 
 def peering() -> list[dict[str, Any]]:

@@ -224,7 +224,7 @@ def sync_kubernetes(
             else:
                 st.kube.delete(p)
                 drifted.append(f"leftover {p}")
-        if not t.network_isolation and not fresh:
+        if not (t.network_isolation or t.strict) and not fresh:
             for ns in t.namespaces:
                 p = kside.path("networking.k8s.io/v1", "NetworkPolicy", kside.POLICY_NAME, ns)
                 if st.kube.get(p) is not None:

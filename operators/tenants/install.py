@@ -30,6 +30,7 @@ def install_crd(kubeconfig: Path, models: list[str], timeout: float = 60) -> Non
     k = kube(kubeconfig)
     peering_crd, peering = crd.peering()
     k.apply(peering_crd)
+    k.apply(crd.strict_member_role())
     obj = crd.crd(models)
     k.apply(obj)
     try:

@@ -33,7 +33,7 @@ from operators.tenants.entitlement import (
     namespace_limits,
     queue_limits,
 )
-from operators.tenants.spec import FIELD_MANAGER, MANAGED_BY, TENANT_LABEL, TenantSpec
+from operators.tenants.spec import FIELD_MANAGER, MANAGED_BY, STRICT_MEMBER_ROLE, TENANT_LABEL, TenantSpec
 
 GPU = "nvidia.com/gpu"
 QUOTA_NAME, LIMITS_NAME, BINDING_NAME, POLICY_NAME = (
@@ -44,6 +44,17 @@ QUOTA_NAME, LIMITS_NAME, BINDING_NAME, POLICY_NAME = (
 )
 KUEUE = "kueue.x-k8s.io/v1beta1"
 MODEL_LABEL = "aifactory.io/gpu-model"  # set on every GPU node from what its driver reports
+
+
+# PodSecurity admission on a strict tenant's namespaces: the restricted profile, enforced.
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+DNS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
 
 
 def _meta(name: str, tenant: str, namespace: str | None = None) -> dict[str, Any]:
@@ -63,7 +74,10 @@ def desired_objects(
     subjects += [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": g} for g in spec.groups]
     objs: list[dict[str, Any]] = []
     for ns in spec.namespaces:
-        objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns, spec.name)})
+        meta = _meta(ns, spec.name)
+        if spec.strict:
+            meta["labels"] |= RESTRICTED
+        objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
     for ns in spec.namespaces:
         share = namespace_limits(spec.gpu_quota, held, ns)
         hard = {f"requests.{GPU}{'-' + m if m else ''}": str(n) for m, n in sorted(share.items())}
@@ -99,23 +113,31 @@ def desired_objects(
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "RoleBinding",
                 "metadata": _meta(BINDING_NAME, spec.name, ns),
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": STRICT_MEMBER_ROLE if spec.strict else "edit",
+                },
                 "subjects": subjects,
             }
         )
-        if spec.network_isolation:
+        if spec.network_isolation or spec.strict:
+            own = [{"namespaceSelector": {"matchLabels": {TENANT_LABEL: spec.name}}}]
+            policy: dict[str, Any] = {
+                "podSelector": {},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": own}],
+            }
+            if spec.strict:  # and nothing out but to its own namespaces and cluster DNS
+                dns = [{"protocol": p, "port": 53} for p in ("UDP", "TCP")]
+                policy["policyTypes"].append("Egress")
+                policy["egress"] = [{"to": own}, {"to": [DNS_PEER], "ports": dns}]
             objs.append(
                 {
                     "apiVersion": "networking.k8s.io/v1",
                     "kind": "NetworkPolicy",
                     "metadata": _meta(POLICY_NAME, spec.name, ns),
-                    "spec": {
-                        "podSelector": {},
-                        "policyTypes": ["Ingress"],
-                        "ingress": [
-                            {"from": [{"namespaceSelector": {"matchLabels": {TENANT_LABEL: spec.name}}}]}
-                        ],
-                    },
+                    "spec": policy,
                 }
             )
     if kueue and spec.gpu_quota:  # a ClusterQueue needs at least one flavor
@@ -181,6 +203,7 @@ _PLURALS = {
     "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
     "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
     "ClusterKopfPeering": "clusterkopfpeerings",
+    "ClusterRole": "clusterroles",
 }
 
 

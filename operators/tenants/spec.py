@@ -33,6 +33,10 @@ PEERING_PRIORITY_IN_CLUSTER = 0
 PEERING_PRIORITY_LOCAL = 100
 PEERING_LIFETIME_S = 15
 
+# What a strict tenant's members are bound to in its namespaces (crd.strict_member_role): `edit`
+# without writing NetworkPolicies (ResourceQuotas and LimitRanges are not in `edit` either).
+STRICT_MEMBER_ROLE = "aifactory-tenant-member-strict"
+
 # Slurm side naming: the account is the tenant name; its per-user caps live in this QOS.
 SLURM_ORGANIZATION = "aifactory-tenant"
 
@@ -62,6 +66,13 @@ class TenantSpec:
     namespaces: tuple[str, ...] = ()
     network_isolation: bool = True
     namespace_deletion_policy: str = "Retain"  # or "Delete": what a namespace removed from the spec gets
+    # "strict" (sensitive data, e.g. health): default-deny ingress and egress but DNS and the tenant's
+    # own namespaces, PodSecurity restricted, members who cannot edit policies, quotas or limits
+    isolation: str = "standard"
+
+    @property
+    def strict(self) -> bool:
+        return self.isolation == "strict"
 
     @property
     def total_gpus(self) -> int:
@@ -90,6 +101,7 @@ def parse(name: str, spec: dict[str, Any]) -> TenantSpec:
         namespaces=tuple(spec.get("namespaces") or (name,)),
         network_isolation=bool(spec.get("networkIsolation", True)),
         namespace_deletion_policy=str(spec.get("namespaceDeletionPolicy", "Retain")),
+        isolation=str(spec.get("isolation", "standard")),
     )
 
 

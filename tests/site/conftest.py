@@ -87,9 +87,9 @@ def site_up(citest_file):
 
 def say(request: pytest.FixtureRequest, line: str) -> None:
     """A line in the test run's own output (not captured): figures CI logs should show."""
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(line, flush=True)
 
 
 @contextlib.contextmanager

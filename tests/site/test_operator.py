@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
 
 from aifactory import paths
 from aifactory.site.model import Site
@@ -300,8 +303,7 @@ def test_one_entitlement_across_both_schedulers_and_all_namespaces(operator, kub
         wait_for("namespaces' share back to 4", lambda: pod_gpu_quota(kube, a) == "4", timeout=60)
 
         # Kubernetes first: a pod with 3 GPUs in one namespace leaves the other 1 and Slurm 1.
-        body = kube.api.sanitize_for_serialization(toolbox_pod("gpus", ["sleep", "3600"], gpus=3))
-        kube.request("POST", f"/api/v1/namespaces/{a}/pods", body)
+        post_pod(kube, a, kube.api.sanitize_for_serialization(toolbox_pod("gpus", ["sleep", "3600"], gpus=3)))
         pod = f"/api/v1/namespaces/{a}/pods/gpus"
         wait_for("3-GPU pod running", lambda: kube.get(pod)["status"].get("phase") == "Running", 120)
         wait_for("Slurm limit 1", lambda: "gres/gpu=1" in grp_tres(head, t).split(","), timeout=60)
@@ -366,10 +368,23 @@ def test_a_namespace_that_is_not_the_tenants_is_never_taken_over(operator, kube)
         kube.delete(f"/api/v1/namespaces/{other}")
 
 
+def post_pod(kube: kside.Kube, namespace: str, body: dict) -> None:
+    """Create a pod; in a namespace made a moment ago the ServiceAccount admission plugin refuses it
+    until the controller manager has made the default ServiceAccount (a second or so)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)
+            return
+        except kside.ApiError as e:
+            if time.monotonic() > deadline or "serviceaccount" not in str(e).lower():
+                raise
+            time.sleep(0.5)
+
+
 def run_pod(kube: kside.Kube, namespace: str) -> str:
     """A pod that keeps running in `namespace` (the toolbox image, no GPU); its uid once Running."""
-    body = kube.api.sanitize_for_serialization(toolbox_pod("worker", ["sleep", "3600"]))
-    kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)
+    post_pod(kube, namespace, kube.api.sanitize_for_serialization(toolbox_pod("worker", ["sleep", "3600"])))
     pod = f"/api/v1/namespaces/{namespace}/pods/worker"
     wait_for(f"pod in {namespace} Running", lambda: kube.get(pod)["status"].get("phase") == "Running", 120)
     return kube.get(pod)["metadata"]["uid"]
@@ -433,6 +448,94 @@ def test_a_tenant_named_like_a_hand_made_slurm_account_leaves_it_alone(operator,
     finally:
         force_delete(kube, t)
         head(f"sacctmgr -i remove account where name={t}", check=False)
+
+
+def restricted_pod(pname: str, command: list[str], kube: kside.Kube) -> dict:
+    """A toolbox pod that PodSecurity's restricted profile admits."""
+    body = kube.api.sanitize_for_serialization(toolbox_pod(pname, command))
+    body["spec"]["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    body["spec"]["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return body
+
+
+def pod_ip(kube: kside.Kube, namespace: str, pname: str) -> str:
+    path = f"/api/v1/namespaces/{namespace}/pods/{pname}"
+    wait_for(f"{pname} running", lambda: kube.get(path)["status"].get("phase") == "Running", 120)
+    return kube.get(path)["status"]["podIP"]
+
+
+def run_probe(kube: kside.Kube, namespace: str, pname: str, script: str) -> list[str]:
+    """The words a restricted pod running `script` printed."""
+    post_pod(kube, namespace, restricted_pod(pname, ["sh", "-c", script], kube))
+    path = f"/api/v1/namespaces/{namespace}/pods/{pname}"
+    wait_for(
+        f"{pname} finished", lambda: kube.get(path)["status"].get("phase") in ("Succeeded", "Failed"), 150
+    )
+    log = kube.api.call_api(*kube.api.param_serialize("GET", path + "/log", auth_settings=["BearerToken"]))
+    return log.read().decode().split()
+
+
+def test_a_strict_tenant_is_fenced_in_restricted_and_its_members_cannot_loosen_it(
+    configured_site, operator, kube, kubeconfig
+):
+    t = name("strict")
+    a, b, outside = f"{t}-a", f"{t}-b", f"{t}-outside"
+    serve = ["sh", "-c", "while true; do echo hello | nc -l -p 8080; done"]
+    create(kube, t, isolation="strict", namespaces=[a, b], members={"users": ["carol"]})
+    kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": outside}})
+    try:
+        wait_ready(kube, t)
+        post_pod(kube, b, restricted_pod("own", serve, kube))
+        post_pod(kube, outside, restricted_pod("other", serve, kube))
+        # PodSecurity restricted: a pod that could run as root is refused at admission
+        with pytest.raises(kside.ApiError) as e:
+            kube.request("POST", f"/api/v1/namespaces/{b}/pods", gpu_pod(0), query={"dryRun": "All"})
+        assert e.value.status == 403 and "violates PodSecurity" in str(e.value), e.value
+        own, other = pod_ip(kube, b, "own"), pod_ip(kube, outside, "other")
+        head = configured_site.with_role("head")[0].address
+        # Each probe prints its verdicts; the policy agent applies the policy within seconds, so the
+        # connection meant to be refused is retried until it is.
+        other_reached = f"nc -w 2 {other} 8080 </dev/null | grep -q hello"
+        head_reached = f"nc -w 3 {head} 22 </dev/null | grep -q SSH"
+        probe = (
+            f"nc -w 3 {own} 8080 </dev/null | grep -q hello && echo own=ok || echo own=refused; "
+            f"for i in $(seq 20); do {other_reached} || break; sleep 1; done; "
+            f"{other_reached} && echo other=reached || echo other=refused; "
+            f"{head_reached} && echo outside=reached || echo outside=refused; "
+            "nslookup kubernetes.default.svc.cluster.local >/dev/null 2>&1 && echo dns=ok || echo dns=failed"
+        )
+        # the same address from a namespace without the fence: reachable, so a refusal is the policy's
+        control = f"{head_reached} && echo outside=reached || echo outside=refused"
+        assert run_probe(kube, outside, "control", control) == ["outside=reached"]
+        assert run_probe(kube, a, "probe", probe) == ["own=ok", "other=refused", "outside=refused", "dns=ok"]
+
+        # The member may run work but not loosen the fence (403 from the API server itself).
+        member = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        member.set_default_header("Impersonate-User", "carol")
+        with pytest.raises(k8s_client.ApiException) as denied:
+            k8s_client.NetworkingV1Api(member).patch_namespaced_network_policy(
+                "tenant-isolation", a, {"spec": {"policyTypes": ["Ingress"]}}
+            )
+        assert denied.value.status == 403
+        with pytest.raises(k8s_client.ApiException) as denied:
+            k8s_client.CoreV1Api(member).patch_namespaced_resource_quota(
+                "tenant-gpu-quota", a, {"spec": {"hard": {"requests.nvidia.com/gpu": "100"}}}
+            )
+        assert denied.value.status == 403
+        k8s_client.CoreV1Api(member).create_namespaced_config_map(
+            a, {"metadata": {"name": "carols"}}, dry_run="All"
+        )
+        member.close()
+    finally:
+        force_delete(kube, t)
+        kube.delete(f"/api/v1/namespaces/{outside}")
 
 
 @pytest.mark.parametrize(

@@ -178,14 +178,16 @@ def test_real_site_gets_the_device_plugin():
 @pulumi.runtime.test
 def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
     from infra.tenant_operator import NAMESPACE, TenantOperator, TenantOperatorArgs
+    from operators.tenants.spec import STRICT_MEMBER_ROLE
 
     ssh_files = {"config": "Host head-01", "id_ed25519": "KEY", "known_hosts": "10.0.0.1 ssh-ed25519 X"}
     op = TenantOperator("tenants", TenantOperatorArgs(SITE, "registry.site/aifactory:1", ssh_files))
 
     def check(_):
         (crd_inputs,) = [i for _, i in _by_type("kubernetes:yaml/v2:ConfigGroup")]
-        crd, peering_crd = crd_inputs["objs"]
+        crd, peering_crd, member_role = crd_inputs["objs"]
         assert peering_crd["spec"]["group"] == "kopf.dev"
+        assert member_role["metadata"]["name"] == STRICT_MEMBER_ROLE
         (policy,) = [
             i for _, i in _by_type("kubernetes:admissionregistration.k8s.io/v1:MutatingAdmissionPolicy")
         ]
@@ -217,6 +219,8 @@ def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"tenants/status", "resourcequotas", "networkpolicies", "rolebindings"} <= resources
         bind = [r for r in role["rules"] if r["resources"] == ["clusterroles"]]
-        assert bind and bind[0]["verbs"] == ["bind"] and bind[0]["resourceNames"] == ["edit"]
+        assert (
+            bind and bind[0]["verbs"] == ["bind"] and bind[0]["resourceNames"] == ["edit", STRICT_MEMBER_ROLE]
+        )
 
     return op.deployment.urn.apply(check)

@@ -8,7 +8,7 @@ import pytest
 
 from operators.tenants import capacity, crd
 from operators.tenants import kubernetes_side as kside
-from operators.tenants.spec import TENANT_LABEL, parse, set_condition
+from operators.tenants.spec import STRICT_MEMBER_ROLE, TENANT_LABEL, parse, set_condition
 
 pytestmark = pytest.mark.unit
 
@@ -280,3 +280,28 @@ def test_a_namespace_to_delete_waits_for_its_pods():
 def test_namespaces_are_retained_unless_the_spec_says_delete():
     assert parse("t", {}).namespace_deletion_policy == "Retain"
     assert parse("t", {"namespaceDeletionPolicy": "Delete"}).namespace_deletion_policy == "Delete"
+
+
+def test_a_strict_tenant_is_fenced_in_both_ways_restricted_and_its_members_cannot_loosen_it():
+    objs = by_kind(kside.desired_objects(spec(isolation="strict", networkIsolation=False)))
+    (ns,) = objs["Namespace"]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    (policy,) = objs["NetworkPolicy"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    own, dns = policy["spec"]["egress"]
+    assert own["to"] == [{"namespaceSelector": {"matchLabels": {TENANT_LABEL: "team-a"}}}]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert {p["port"] for p in dns["ports"]} == {53}
+    (binding,) = objs["RoleBinding"]
+    assert binding["roleRef"]["name"] == STRICT_MEMBER_ROLE
+    role = crd.strict_member_role()
+    writes = {
+        r
+        for rule in role["rules"]
+        if {"create", "update", "patch", "delete"} & set(rule["verbs"])
+        for r in rule["resources"]
+    }
+    assert "pods" in writes and not {"networkpolicies", "resourcequotas", "limitranges"} & writes
+    standard = by_kind(kside.desired_objects(spec()))
+    assert standard["RoleBinding"][0]["roleRef"]["name"] == "edit"
+    assert "pod-security.kubernetes.io/enforce" not in standard["Namespace"][0]["metadata"]["labels"]
