@@ -472,14 +472,14 @@ def pod_ip(kube: kside.Kube, namespace: str, pname: str) -> str:
 
 
 def run_probe(kube: kside.Kube, namespace: str, pname: str, script: str) -> list[str]:
-    """The words a restricted pod running `script` printed."""
+    """The verdicts (`what=how`) a restricted pod running `script` printed, in order."""
     post_pod(kube, namespace, restricted_pod(pname, ["sh", "-c", script], kube))
     path = f"/api/v1/namespaces/{namespace}/pods/{pname}"
     wait_for(
         f"{pname} finished", lambda: kube.get(path)["status"].get("phase") in ("Succeeded", "Failed"), 150
     )
     log = kube.api.call_api(*kube.api.param_serialize("GET", path + "/log", auth_settings=["BearerToken"]))
-    return log.read().decode().split()
+    return re.findall(r"^\w+=\w+$", log.read().decode(), re.MULTILINE)
 
 
 def test_a_strict_tenant_is_fenced_in_restricted_and_its_members_cannot_loosen_it(
@@ -502,10 +502,10 @@ def test_a_strict_tenant_is_fenced_in_restricted_and_its_members_cannot_loosen_i
         head = configured_site.with_role("head")[0].address
         # Each probe prints its verdicts; the policy agent applies the policy within seconds, so the
         # connection meant to be refused is retried until it is.
-        other_reached = f"nc -w 2 {other} 8080 </dev/null | grep -q hello"
-        head_reached = f"nc -w 3 {head} 22 </dev/null | grep -q SSH"
+        other_reached = f"nc -w 2 {other} 8080 </dev/null 2>/dev/null | grep -q hello"
+        head_reached = f"nc -w 3 {head} 22 </dev/null 2>/dev/null | grep -q SSH"
         probe = (
-            f"nc -w 3 {own} 8080 </dev/null | grep -q hello && echo own=ok || echo own=refused; "
+            f"nc -w 3 {own} 8080 </dev/null 2>/dev/null | grep -q hello && echo own=ok || echo own=refused; "
             f"for i in $(seq 20); do {other_reached} || break; sleep 1; done; "
             f"{other_reached} && echo other=reached || echo other=refused; "
             f"{head_reached} && echo outside=reached || echo outside=refused; "
