@@ -220,7 +220,7 @@ def sync_kubernetes(
             if p.startswith(kside.path("v1", "Namespace") + "/"):
                 # never deleted with its workloads (namespaceDeletionPolicy)
                 ns = p.rsplit("/", 1)[1]
-                let_go.append(kside.let_go(st.kube, t.name, ns, t.namespace_deletion_policy))
+                let_go.append(kside.let_go(st.kube, t.name, ns, t.namespace_deletion_policy, st.kueue))
             else:
                 st.kube.delete(p)
                 drifted.append(f"leftover {p}")
@@ -232,6 +232,15 @@ def sync_kubernetes(
     if check_drift and drifted:
         metrics.DRIFT.labels("kubernetes").inc(len(drifted))
     return drifted, let_go
+
+
+def sync_limits(t: TenantSpec, held: Holdings) -> None:
+    """Only the Kubernetes side's GPU limits (the namespaces' ResourceQuotas, the ClusterQueue): what
+    moves when Slurm's jobs start or end, the rest being as the round just applied it."""
+    st = state()
+    with metrics.timed("kubernetes"):
+        want = kside.desired_objects(t, st.kueue, held)
+        kside.write(st.kube, t.name, [o for o in want if o["kind"] in kside.LIMIT_KINDS])
 
 
 def sync_slurm(t: TenantSpec, held: Holdings | None = None) -> Future[tuple[list[str], slurm.Observed]]:
@@ -440,7 +449,7 @@ async def drift(
         await roll_budget(t, status, patch, body)
         held = Holdings(dict(out.observed.gpus_in_use), held.kubernetes)
         if held.slurm != before.slurm and out.k8s_error is None:
-            await in_kube_pool(sync_kubernetes, t, False, False, held)
+            await in_kube_pool(sync_limits, t, held)
     st.holdings[name] = out.held = held
     over = held.overshoot(t.gpu_quota)
     if over and not status.get("overshoot"):

@@ -152,7 +152,7 @@ def kueue_objects(spec: TenantSpec, held: Holdings) -> list[dict[str, Any]]:
             "apiVersion": KUEUE,
             "kind": "ResourceFlavor",
             "metadata": {"name": f"gpu-{m}", "labels": dict(MANAGED_BY)},  # shared by all tenants
-            "spec": {"nodeLabels": {"aifactory.io/gpu-model": m}},
+            "spec": {"nodeLabels": {MODEL_LABEL: m}},
         }
         for m in sorted(spec.gpu_quota)
     ]
@@ -383,17 +383,22 @@ class NamespaceInUse(RuntimeError):
     """A namespace to delete (namespaceDeletionPolicy Delete) still runs pods: it stays, for now."""
 
 
-def _pods_running(kube: Kube, namespace: str) -> int:
+# The objects that carry the tenant's GPU limits (entitlement.py): re-applied alone when only what
+# the tenant holds has moved.
+LIMIT_KINDS = ("ResourceQuota", "ClusterQueue")
+
+
+def _unfinished_pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
     pods = kube.list(path("v1", "Pod", namespace=namespace))
-    return sum(1 for p in pods if p.get("status", {}).get("phase") not in ("Succeeded", "Failed"))
+    return [p for p in pods if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
 
 
-def let_go(kube: Kube, tenant: str, namespace: str, policy: str) -> str:
+def let_go(kube: Kube, tenant: str, namespace: str, policy: str, kueue: bool) -> str:
     """A namespace the tenant no longer lists. Retain: release it, its workloads untouched (the
     tenant's objects in it removed, its labels dropped, so no quota or queue applies there any more).
     Delete: delete it, only when no pod runs there. Returns what was done."""
     if policy == "Delete":
-        running = _pods_running(kube, namespace)
+        running = len(_unfinished_pods(kube, namespace))
         if running:
             raise NamespaceInUse(
                 f"namespace {namespace} left the tenant's spec but {running} pod(s) still run there: "
@@ -408,7 +413,7 @@ def let_go(kube: Kube, tenant: str, namespace: str, policy: str) -> str:
         ("NetworkPolicy", POLICY_NAME, "networking.k8s.io/v1"),
     ):
         kube.delete(path(api_version, kind, name, namespace))
-    if kube.has_kueue():
+    if kueue:
         kube.delete(path(KUEUE, "LocalQueue", "default", namespace))
     labels = {TENANT_LABEL: None, **dict.fromkeys(MANAGED_BY)}
     kube.request(
@@ -436,9 +441,7 @@ def gpus_held(kube: Kube, namespaces: list[str]) -> dict[str, dict[str, int]]:
 
     held: dict[str, dict[str, int]] = {}
     for ns in namespaces:
-        for pod in kube.list(path("v1", "Pod", namespace=ns)):
-            if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-                continue
+        for pod in _unfinished_pods(kube, ns):
             for c in pod["spec"].get("containers", []):
                 for res, qty in (c.get("resources", {}).get("limits") or {}).items():
                     if res.startswith(GPU) and int(qty):

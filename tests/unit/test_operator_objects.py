@@ -252,13 +252,13 @@ class RecordingKube:
     def request(self, method, url_path, body=None, query=None, content_type="application/json"):
         self.calls.append((method, url_path, body))
 
-    def has_kueue(self):
-        return False
-
 
 def test_a_namespace_let_go_is_released_with_its_workloads_by_default():
     kube = RecordingKube(pods=[{"status": {"phase": "Running"}}])
-    assert kside.let_go(kube, "team-a", "old", "Retain") == "released namespace old (its workloads kept)"
+    assert (
+        kside.let_go(kube, "team-a", "old", "Retain", kueue=False)
+        == "released namespace old (its workloads kept)"
+    )
     deleted = [c[1] for c in kube.calls if c[0] == "DELETE"]
     assert "/api/v1/namespaces/old" not in deleted and not any("/pods" in p for p in deleted)
     assert "/api/v1/namespaces/old/resourcequotas/tenant-gpu-quota" in deleted
@@ -270,10 +270,10 @@ def test_a_namespace_let_go_is_released_with_its_workloads_by_default():
 def test_a_namespace_to_delete_waits_for_its_pods():
     busy = RecordingKube(pods=[{"status": {"phase": "Running"}}, {"status": {"phase": "Succeeded"}}])
     with pytest.raises(kside.NamespaceInUse, match="1 pod\\(s\\) still run there"):
-        kside.let_go(busy, "team-a", "old", "Delete")
+        kside.let_go(busy, "team-a", "old", "Delete", kueue=False)
     assert busy.calls == []
     idle = RecordingKube(pods=[{"status": {"phase": "Succeeded"}}])
-    assert kside.let_go(idle, "team-a", "old", "Delete") == "deleted namespace old"
+    assert kside.let_go(idle, "team-a", "old", "Delete", kueue=False) == "deleted namespace old"
     assert idle.calls == [("DELETE", "/api/v1/namespaces/old")]
 
 
