@@ -62,6 +62,9 @@ FIREWALL_TOOLS = tuple(
     )
 )  # fmt: skip
 XTABLES_EXTENSIONS = Path(f"/usr/lib/{platform.machine()}-linux-gnu/xtables")
+KUEUE_TAG = "v0.17.0"  # the Kueue version the toolchain builds (toolchain.KUEUE_VERSION)
+KUEUE_REF = f"{SITE_REGISTRY}/aifactory/kueue:{KUEUE_TAG}"
+KUEUE_UID = 65532  # upstream's image runs as nonroot too
 OPERATOR_TAG = __version__  # the tenant operator is this repository's code
 OPERATOR_REF = f"{SITE_REGISTRY}/aifactory/tenant-operator:{OPERATOR_TAG}"
 # The operator image's interpreter and ssh client (to reach Slurm on the head) are Debian's, with the
@@ -471,6 +474,22 @@ def coredns_image(bin_dir: Path) -> ImageSpec:
     )
 
 
+def kueue_image(bin_dir: Path) -> ImageSpec:
+    """Kueue's controller manager (infra/kueue.py): the toolchain's static binary, where upstream's
+    image has it, run as a user without privileges."""
+    return ImageSpec(
+        name="aifactory/kueue",
+        tag=KUEUE_TAG,
+        files=(
+            ImageFile(
+                "/manager", bin_dir / "kueue", 0o755, missing_hint="build it with `aifactory toolchain build`"
+            ),
+        ),
+        entrypoint=("/manager",),
+        user=f"{KUEUE_UID}:{KUEUE_UID}",
+    )
+
+
 def kube_router_image(
     bin_dir: Path, tools: tuple[Path, ...] = FIREWALL_TOOLS, extensions: Path = XTABLES_EXTENSIONS
 ) -> ImageSpec:
@@ -600,6 +619,7 @@ def catalogue(
         toolbox_image(busybox),
         coredns_image(bin_dir),
         kube_router(bin_dir),
+        kueue_image(bin_dir),
         operator(),
     )
 

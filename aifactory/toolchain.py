@@ -33,6 +33,7 @@ COREDNS_VERSION = "1.15.0"
 KUBE_ROUTER_VERSION = "v2.1.0"
 REGISTRY_VERSION = "v3.1.2"
 CRANE_VERSION = "v0.22.1"
+KUEUE_VERSION = "v0.17.0"
 # Our own small Go programs: their version is the project's.
 PAUSE_VERSION = "3.10"
 GPU_DEVICE_PLUGIN_VERSION = "0.1.0"
@@ -56,7 +57,13 @@ class Binary:
     version: str
     ldflags: tuple[str, ...] = ()
     version_args: tuple[str, ...] = ("--version",)
+    version_line: str = ""  # the line of that output naming the version, when it is not the first
     prepare: Callable[[Binary, Progress], None] | None = field(default=None, compare=False)
+    companions: tuple[str, ...] = ()  # files `prepare` writes beside the binary
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [self.path, *(paths.bin_dir() / c for c in self.companions)]
 
     @property
     def path(self) -> Path:
@@ -84,6 +91,43 @@ def _stamp_kubernetes_schema(binary: Binary, progress: Progress) -> None:
     (dst / "schema-embed.json").write_text(json.dumps(schema, separators=(",", ":")))
     mapping = json.loads((src / "terraform-mapping.json").read_text())
     (dst / "terraform-mapping-embed.json").write_text(json.dumps(mapping, separators=(",", ":")))
+
+
+# Upstream's own objects that Kueue's deployment (infra/kueue.py) applies: the CRDs, the manager's
+# RBAC and the webhook configurations, as its release is built from them (config/components/).
+KUEUE_MANIFEST_FILES = (
+    *(
+        f"crd/bases/kueue.x-k8s.io_{kind}.yaml"
+        for kind in (
+            "admissionchecks", "clusterqueues", "cohorts", "localqueues", "multikueueclusters",
+            "multikueueconfigs", "provisioningrequestconfigs", "resourceflavors", "topologies",
+            "workloadpriorityclasses", "workloads",
+        )
+    ),
+    "rbac/role.yaml",
+    "rbac/leader_election_role.yaml",
+    "rbac/manager_secrets_role.yaml",
+    "rbac/metrics_auth_role.yaml",
+    "webhook/manifests.yaml",
+)  # fmt: skip
+
+
+KUEUE_MANIFESTS = "kueue-manifests.yaml"
+
+
+def kueue_manifests_path() -> Path:
+    return paths.bin_dir() / KUEUE_MANIFESTS
+
+
+def _copy_kueue_manifests(binary: Binary, progress: Progress) -> None:
+    """Upstream's manifests at the pinned version, beside the binary (the bundle is all a site needs)."""
+    config = _module_dir(binary.module_dir, "sigs.k8s.io/kueue") / "config/components"
+    docs = [
+        f"# sigs.k8s.io/kueue@{binary.version} config/components/{f}\n" + (config / f).read_text()
+        for f in KUEUE_MANIFEST_FILES
+    ]
+    kueue_manifests_path().write_text("---\n".join(d if d.endswith("\n") else d + "\n" for d in docs))
+    progress(f"  kueue manifests -> {kueue_manifests_path()}")
 
 
 BINARIES: tuple[Binary, ...] = (
@@ -160,6 +204,19 @@ BINARIES: tuple[Binary, ...] = (
         "github.com/google/go-containerregistry/cmd/crane",
         CRANE_VERSION,
         version_args=("version",),
+    ),
+    # Kueue: tenant GPU quota on Kubernetes (ClusterQueues in a cohort, fair sharing).
+    Binary(
+        "kueue",
+        "toolchain/kueue",
+        "sigs.k8s.io/kueue/cmd/kueue",
+        KUEUE_VERSION,
+        (f"-X sigs.k8s.io/kueue/pkg/version.GitVersion={KUEUE_VERSION}",),
+        # no --version: its start-up log names the version, before it finds no cluster
+        ("--config=/dev/null", "--kubeconfig=/nonexistent"),
+        version_line='"Initializing"',
+        prepare=_copy_kueue_manifests,
+        companions=(KUEUE_MANIFESTS,),
     ),
     Binary("kwok", "toolchain/kwok", "sigs.k8s.io/kwok/cmd/kwok", KWOK_VERSION, version_args=("--version",)),
     # The emulated GPUs' device plugin (sandbox/: emulated sites only; real sites run NVIDIA's).
@@ -282,7 +339,7 @@ def _stamp_file(binary: Binary) -> Path:
 
 def state(binary: Binary, gover: str) -> str:
     """'ok', 'missing' or 'stale' (a pin changed since it was built)."""
-    if not binary.path.exists():
+    if not all(p.exists() for p in binary.outputs):
         return "missing"
     try:
         recorded = json.loads(_stamp_file(binary).read_text())
@@ -435,7 +492,7 @@ def reported_version(binary: Binary) -> str:
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"(cannot run: {e})"
-    out = (proc.stdout or proc.stderr).strip().splitlines()
+    out = [line for line in (proc.stdout or proc.stderr).strip().splitlines() if binary.version_line in line]
     return out[0] if out else f"(exit {proc.returncode})"
 
 

@@ -45,6 +45,7 @@ for ref in sorted({m.bmc.credentials for m in site.machines}):
     creds[ref] = (c.username, pulumi.Output.secret(c.password))
 
 operator_image = config.get("tenantOperatorImage") or toolchain.image_ref(images.OPERATOR_REF)
+kueue_image = config.get("kueueImage") or toolchain.image_ref(images.KUEUE_REF)
 retries = config.get_int("bmcRetries")
 timeouts = Timeouts(
     bmc_timeout=config.get_float("bmcTimeout") or 10,
@@ -62,6 +63,7 @@ AiFactorySite(
         configure=config.get_bool("configure") is not False,
         device_plugin_image=config.get("devicePluginImage"),
         tenant_operator_image=operator_image if operator_image != "none" else None,
+        kueue_image=kueue_image if kueue_image != "none" else None,
     ),
 )
 pulumi.export("site", site.name)

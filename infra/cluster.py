@@ -4,8 +4,8 @@ A pulumi-kubernetes provider from the kubeconfig the control-plane role fetched,
 classes for GPU work, the GPU taint on every GPU worker's Node (server-side apply patches, so the
 kubelets keep owning the Node objects and their hardware labels), the cluster DNS (infra/dns.py),
 the nodes' NetworkPolicy agent (infra/network_policy.py), on real sites the NVIDIA
-device plugin, and the tenant operator (infra/tenant_operator.py); the site registry must serve every
-image these run first (infra/registry.py).
+device plugin, Kueue (infra/kueue.py) and the tenant operator (infra/tenant_operator.py); the
+site registry must serve every image these run first (infra/registry.py).
 
 Every worker is a Node whichever pool it serves; which pool is Ansible's business (node_pool role:
 label aifactory.io/pool, cordon), because `aifactory node move` changes it without `pulumi up`.
@@ -24,6 +24,7 @@ from aifactory import toolchain
 from aifactory.images import COREDNS_REF, KUBE_ROUTER_REF, SITE_REGISTRY_PORT
 from aifactory.site.model import Site
 from infra.dns import ClusterDns, ClusterDnsArgs
+from infra.kueue import Kueue, KueueArgs
 from infra.network_policy import NetworkPolicyAgent, NetworkPolicyAgentArgs
 from infra.registry import ServedImages
 from infra.tenant_operator import TenantOperator, TenantOperatorArgs
@@ -45,6 +46,7 @@ class KubernetesLayerArgs:
     tenant_operator_image: str | None = None  # the tenant operator (infra/tenant_operator.py), if set
     # its ssh files to reach Slurm on the head (infra/tenant_operator.py: operator_ssh_files); a secret
     tenant_operator_ssh: pulumi.Input[dict[str, str]] | None = None
+    kueue_image: str | None = None  # Kueue (infra/kueue.py), if set; before the tenant operator
 
 
 class KubernetesLayer(pulumi.ComponentResource):
@@ -114,7 +116,11 @@ class KubernetesLayer(pulumi.ComponentResource):
             f"{name}-images",
             f"http://{head.address}:{SITE_REGISTRY_PORT}",
             [dns_args.image, policy_args.image]
-            + [i for i in (args.device_plugin_image, args.tenant_operator_image) if i is not None],
+            + [
+                i
+                for i in (args.device_plugin_image, args.tenant_operator_image, args.kueue_image)
+                if i is not None
+            ],
             pulumi.ResourceOptions(parent=self),
         )
         # what runs images waits for the registry to have them
@@ -124,12 +130,20 @@ class KubernetesLayer(pulumi.ComponentResource):
         self.device_plugin = None
         if args.device_plugin_image:  # the local stack sets none: its hardware brings its own
             self.device_plugin = _device_plugin(args.device_plugin_image, child)
+        self.kueue = None
+        if args.kueue_image:
+            self.kueue = Kueue("kueue", KueueArgs(args.kueue_image), child)
         self.tenant_operator = None
         if args.tenant_operator_image:
+            # after Kueue: the operator looks for its CRDs once, when it starts
             self.tenant_operator = TenantOperator(
                 "tenant-operator",
                 TenantOperatorArgs(args.site, args.tenant_operator_image, args.tenant_operator_ssh),
-                child,
+                pulumi.ResourceOptions(
+                    parent=self,
+                    provider=self.provider,
+                    depends_on=[self.images, *([self.kueue] if self.kueue else [])],
+                ),
             )
         self.register_outputs(
             {

@@ -24,6 +24,7 @@ class AiFactorySiteArgs:
     configure: bool = True  # run Ansible (off: bare metal only, e.g. the 64-machine BMC benchmark)
     device_plugin_image: str | None = None
     tenant_operator_image: str | None = None
+    kueue_image: str | None = None
 
 
 class AiFactorySite(pulumi.ComponentResource):
@@ -73,6 +74,7 @@ class AiFactorySite(pulumi.ComponentResource):
                         args.device_plugin_image,
                         args.tenant_operator_image,
                         pulumi.Output.secret(operator_ssh),
+                        args.kueue_image,
                     ),
                     pulumi.ResourceOptions(parent=self, depends_on=[self.configuration]),
                 )

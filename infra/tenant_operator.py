@@ -83,6 +83,7 @@ def rbac_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
         rule([GROUP], ["tenants/status"], ["get", "patch", "update"]),
         rule([""], ["namespaces", "resourcequotas", "limitranges"], write),
         rule([""], ["pods"], ["get", "list"]),
+        rule([""], ["nodes"], ["get"]),  # the GPU model a pod holds: its node's model label
         rule([""], ["events"], ["create", "patch"]),
         rule(["events.k8s.io"], ["events"], ["create", "patch"]),
         rule(["networking.k8s.io"], ["networkpolicies"], write),

@@ -85,6 +85,25 @@ def schema(known_models: list[str]) -> dict[str, Any]:
                     }
                 ],
             },
+            "cohort": {
+                "type": "string",
+                "description": (
+                    "The Kueue cohort whose members lend each other idle GPUs (e.g. a consortium's "
+                    "tenants). Default: the site cohort, aifactory."
+                ),
+                "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                "maxLength": 63,
+            },
+            "gpuBorrowingLimit": {
+                "type": "object",
+                "description": (
+                    "GPUs per model the tenant may borrow on Kubernetes beyond its gpuQuota while "
+                    "other tenants leave theirs idle (Kueue cohort); reclaimed by preemption when "
+                    "a lender needs its quota back. Default: none."
+                ),
+                "maxProperties": 16,
+                "additionalProperties": _int(0, 100000, "GPUs of this model"),
+            },
             "gpuHourBudget": {
                 "type": "object",
                 "description": "GPU-hours per period (Slurm GrpTRESMins=gres/gpu).",
@@ -101,7 +120,11 @@ def schema(known_models: list[str]) -> dict[str, Any]:
             "slurm": {
                 "type": "object",
                 "properties": {
-                    "fairshare": _int(1, 1000000, "Slurm fair-share of the account"),
+                    "fairshare": _int(
+                        1,
+                        1000000,
+                        "fair share: the Slurm account's Fairshare and the Kueue fair-sharing weight",
+                    ),
                     "maxGPUsPerUser": _int(0, 100000, "QOS MaxTRESPerUser=gres/gpu"),
                     "maxJobsPerUser": _int(1, 1000000, "QOS MaxJobsPerUser"),
                 },
@@ -145,7 +168,15 @@ def schema(known_models: list[str]) -> dict[str, Any]:
                 "self.slurm.maxGPUsPerUser <= self.gpuQuota.map(m, self.gpuQuota[m]).sum()",
                 "message": "slurm.maxGPUsPerUser cannot exceed the tenant's total gpuQuota",
                 "fieldPath": ".slurm.maxGPUsPerUser",
-            }
+            },
+            {
+                "rule": "!has(self.gpuBorrowingLimit) || self.gpuBorrowingLimit.all(m, m in self.gpuQuota)",
+                "messageExpression": (
+                    "'gpuBorrowingLimit names ' + self.gpuBorrowingLimit.filter(m, !(m in self.gpuQuota))[0]"
+                    " + ', which is not in gpuQuota'"
+                ),
+                "fieldPath": ".gpuBorrowingLimit",
+            },
         ],
     }
     condition = {

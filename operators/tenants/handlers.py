@@ -329,7 +329,7 @@ def write_status(
             "summary": f"k8s={out.held.pods()} slurm={out.held.jobs()}",
         }
         # null clears it once the tenant is back within its entitlement (merge patch)
-        patch.status["overshoot"] = out.held.overshoot(t.gpu_quota) or None
+        patch.status["overshoot"] = out.held.overshoot(t.ceiling) or None
 
 
 def in_kube_pool(fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
@@ -451,7 +451,7 @@ async def drift(
         if held.slurm != before.slurm and out.k8s_error is None:
             await in_kube_pool(sync_limits, t, held)
     st.holdings[name] = out.held = held
-    over = held.overshoot(t.gpu_quota)
+    over = held.overshoot(t.ceiling)
     if over and not status.get("overshoot"):
         metrics.OVERSHOOT.inc()
         kopf.warn(

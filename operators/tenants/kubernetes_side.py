@@ -3,7 +3,8 @@
 Per namespace: the Namespace (labelled with the tenant), a ResourceQuota on GPUs, a LimitRange,
 a RoleBinding of the members to the `edit` ClusterRole, and (networkIsolation) a NetworkPolicy
 that only admits traffic from the tenant's own namespaces. With Kueue's CRDs installed, also a
-ClusterQueue per tenant (one flavor per GPU model) and a LocalQueue `default` per namespace.
+ClusterQueue per tenant in the site cohort (one flavor per GPU model, its fair-sharing weight the
+tenant's fairshare, borrowing only up to gpuBorrowingLimit) and a LocalQueue `default` per namespace.
 
 Per-model GPU quota convention: the NVIDIA device plugin is configured (resources.gpus[].name) to
 also advertise `nvidia.com/gpu-<model>`; the ResourceQuota caps `requests.nvidia.com/gpu` (the
@@ -42,7 +43,8 @@ QUOTA_NAME, LIMITS_NAME, BINDING_NAME, POLICY_NAME = (
     "tenant-members",
     "tenant-isolation",
 )
-KUEUE = "kueue.x-k8s.io/v1beta1"
+KUEUE = "kueue.x-k8s.io/v1beta2"
+GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
 MODEL_LABEL = "aifactory.io/gpu-model"  # set on every GPU node from what its driver reports
 
 
@@ -79,7 +81,7 @@ def desired_objects(
             meta["labels"] |= RESTRICTED
         objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
     for ns in spec.namespaces:
-        share = namespace_limits(spec.gpu_quota, held, ns)
+        share = namespace_limits(spec.ceiling, held, ns)
         hard = {f"requests.{GPU}{'-' + m if m else ''}": str(n) for m, n in sorted(share.items())}
         objs.append(
             {
@@ -152,7 +154,8 @@ def kueue_objects(spec: TenantSpec, held: Holdings) -> list[dict[str, Any]]:
             "apiVersion": KUEUE,
             "kind": "ResourceFlavor",
             "metadata": {"name": f"gpu-{m}", "labels": dict(MANAGED_BY)},  # shared by all tenants
-            "spec": {"nodeLabels": {MODEL_LABEL: m}},
+            # the GPU nodes' taint is tolerated by the pods Kueue admits on them
+            "spec": {"nodeLabels": {MODEL_LABEL: m}, "tolerations": [GPU_TOLERATION]},
         }
         for m in sorted(spec.gpu_quota)
     ]
@@ -162,11 +165,25 @@ def kueue_objects(spec: TenantSpec, held: Holdings) -> list[dict[str, Any]]:
         "metadata": _meta(f"tenant-{spec.name}", spec.name),
         "spec": {
             "namespaceSelector": {"matchLabels": {TENANT_LABEL: spec.name}},
+            "cohortName": spec.cohort,
+            "fairSharing": {"weight": str(spec.fairshare)},
+            # A lender gets its quota back by preempting what borrowed it; within the queue,
+            # higher priority work preempts lower.
+            "preemption": {"reclaimWithinCohort": "Any", "withinClusterQueue": "LowerPriority"},
             "resourceGroups": [
                 {
                     "coveredResources": [GPU],
                     "flavors": [
-                        {"name": f"gpu-{m}", "resources": [{"name": GPU, "nominalQuota": str(n)}]}
+                        {
+                            "name": f"gpu-{m}",
+                            "resources": [
+                                {
+                                    "name": GPU,
+                                    "nominalQuota": str(n),
+                                    "borrowingLimit": str(spec.gpu_borrowing.get(m, 0)),
+                                }
+                            ],
+                        }
                         for m, n in sorted(queue_limits(spec.gpu_quota, held).items())
                     ],
                 }

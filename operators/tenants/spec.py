@@ -37,6 +37,9 @@ PEERING_LIFETIME_S = 15
 # without writing NetworkPolicies (ResourceQuotas and LimitRanges are not in `edit` either).
 STRICT_MEMBER_ROLE = "aifactory-tenant-member-strict"
 
+# Kueue: every tenant's ClusterQueue is in this cohort unless its spec names another.
+SITE_COHORT = "aifactory"
+
 # Slurm side naming: the account is the tenant name; its per-user caps live in this QOS.
 SLURM_ORGANIZATION = "aifactory-tenant"
 
@@ -59,6 +62,8 @@ class TenantSpec:
     groups: tuple[str, ...] = ()
     slurm_users: tuple[str, ...] = ()
     gpu_quota: dict[str, int] = field(default_factory=dict)  # GPU model -> count
+    gpu_borrowing: dict[str, int] = field(default_factory=dict)  # beyond the quota, Kubernetes only
+    cohort: str = SITE_COHORT  # the Kueue cohort it lends to and borrows from
     budget: Budget | None = None
     fairshare: int = 1
     max_gpus_per_user: int | None = None
@@ -73,6 +78,11 @@ class TenantSpec:
     @property
     def strict(self) -> bool:
         return self.isolation == "strict"
+
+    @property
+    def ceiling(self) -> dict[str, int]:
+        """Per model, the most the tenant may hold: its quota, and on Kubernetes what it may borrow."""
+        return {m: q + self.gpu_borrowing.get(m, 0) for m, q in self.gpu_quota.items()}
 
     @property
     def total_gpus(self) -> int:
@@ -93,6 +103,8 @@ def parse(name: str, spec: dict[str, Any]) -> TenantSpec:
         groups=tuple(members.get("groups") or ()),
         slurm_users=tuple(members.get("slurmUsers") or ()),
         gpu_quota={str(k): int(v) for k, v in (spec.get("gpuQuota") or {}).items()},
+        gpu_borrowing={str(k): int(v) for k, v in (spec.get("gpuBorrowingLimit") or {}).items()},
+        cohort=str(spec.get("cohort") or SITE_COHORT),
         budget=Budget(int(budget["gpuHours"]), budget.get("period", "Monthly")) if budget else None,
         fairshare=int(slurm.get("fairshare", 1)),
         max_gpus_per_user=slurm.get("maxGPUsPerUser"),

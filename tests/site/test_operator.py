@@ -30,7 +30,7 @@ from operators.tenants import capacity, install
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION
 from sandbox import ssh
-from tests.site.conftest import toolbox_pod, wait_until
+from tests.site.conftest import say, toolbox_pod, wait_until
 
 pytestmark = pytest.mark.site
 
@@ -320,6 +320,119 @@ def test_one_entitlement_across_both_schedulers_and_all_namespaces(operator, kub
         assert "overshoot" not in kube.get(f"{TENANTS}/{t}")["status"]
     finally:
         force_delete(kube, t)
+
+
+# --- Kueue: the tenant's Jobs enter through its LocalQueue ------------------------------------
+
+KUEUE_API = "/apis/kueue.x-k8s.io/v1beta2"
+
+
+def queued_job(kube: kside.Kube, namespace: str, jname: str, gpus: int) -> str:
+    """A Job of the toolbox image in the namespace's LocalQueue; its path."""
+    pod = kube.api.sanitize_for_serialization(toolbox_pod(jname, ["sleep", "3600"], gpus=gpus))
+    body = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": jname, "labels": {"kueue.x-k8s.io/queue-name": "default"}},
+        "spec": {"backoffLimit": 0, "template": {"spec": pod["spec"]}},
+    }
+    path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    wait_for("the Job accepted", lambda: kube.request("POST", path, body) is not None, timeout=30)
+    return f"{path}/{jname}"
+
+
+def job_running(kube: kside.Kube, job: str) -> bool:
+    j = kube.get(job) or {}
+    return not j["spec"].get("suspend") and (j.get("status") or {}).get("ready", 0) >= 1
+
+
+def workload(kube: kside.Kube, namespace: str, jname: str) -> dict | None:
+    """The Workload Kueue made for Job `jname` (None until it has)."""
+    found = [
+        w
+        for w in kube.list(f"{KUEUE_API}/namespaces/{namespace}/workloads")
+        if w["metadata"]["ownerReferences"][0]["name"] == jname
+    ]
+    return found[0] if found else None
+
+
+def nominal(kube: kside.Kube, tname: str) -> str:
+    cq = kube.get(f"{KUEUE_API}/clusterqueues/tenant-{tname}") or {
+        "spec": {"resourceGroups": [{"flavors": []}]}
+    }
+    flavors = cq["spec"]["resourceGroups"][0]["flavors"]
+    return flavors[0]["resources"][0]["nominalQuota"] if flavors else ""
+
+
+def test_kueue_admits_a_tenants_job_only_within_what_slurm_leaves_and_slurm_waits_for_kubernetes(
+    operator, kube, head, request
+):
+    """h100: 4 across both schedulers, with Kueue: a 4-GPU Slurm job keeps a 1-GPU Job in the
+    tenant's LocalQueue pending until it ends; then that Job holds 1, and a 4-GPU sbatch pends on the
+    association limit."""
+    t = name("kq")
+    create(kube, t, gpuQuota={"h100": 4})
+    try:
+        wait_ready(kube, t)
+        wait_for("the LocalQueue", lambda: kube.get(f"{KUEUE_API}/namespaces/{t}/localqueues/default"))
+        job = submit(head, t, gpus=4)
+        wait_for("4-GPU Slurm job running", lambda: job_states(head, t).get(job, ("",))[0] == "RUNNING")
+        wait_for("the ClusterQueue leaves Slurm's 4", lambda: nominal(kube, t) == "0", timeout=60)
+        k8s_job = queued_job(kube, t, "one-gpu", 1)
+        wait_for("its Workload", lambda: workload(kube, t, "one-gpu"), timeout=30)
+        time.sleep(12)  # two drift rounds: nothing changes while Slurm holds the entitlement
+        wl = workload(kube, t, "one-gpu")
+        reserved = next(c for c in wl["status"]["conditions"] if c["type"] == "QuotaReserved")
+        assert reserved["status"] == "False" and (kube.get(k8s_job) or {})["spec"]["suspend"] is True, wl
+        started = time.monotonic()
+        head(f"scancel {job}")
+        wait_for("the queued Job runs", lambda: job_running(kube, k8s_job), timeout=120, every=0.5)
+        say(request, f"kueue: Job admitted and running {time.monotonic() - started:.1f} s after scancel")
+        admission = workload(kube, t, "one-gpu")["status"]["admission"]
+        assert admission["clusterQueue"] == f"tenant-{t}"
+        assert admission["podSetAssignments"][0]["flavors"] == {"nvidia.com/gpu": "gpu-h100"}
+        (pod,) = kube.list(f"/api/v1/namespaces/{t}/pods", "job-name=one-gpu")
+        assert pod["spec"]["nodeSelector"][kside.MODEL_LABEL] == "h100"
+
+        # Kubernetes first: Slurm is left 3, so a 4-GPU job pends on the association limit.
+        wait_for("Slurm limit 3", lambda: "gres/gpu=3" in grp_tres(head, t).split(","), timeout=60)
+        four = submit(head, t, gpus=4)
+        wait_for(
+            "a 4-GPU job pending on the association limit",
+            lambda: job_states(head, t).get(four) == ("PENDING", "AssocGrpGRES"),
+        )
+        kube.request("DELETE", k8s_job, query={"propagationPolicy": "Background", "gracePeriodSeconds": "0"})
+        wait_for("the pending job starts", lambda: job_states(head, t).get(four, ("",))[0] == "RUNNING", 90)
+        assert "overshoot" not in kube.get(f"{TENANTS}/{t}")["status"]
+    finally:
+        force_delete(kube, t)
+
+
+def test_kueue_lends_idle_quota_and_preempts_to_reclaim_it(operator, kube, head):
+    """Two tenants in the site cohort: one borrows the other's idle GPUs (gpuBorrowingLimit) and
+    gives them back, preempted, when the lender submits."""
+    lender, borrower = name("lend"), name("borrow")
+    cohort = name("cohort")  # of these two alone: the site cohort holds other tenants' idle quota
+    create(kube, lender, gpuQuota={"h100": 2}, cohort=cohort)
+    create(kube, borrower, gpuQuota={"h100": 2}, gpuBorrowingLimit={"h100": 2}, cohort=cohort)
+    try:
+        for t in (lender, borrower):
+            wait_ready(kube, t)
+            wait_for(
+                f"{t}'s LocalQueue", lambda t=t: kube.get(f"{KUEUE_API}/namespaces/{t}/localqueues/default")
+            )
+        big = queued_job(kube, borrower, "four", 4)
+        wait_for("the borrower runs 4 GPUs (2 borrowed)", lambda: job_running(kube, big), timeout=120)
+        mine = queued_job(kube, lender, "mine", 2)
+        wait_for("the lender's Job runs", lambda: job_running(kube, mine), timeout=120)
+        wl = workload(kube, borrower, "four") or {}
+        conditions = {c["type"]: c for c in wl["status"]["conditions"]}
+        assert conditions["QuotaReserved"]["status"] == "False", conditions
+        assert conditions["Preempted"]["reason"] == "InCohortReclamation", conditions
+        assert (kube.get(big) or {})["spec"]["suspend"] is True
+    finally:
+        force_delete(kube, lender)
+        force_delete(kube, borrower)
 
 
 def test_delete_of_an_idle_tenant_needs_no_force(operator, kube, head):

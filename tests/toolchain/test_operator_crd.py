@@ -67,6 +67,12 @@ def test_crd_accepts_a_full_tenant_and_fills_defaults(kube):
             "spec.gpuHourBudget.period",
             "Unsupported",
         ),
+        (
+            tenant(gpuBorrowingLimit={"a100": 2}),
+            "spec.gpuBorrowingLimit",
+            "gpuBorrowingLimit names a100, which is not in gpuQuota",
+        ),
+        (tenant(cohort="Not A Cohort"), "spec.cohort", "should match"),
         (tenant(name="root"), "metadata.name", "Slurm account"),
         (tenant(name="a.b"), "metadata.name", "Slurm account"),
     ],

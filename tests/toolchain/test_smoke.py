@@ -59,6 +59,7 @@ def test_binaries_report_their_pinned_versions(built):
         "pause",
         "coredns",
         "aifactory-gpu-device-plugin",
+        "kueue",
     )
     assert toolchain.KWOK_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["kwok"])
     assert toolchain.ETCD_VERSION.lstrip("v") in toolchain.reported_version(toolchain.BY_NAME["etcd"])
@@ -67,6 +68,7 @@ def test_binaries_report_their_pinned_versions(built):
     assert toolchain.reported_version(toolchain.BY_NAME["pause"]) == f"pause {toolchain.PAUSE_VERSION}"
     assert toolchain.COREDNS_VERSION in toolchain.reported_version(toolchain.BY_NAME["coredns"])
     assert toolchain.KUBE_ROUTER_VERSION in toolchain.reported_version(toolchain.BY_NAME["kube-router"])
+    assert f'"gitVersion":"{toolchain.KUEUE_VERSION}"' in toolchain.reported_version(toolchain.BY_NAME["kueue"])
     plugin = toolchain.BY_NAME["aifactory-gpu-device-plugin"]
     assert toolchain.reported_version(plugin) == f"gpu-device-plugin {toolchain.GPU_DEVICE_PLUGIN_VERSION}"
 

@@ -42,11 +42,13 @@ def _fake_operator(tmp_path: Path):
 
 @pytest.fixture
 def inputs(tmp_path):
-    """A fake static pause and coredns binary and busybox, as build_all's bin_dir and busybox arguments."""
+    """Fake static pause, coredns and kueue binaries and busybox, as build_all's bin_dir and busybox
+    arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "pause").write_bytes(_elf(1) + b"fake pause")
     (bin_dir / "coredns").write_bytes(_elf(1) + b"fake coredns")
+    (bin_dir / "kueue").write_bytes(_elf(1) + b"fake kueue")
     busybox = tmp_path / "busybox"
     busybox.write_bytes(_elf(1) + b"fake busybox")
     return bin_dir, busybox
@@ -174,12 +176,13 @@ def test_build_all_writes_every_image(inputs, tmp_path):
         "aifactory_coredns_1.15.0.tar",
         "aifactory_tenant-operator_0.0.1.tar",
         "aifactory_kube-router_v0.tar",
+        "aifactory_kueue_v0.17.0.tar",
     }
     for name, rec in built.items():
         assert (out / name).is_file()
         assert rec["digest"].startswith("sha256:")
     assert built["aifactory_pause_3.10.tar"]["ref"] == "registry.local:5000/aifactory/pause:3.10"
-    assert len(lines) == 5
+    assert len(lines) == 6
 
 
 def test_build_all_names_a_missing_input(inputs, tmp_path):

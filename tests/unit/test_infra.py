@@ -217,10 +217,87 @@ def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
         assert secret["metadata"]["name"] == "tenant-operator-ssh" and data.get("value") == ssh_files
         (role,) = [i for _, i in _by_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")]
         resources = {r for rule in role["rules"] for r in rule["resources"]}
-        assert {"tenants/status", "resourcequotas", "networkpolicies", "rolebindings"} <= resources
+        assert {"tenants/status", "resourcequotas", "networkpolicies", "rolebindings", "nodes"} <= resources
         bind = [r for r in role["rules"] if r["resources"] == ["clusterroles"]]
         assert (
             bind and bind[0]["verbs"] == ["bind"] and bind[0]["resourceNames"] == ["edit", STRICT_MEMBER_ROLE]
         )
 
     return op.deployment.urn.apply(check)
+
+
+# Kueue
+
+UPSTREAM_KUEUE = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: clusterqueues.kueue.x-k8s.io}
+spec: {group: kueue.x-k8s.io}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: resourceflavors.kueue.x-k8s.io}
+spec: {group: kueue.x-k8s.io}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: leader-election-role, namespace: system}
+rules: []
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: mutating-webhook-configuration}
+webhooks:
+- name: mpod.kb.io
+  clientConfig: {service: {name: webhook-service, namespace: system, path: /mutate--v1-pod}}
+- name: mjob.kb.io
+  clientConfig: {service: {name: webhook-service, namespace: system, path: /mutate-batch-v1-job}}
+- name: mworkload.kb.io
+  clientConfig:
+    service: {name: webhook-service, namespace: system, path: /mutate-kueue-x-k8s-io-v1beta2-workload}
+"""
+
+
+@pulumi.runtime.test
+def test_kueue_gets_upstreams_objects_wired_to_its_service_and_webhooks_only_for_what_it_manages(tmp_path):
+    import yaml
+
+    from infra.kueue import NAMESPACE, WEBHOOK_SERVICE, Kueue, KueueArgs
+
+    manifests = tmp_path / "kueue-manifests.yaml"
+    manifests.write_text(UPSTREAM_KUEUE)
+    kueue = Kueue("kueue", KueueArgs("registry.site/kueue:v1", manifests))
+
+    def check(_):
+        groups = {n: i["objs"] for n, i in _by_type("kubernetes:yaml/v2:ConfigGroup")}
+        crds = {o["metadata"]["name"]: o for o in groups["kueue-crds"]}
+        # the API server converts the versions Kueue converts through its webhook; the others not
+        service = crds["clusterqueues.kueue.x-k8s.io"]["spec"]["conversion"]["webhook"]["clientConfig"][
+            "service"
+        ]
+        assert service == {"name": WEBHOOK_SERVICE, "namespace": NAMESPACE, "path": "/convert"}
+        assert "conversion" not in crds["resourceflavors.kueue.x-k8s.io"]["spec"]
+        objs = {(o["kind"], o["metadata"]["name"]): o for o in groups["kueue-objects"]}
+        role = objs[("Role", "kueue-leader-election-role")]
+        assert role["metadata"]["namespace"] == NAMESPACE
+        binding = objs[("RoleBinding", "kueue-leader-election-rolebinding")]
+        assert binding["subjects"][0]["name"] == "kueue-controller-manager"
+        hooks = objs[("MutatingWebhookConfiguration", "kueue-mutating-webhook-configuration")]["webhooks"]
+        # no fail-closed hook on every pod: the pod framework is not integrated here
+        assert [h["name"] for h in hooks] == ["mjob.kb.io", "mworkload.kb.io"]
+        assert {h["clientConfig"]["service"]["name"] for h in hooks} == {WEBHOOK_SERVICE}
+        config = yaml.safe_load(
+            objs[("ConfigMap", "kueue-manager-config")]["data"]["controller_manager_config.yaml"]
+        )
+        assert config["integrations"]["frameworks"] == ["batch/job"] and config["namespace"] == NAMESPACE
+        assert config["internalCertManagement"]["webhookServiceName"] == WEBHOOK_SERVICE
+        assert config["manageJobsWithoutQueueName"] is False
+        # tenant quota is on GPUs: a Job's CPU and memory requests never keep it pending
+        assert "cpu" in config["resources"]["excludeResourcePrefixes"]
+        (dep,) = [i for _, i in _by_type("kubernetes:apps/v1:Deployment")]
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == "registry.site/kueue:v1"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert {v["name"] for v in pod["volumes"]} == {"cert", "manager-config"}
+
+    return kueue.deployment.urn.apply(check)

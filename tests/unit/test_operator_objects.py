@@ -96,6 +96,29 @@ def test_kueue_queue_per_tenant_with_one_flavor_per_model():
     assert sorted(f["metadata"]["name"] for f in objs["ResourceFlavor"]) == ["gpu-a100", "gpu-h100"]
 
 
+def test_queue_is_in_the_site_cohort_weighted_by_fairshare_and_borrows_only_what_is_allowed():
+    t = spec(gpuQuota={"h100": 4, "a100": 2}, gpuBorrowingLimit={"h100": 2}, slurm={"fairshare": 3})
+    objs = by_kind(kside.desired_objects(t, kueue=True))
+    (cq,) = objs["ClusterQueue"]
+    assert cq["apiVersion"] == "kueue.x-k8s.io/v1beta2"
+    assert cq["spec"]["cohortName"] == "aifactory" and cq["spec"]["fairSharing"] == {"weight": "3"}
+    assert cq["spec"]["preemption"]["reclaimWithinCohort"] == "Any"
+    limits = {
+        f["name"]: f["resources"][0]["borrowingLimit"] for f in cq["spec"]["resourceGroups"][0]["flavors"]
+    }
+    assert limits == {"gpu-a100": "0", "gpu-h100": "2"}
+    # what may be borrowed is room in the namespace's ResourceQuota too (pods Kueue admits must start)
+    (rq,) = objs["ResourceQuota"]
+    assert rq["spec"]["hard"] == {
+        "requests.nvidia.com/gpu": "8",
+        "requests.nvidia.com/gpu-a100": "2",
+        "requests.nvidia.com/gpu-h100": "6",
+    }
+    # pods Kueue admits onto a flavor's nodes tolerate the GPU nodes' taint
+    for f in objs["ResourceFlavor"]:
+        assert f["spec"]["tolerations"] == [kside.GPU_TOLERATION]
+
+
 def test_no_kueue_queue_without_quota():
     assert "ClusterQueue" not in by_kind(kside.desired_objects(spec(gpuQuota={}), kueue=True))
 

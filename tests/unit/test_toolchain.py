@@ -35,8 +35,20 @@ def test_every_binary_is_pinned_by_a_module_with_go_sum():
         "registry",
         "crane",
         "kwok",
+        "kueue",
         "aifactory-gpu-device-plugin",
     }
+
+
+def test_a_binary_whose_companion_file_is_gone_is_built_again(cache):
+    kueue = toolchain.BY_NAME["kueue"]
+    (toolchain.paths.bin_dir() / ".stamps").mkdir(parents=True)
+    kueue.path.write_bytes(b"binary")
+    stamp = toolchain.stamp(kueue, "go1.26")
+    toolchain._stamp_file(kueue).write_text(json.dumps({"stamp": stamp}))
+    assert toolchain.state(kueue, "go1.26") == "missing"  # no kueue-manifests.yaml beside it
+    toolchain.kueue_manifests_path().write_text("---\n")
+    assert toolchain.state(kueue, "go1.26") == "ok"
 
 
 def test_state_follows_the_stamp(cache):
