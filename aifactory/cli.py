@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json_arg(ts, "the rows")
     _operator_parser(sub)
+    _tenants_parser(sub)
     return parser
 
 
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         if args.command == "operator":
             return _operator(args)
+        if args.command == "tenants":
+            return _tenants(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -596,6 +599,61 @@ def _operator(args) -> int:
     cmd = install.kopf_command()
     os.execve(cmd[0], cmd, env)
     return EXIT_FAILED  # not reached
+
+
+
+
+def _tenants_parser(sub) -> None:
+    tn = sub.add_parser(
+        "tenants",
+        help="what the tenants used: GPU-hours per tenant and model on each scheduler",
+        description="Reports from the Tenants' status, where the tenant operator keeps its GPU-hour ledger.",
+    )
+    tn_sub = tn.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    rep = tn_sub.add_parser(
+        "report",
+        help="GPU-hours per tenant and model on Slurm and Kubernetes, budget used, peak, over-shoots",
+        description=(
+            "One row per tenant and GPU model for a period: GPU-hours on Slurm (from sacct) and on "
+            "Kubernetes (pods' run times), the budget and the share of it used, the peak of GPUs held at "
+            "once and the over-shoots of the entitlement. The current period by default; a closed one by "
+            "name (2026-11, 2026-Q4, 2026 or total, as the tenant's budget period runs). `--format html` "
+            "adds a plot per tenant: GPU-hours per hour (current period) or day on each scheduler, and the "
+            "running total against the budget. Exit 2 when no tenant has figures for the period."
+        ),
+    )
+    _site_arg(rep)
+    rep.add_argument("--period", help="a closed period's name, e.g. 2026-11 (default: the current one)")
+    rep.add_argument("--tenant", action="append", help="only this tenant (repeatable; default: all)")
+    rep.add_argument("--format", choices=["table", "json", "csv", "html"], default="table")
+    rep.add_argument("--out", type=Path, help="write the report to this file (default: standard output)")
+
+
+def _tenants(args) -> int:
+    from aifactory import usage_report
+    from operators.tenants import install
+    from operators.tenants.spec import GROUP, PLURAL, VERSION
+
+    site = load_site_or_exit(args.site)
+    kubeconfig = paths.site_state_dir(site.name) / "kubeconfig"
+    if not kubeconfig.exists():
+        print(f"tenants: no {kubeconfig}: run `aifactory configure` first", file=sys.stderr)
+        return EXIT_USAGE
+    tenants = install.kube(kubeconfig).list(f"/apis/{GROUP}/{VERSION}/{PLURAL}")
+    if args.tenant:
+        tenants = [t for t in tenants if t["metadata"]["name"] in args.tenant]
+    try:
+        usages = usage_report.collect(tenants, args.period)
+    except usage_report.NoUsage as e:
+        print(f"tenants report: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    text = usage_report.render(usages, args.format)
+    if args.out:
+        args.out.write_text(text)
+        print(f"tenants report: {len(usages)} tenant(s), {args.format} -> {args.out}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

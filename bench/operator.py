@@ -243,7 +243,7 @@ def operator_status(t: TenantSpec, created: dict, ledger: capacity.Ledger) -> di
     """The status write the operator makes for a new tenant with both sides applied: its
     conditions and figures (handlers.write_status) and kopf's record of the spec it handled."""
     patch = kopf.Patch()
-    out = handlers.Outcome(observed=slurm.Observed(t.name, exists=True, running_jobs=0, gpu_minutes_used=0.0))
+    out = handlers.Outcome(observed=slurm.Observed(t.name, exists=True, running_jobs=0))
     verdict = ledger.verdict(t.name)
     handlers.write_status(patch, {}, t, created["metadata"]["generation"], out, verdict, ledger.policy)
     essence = json.dumps({"spec": created["spec"]}, separators=(",", ":"))
@@ -259,6 +259,7 @@ def run_floor(
     specs = [parse(n, tenant_spec(8)) for n in names]
     ledger = capacity.Ledger(capacity.site_capacity(site), "warn")
     status_kube = install.kube(kubeconfig)
+    kueue = kube.has_kueue()  # the operator writes each tenant's queues too where Kueue runs
     start = time.monotonic()
     accounts = slurm.SacctmgrAccounts(runner)
     cmds = [c for t in specs for c in slurm.plan(slurm.desired(t), slurm.Observed(t.name))]
@@ -278,7 +279,7 @@ def run_floor(
         statuses = []
 
         def objects(t: TenantSpec) -> None:
-            kside.write(kube, t.name, kside.desired_objects(t), fresh=True)
+            kside.write(kube, t.name, kside.desired_objects(t, kueue), fresh=True)
 
         def tenant(t: TenantSpec) -> None:
             created = create_tenant(kube, t.name)
@@ -299,6 +300,10 @@ def run_floor(
             list(pool.map(lambda n: merge_patch(kube, n, no_finalizer), names))
             list(pool.map(lambda n: kube.delete(f"{TENANTS}/{n}"), names))
         list(pool.map(lambda n: kube.delete(kside.path("v1", "Namespace", n)), names))
+        if kueue:
+            list(
+                pool.map(lambda n: kube.delete(kside.path(kside.KUEUE, "ClusterQueue", f"tenant-{n}")), names)
+            )
     wait_namespaces_gone(kube, names)
     return elapsed
 

@@ -106,10 +106,19 @@ def schema(known_models: list[str]) -> dict[str, Any]:
             },
             "gpuHourBudget": {
                 "type": "object",
-                "description": "GPU-hours per period (Slurm GrpTRESMins=gres/gpu).",
+                "description": (
+                    "GPU-hours per period on both schedulers together (the operator's ledger: "
+                    "Slurm jobs from sacct, pods' run times; it never decays). Spent: no new Slurm "
+                    "job or Kubernetes workload starts for the tenant until the next period."
+                ),
                 "required": ["gpuHours"],
                 "properties": {
-                    "gpuHours": _int(0, 10**9, "GPU-hours the tenant may use per period"),
+                    "gpuHours": {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": 10**9,
+                        "description": "GPU-hours the tenant may use per period (fractions allowed)",
+                    },
                     "period": {
                         "type": "string",
                         "enum": ["Monthly", "Quarterly", "Yearly", "Total"],
@@ -216,8 +225,21 @@ def schema(known_models: list[str]) -> dict[str, Any]:
                 "description": "GPUs held beyond the entitlement on both schedulers together, per "
                 "model and total (two admissions within one drift interval); absent when within it",
             },
-            "gpuHoursUsed": {"type": "number"},
-            "budgetPeriodStart": {"type": "string"},
+            "budget": {
+                "type": "object",
+                "description": "this period's GPU-hours against the budget, per scheduler and model",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "budgetHistory": {
+                "type": "object",
+                "description": "closed periods' GPU-hours per scheduler and model, and peak GPUs",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "ledger": {
+                "type": "object",
+                "description": "the operator's GPU-second ledger for this period (pods by uid)",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
             "kopf": {
                 "type": "object",
                 "description": "the operator's bookkeeping: handler progress, the spec last handled",
@@ -275,6 +297,7 @@ def crd(known_models: list[str]) -> dict[str, Any]:
                         _condition_column("K8s", "KubernetesSynced"),
                         _condition_column("Slurm", "SlurmSynced"),
                         _condition_column("Overcommit", "Overcommitted"),
+                        {"name": "Budget %", "type": "number", "jsonPath": ".status.budget.percentUsed"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                 }

@@ -8,10 +8,13 @@ holds now:
   namespace i (ResourceQuota)   q_m - S_m - (K_m - k_i,m)   (its own pods keep their room)
   Kueue ClusterQueue            q_m - S_m             (Kueue shares it among the namespaces)
 
-so the tenant can use all of it in either scheduler, or split it. Holdings are observed every
-drift interval; two admissions on both sides within one interval can together exceed the
-entitlement (at most by the entitlement itself: each side saw it free). That over-shoot is reported
-(`Holdings.overshoot`) until the work that caused it ends; nothing running is stopped.
+so the tenant can use all of it in either scheduler, or split it. A tenant whose GPU-hour budget is
+spent for the period (budget.py) gets 0 on every side: nothing new starts, nothing running stops.
+
+Holdings are observed every drift interval; two admissions on both sides within one interval can
+together exceed the entitlement (at most by the entitlement itself: each side saw it free). That
+over-shoot is reported (`Holdings.overshoot`) until the work that caused it ends; nothing running
+is stopped.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Holdings:
 
     slurm: Mapping[str, int] = field(default_factory=dict)
     kubernetes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    spent: bool = False  # the period's GPU-hour budget is used up
 
     def pods(self, model: str | None = None, without: str | None = None) -> int:
         """GPUs in the tenant's pods, of one model (or all), leaving out one namespace."""
@@ -53,6 +57,8 @@ class Holdings:
 
 def slurm_limits(quota: Mapping[str, int], held: Holdings) -> dict[str, int]:
     """The account's GrpTRES: gres/gpu and gres/gpu:<model>, less what the tenant's pods hold."""
+    if held.spent:
+        return {f"gres/gpu:{m}": 0 for m in quota} | {"gres/gpu": 0}
     limits = {f"gres/gpu:{m}": max(0, q - held.pods(m)) for m, q in quota.items()}
     limits["gres/gpu"] = max(0, sum(quota.values()) - held.pods())
     return limits
@@ -61,6 +67,8 @@ def slurm_limits(quota: Mapping[str, int], held: Holdings) -> dict[str, int]:
 def namespace_limits(quota: Mapping[str, int], held: Holdings, namespace: str) -> dict[str, int]:
     """A namespace's share ("" = the total): the entitlement less Slurm's jobs and the other
     namespaces' pods."""
+    if held.spent:
+        return dict.fromkeys([*quota, ""], 0)
     limits = {m: max(0, q - held.jobs(m) - held.pods(m, without=namespace)) for m, q in quota.items()}
     limits[""] = max(0, sum(quota.values()) - held.jobs() - held.pods(without=namespace))
     return limits

@@ -9,8 +9,10 @@ handler killed half-way simply runs again after a restart. kopf keeps handler pr
 annotations, so a tenant whose create never finished is picked up where it was.
 
 A timer per tenant re-reads both sides: hand edits are put back (event DriftCorrected), usage is
-refreshed, and a Slurm outage flips SlurmSynced. Deletion goes through kopf's finalizer: refused
-(condition DeletionBlocked + event) while GPUs are in use unless the force annotation is set.
+refreshed, the GPU-hour ledger advances (budget.py; a spent budget holds the tenant on both sides:
+condition BudgetExhausted), and a Slurm outage flips SlurmSynced. Deletion goes through kopf's
+finalizer: refused (condition DeletionBlocked + event) while GPUs are in use unless the force
+annotation is set.
 
 `reconcile` and `drift` are async: their Kubernetes REST calls run in a small thread pool
 (AIFACTORY_KUBE_CONCURRENCY) and their Slurm side is a future of the batched sacctmgr writer
@@ -40,10 +42,11 @@ import kopf
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from operators.tenants import capacity, config, metrics, slurm
+from operators.tenants import budget, capacity, config, metrics, slurm
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.entitlement import Holdings
 from operators.tenants.spec import (
+    BUDGET_EXHAUSTED,
     DELETION_BLOCKED,
     FINALIZER,
     FORCE_DELETE_ANNOTATION,
@@ -59,7 +62,7 @@ from operators.tenants.spec import (
     TenantSpec,
     condition,
     parse,
-    period_start,
+    replacing,
     set_condition,
 )
 
@@ -274,7 +277,8 @@ def write_status(
     v: capacity.Verdict,
     policy: str,
 ) -> None:
-    conds = list(status.get("conditions") or [])
+    # this round's budget verdict (account_usage) may already be in the patch
+    conds = list(patch.status.get("conditions") or status.get("conditions") or [])
     rejected = policy == "reject" and not v.admitted
     if rejected:
         msg = f"not applied: over capacity ({v.message()})"
@@ -319,15 +323,14 @@ def write_status(
         patch.status["observedGeneration"] = generation
         patch.status["quota"] = t.quota_summary()
         patch.status["namespaces"] = list(t.namespaces)
-    if out.observed is not None and out.observed.gpu_minutes_used is not None:
-        patch.status["gpuHoursUsed"] = round(out.observed.gpu_minutes_used / 60, 2)
     if out.held is not None:
         pods = {m: out.held.pods(m) for ns in out.held.kubernetes.values() for m in ns}
-        patch.status["usage"] = {
+        usage = {
             "kubernetes": pods,
             "slurm": dict(out.held.slurm),
             "summary": f"k8s={out.held.pods()} slurm={out.held.jobs()}",
         }
+        patch.status["usage"] = replacing(status.get("usage"), usage)
         # null clears it once the tenant is back within its entitlement (merge patch)
         patch.status["overshoot"] = out.held.overshoot(t.ceiling) or None
 
@@ -380,22 +383,6 @@ async def converge(
     return out, v
 
 
-async def roll_budget(t: TenantSpec, status: kopf.Status, patch: kopf.Patch, body: kopf.Body) -> None:
-    """GrpTRESMins counts usage since the last reset: a new budget period resets the account's
-    RawUsage (Slurm has no per-account period of its own)."""
-    start = period_start(t.budget.period, dt.datetime.now(dt.UTC)) if t.budget else None
-    if start is None or status.get("budgetPeriodStart") == start:
-        return
-    if status.get("budgetPeriodStart"):
-        # Rare (once a period), so through the pool; not every reconcile: it would queue behind
-        # every other tenant's Kubernetes writes.
-        await in_kube_pool(state().slurm.apply, [f"modify account where name={t.name} set RawUsage=0"])
-        normal(
-            body, reason="BudgetPeriodStarted", message=f"GPU-hour usage reset for the period from {start}"
-        )
-    patch.status["budgetPeriodStart"] = start
-
-
 # --- handlers ------------------------------------------------------------------------------
 
 
@@ -413,10 +400,8 @@ async def reconcile(
 ) -> None:
     t = parse(name, dict(spec))
     fresh = kwargs.get("reason") == "create" and kwargs.get("retry", 0) == 0
-    held = state().holdings.get(name)
+    held = state().holdings.get(name) or Holdings(spent=bool(t.budget) and budget_spent(status))
     out, v = await converge(t, meta, check_drift=False, body=body, fresh=fresh, held=held)
-    if out.observed is not None and out.slurm_error is None:
-        await roll_budget(t, status, patch, body)
     write_status(patch, status, t, int(meta.get("generation", 0)), out, v, state().cfg.policy)
     if out.k8s_error or out.slurm_error:
         # The status above is written anyway (kopf applies the patch); the retry converges later.
@@ -442,18 +427,24 @@ async def drift(
     before = st.holdings.get(name, Holdings())
     # The pods first, so Slurm's limit this round leaves them their GPUs; Slurm's jobs are seen by
     # this round's observation (the Kubernetes side follows at once when they changed).
-    held = Holdings(before.slurm, await in_kube_pool(kside.gpus_held, st.kube, list(t.namespaces)))
+    pods = await in_kube_pool(kside.gpu_pods, st.kube, list(t.namespaces))
+    held = Holdings(before.slurm, kside.held_by(pods), before.spent)
+    held = Holdings(
+        held.slurm, held.kubernetes, await account_usage(t, meta, status, patch, body, pods, held)
+    )
     # A limit that moved with the tenant's own work is no hand edit: applied, not reported as drift.
     out, v = await converge(t, meta, check_drift=held == before, body=body, held=held)
     if out.observed is not None and out.slurm_error is None:
-        await roll_budget(t, status, patch, body)
-        held = Holdings(dict(out.observed.gpus_in_use), held.kubernetes)
+        held = Holdings(dict(out.observed.gpus_in_use), held.kubernetes, held.spent)
         if held.slurm != before.slurm and out.k8s_error is None:
             await in_kube_pool(sync_limits, t, held)
     st.holdings[name] = out.held = held
     over = held.overshoot(t.ceiling)
     if over and not status.get("overshoot"):
         metrics.OVERSHOOT.inc()
+        for counted in (patch.status.get("ledger"), patch.status.get("budget")):
+            if counted:  # this period's over-shoots, for the usage report
+                counted["overshoots"] = (counted.get("overshoots") or 0) + 1
         kopf.warn(
             body,
             reason="Overshoot",
@@ -465,6 +456,77 @@ async def drift(
         kind = kopf.warn if v.overcommitted else normal
         kind(body, reason="Overcommitted" if v.overcommitted else "WithinCapacity", message=v.message())
     write_status(patch, status, t, int(meta.get("generation", 0)), out, v, state().cfg.policy)
+
+
+def budget_spent(status: Mapping[str, Any]) -> bool:
+    c = condition(status.get("conditions"), BUDGET_EXHAUSTED)
+    return c is not None and c.get("status") == "True"
+
+
+async def account_usage(
+    t: TenantSpec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    body: kopf.Body,
+    pods: list[kside.GpuPod],
+    held: Holdings,
+) -> bool:
+    """Advance the tenant's GPU-hour ledger by this round (status.ledger, status.budget; a tenant
+    without a budget is accounted per month) and say whether its budget is spent. When Slurm's
+    accounting cannot be read, the ledger waits a round and the last verdict stands."""
+    now = budget.clock()
+    created = dt.datetime.fromisoformat(str(meta.get("creationTimestamp")).replace("Z", "+00:00"))
+    kind = t.budget.period if t.budget else "Monthly"
+    name, start = budget.period(kind, dt.datetime.fromtimestamp(now, dt.UTC), created)
+    try:
+        jobs = await asyncio.wrap_future(state().slurm.usage(t.name, start.timestamp()))
+    except slurm.SlurmError as e:
+        log.warning("tenant %s: GPU-hour ledger not advanced: %s", t.name, e)
+        return held.spent
+    before = budget.UsageLedger.from_status(status.get("ledger"))
+    runs = [p.run for p in pods if p.run is not None]
+    ledger, closed = budget.advance(
+        before, name, start.timestamp(), now, jobs, runs, held.jobs() + held.pods()
+    )
+    patch.status["ledger"] = replacing(status.get("ledger"), ledger.to_status())
+    summary: dict[str, Any] = {
+        "period": name,
+        "periodStart": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "usedGPUHours": round(ledger.hours(), 4),
+        **ledger.summary(),
+    }
+    verdict = budget.BudgetState(ledger.hours(), t.budget.gpu_hours, name) if t.budget else None
+    if verdict is not None:
+        summary |= {"limitGPUHours": verdict.limit_hours, "percentUsed": round(verdict.percent, 1)}
+    patch.status["budget"] = replacing(status.get("budget"), summary)
+    if closed is not None:
+        history = dict(status.get("budgetHistory") or {})
+        history[closed.period] = {
+            **closed.closed_summary(),
+            "limitGPUHours": t.budget.gpu_hours if t.budget else None,
+        }
+        for old in sorted(history)[: -budget.HISTORY_PERIODS]:
+            history[old] = None  # merge patch: removed
+        patch.status["budgetHistory"] = history
+        if verdict is not None:
+            normal(body, reason="BudgetPeriodStarted", message=f"GPU-hour budget renewed for period {name}")
+    spent = verdict is not None and verdict.spent
+    had = condition(status.get("conditions"), BUDGET_EXHAUSTED)
+    if verdict is not None or had is not None:
+        conds = set_condition(
+            list(patch.status.get("conditions") or status.get("conditions") or []),
+            BUDGET_EXHAUSTED,
+            spent,
+            "GPUHoursSpent" if spent else "WithinBudget" if verdict else "NoBudget",
+            verdict.message() if verdict else "the tenant has no GPU-hour budget",
+            int(meta.get("generation", 0)),
+        )
+        patch.status["conditions"] = conds
+    if spent and verdict is not None and not (budget_spent(status) and closed is None):
+        metrics.BUDGET_EXHAUSTED.inc()
+        kopf.warn(body, reason="BudgetExhausted", message=verdict.message() + ": new work held on both sides")
+    return spent
 
 
 def spec_unchanged(name: str, meta: Mapping[str, Any]) -> bool:

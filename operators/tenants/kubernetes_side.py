@@ -21,6 +21,7 @@ idempotent and puts back what someone edited by hand.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from urllib.parse import quote, urlencode
 
 from kubernetes import client as k8s_client
 
+from operators.tenants.budget import Run
 from operators.tenants.entitlement import (
     UNKNOWN_MODEL,
     Holdings,
@@ -170,6 +172,8 @@ def kueue_objects(spec: TenantSpec, held: Holdings) -> list[dict[str, Any]]:
             # A lender gets its quota back by preempting what borrowed it; within the queue,
             # higher priority work preempts lower.
             "preemption": {"reclaimWithinCohort": "Any", "withinClusterQueue": "LowerPriority"},
+            # a spent budget admits nothing new; what runs, runs to its end
+            "stopPolicy": "Hold" if held.spent else "None",
             "resourceGroups": [
                 {
                     "coveredResources": [GPU],
@@ -442,10 +446,31 @@ def let_go(kube: Kube, tenant: str, namespace: str, policy: str, kueue: bool) ->
     return f"released namespace {namespace} (its workloads kept)"
 
 
-def gpus_held(kube: Kube, namespaces: list[str]) -> dict[str, dict[str, int]]:
-    """GPUs held by the pods that are not finished, per namespace and model: the model from a
-    per-model resource name, else from the node's `aifactory.io/gpu-model` label (pods not yet on a
-    node, and nodes without it, count as UNKNOWN_MODEL)."""
+@dataclass(frozen=True)
+class GpuPod:
+    namespace: str
+    model: str
+    gpus: int
+    finished: bool
+    run: Run | None  # None until it has started
+
+
+def _epoch(stamp: str | None) -> float | None:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+
+def _finished_at(pod: dict[str, Any]) -> float | None:
+    ends = [
+        _epoch((cs.get("state") or {}).get("terminated", {}).get("finishedAt"))
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []
+    ]
+    return max((e for e in ends if e is not None), default=None)
+
+
+def gpu_pods(kube: Kube, namespaces: list[str]) -> list[GpuPod]:
+    """The pods that ask for GPUs, finished or not: the model from a per-model resource name, else
+    from the node's `aifactory.io/gpu-model` label (pods not yet on a node, and nodes without it,
+    count as UNKNOWN_MODEL); a pod runs from its start to its containers' last finish."""
     models: dict[str, str] = {}
 
     def node_model(node: str | None) -> str:
@@ -456,13 +481,32 @@ def gpus_held(kube: Kube, namespaces: list[str]) -> dict[str, dict[str, int]]:
             models[node] = labels.get(MODEL_LABEL, UNKNOWN_MODEL)
         return models[node]
 
-    held: dict[str, dict[str, int]] = {}
+    out = []
     for ns in namespaces:
-        for pod in _unfinished_pods(kube, ns):
+        for pod in kube.list(path("v1", "Pod", namespace=ns)):
+            status = pod.get("status") or {}
+            finished = status.get("phase") in ("Succeeded", "Failed")
+            start = _epoch(status.get("startTime"))
             for c in pod["spec"].get("containers", []):
                 for res, qty in (c.get("resources", {}).get("limits") or {}).items():
                     if res.startswith(GPU) and int(qty):
                         model = res[len(GPU) :].lstrip("-") or node_model(pod["spec"].get("nodeName"))
-                        per_model = held.setdefault(ns, {})
-                        per_model[model] = per_model.get(model, 0) + int(qty)
+                        uid = f"{pod['metadata']['uid']}/{c['name']}"
+                        end = _finished_at(pod) if finished else None
+                        run = Run(model, int(qty), start, end, uid) if start is not None else None
+                        out.append(GpuPod(ns, model, int(qty), finished, run))
+    return out
+
+
+def held_by(pods: list[GpuPod]) -> dict[str, dict[str, int]]:
+    """GPUs held by the pods that are not finished, per namespace and model."""
+    held: dict[str, dict[str, int]] = {}
+    for p in pods:
+        if not p.finished:
+            per_model = held.setdefault(p.namespace, {})
+            per_model[p.model] = per_model.get(p.model, 0) + p.gpus
     return held
+
+
+def gpus_held(kube: Kube, namespaces: list[str]) -> dict[str, dict[str, int]]:
+    return held_by(gpu_pods(kube, namespaces))

@@ -23,6 +23,10 @@ ERRORS = Counter("aifactory_tenant_errors_total", "Failed reconciles, by side an
 DRIFT = Counter("aifactory_tenant_drift_corrected_total", "Hand edits put back", ["side"])
 TENANTS = Gauge("aifactory_tenants", "Tenants known to the operator")
 OVERCOMMITTED = Gauge("aifactory_tenants_overcommitted", "Tenants with Overcommitted=True")
+BUDGET_EXHAUSTED = Counter(
+    "aifactory_tenant_budget_exhausted_total",
+    "Times a tenant's GPU-hour budget was found spent for its period (new work then held)",
+)
 OVERSHOOT = Counter(
     "aifactory_tenant_overshoot_total",
     "Times a tenant was found holding more GPUs than its entitlement on both schedulers together",

@@ -1,7 +1,11 @@
-"""The Slurm side: one account per tenant, its users, GrpTRES/GrpTRESMins limits, fair-share and a QOS.
+"""The Slurm side: one account per tenant, its users, GrpTRES limits, fair-share and a QOS.
 
-`SlurmAccounts` is the interface the handlers use; `SacctmgrAccounts` implements it with sacctmgr
-and squeue/sshare on the head host through a `Runner` (local subprocess, or ssh when the operator
+GPU-hour budgets are not Slurm's: GrpTRESMins counts decayed usage, so a budget would refill as
+fair share decays. The operator's ledger (budget.py, from `sacct`) counts them, and a spent budget
+sets the account's GrpTRES to 0 (entitlement.py), so no new job starts and running ones finish.
+
+`SlurmAccounts` is the interface the handlers use; `SacctmgrAccounts` implements it with sacctmgr,
+squeue and sacct on the head host through a `Runner` (local subprocess, or ssh when the operator
 runs off-site), so a slurmrestd backend can replace it later (platform notes: slurmrestd 22.05
 ignored later association changes, so sacctmgr it is for now).
 
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from operators.tenants.budget import Run
 from operators.tenants.entitlement import Holdings, slurm_limits
 from operators.tenants.spec import SLURM_ORGANIZATION, TenantSpec, qos_name
 
@@ -48,7 +53,6 @@ class Desired:
     description: str
     fairshare: int
     grp_tres: dict[str, int]
-    grp_tres_mins: dict[str, int]
     users: frozenset[str]
     qos: str | None  # the per-user caps QOS; None: no caps, the account keeps the site's QOS
     qos_max_tres_pu: dict[str, int]
@@ -59,14 +63,12 @@ def desired(spec: TenantSpec, held: Holdings | None = None) -> Desired:
     """The account as the spec wants it; its GPU limits are the entitlement less what the tenant's
     pods hold (entitlement.py)."""
     tres = slurm_limits(spec.gpu_quota, held or Holdings())
-    mins = {"gres/gpu": spec.budget.gpu_hours * 60} if spec.budget else {}
     per_user = {"gres/gpu": spec.max_gpus_per_user} if spec.max_gpus_per_user is not None else {}
     return Desired(
         account=spec.name,
         description=re.sub(r"[^A-Za-z0-9 ._-]", "", spec.display_name)[:100] or spec.name,
         fairshare=spec.fairshare,
         grp_tres=tres,
-        grp_tres_mins=mins,
         users=frozenset(spec.slurm_users),
         qos=qos_name(spec.name) if per_user or spec.max_jobs_per_user is not None else None,
         qos_max_tres_pu=per_user,
@@ -90,10 +92,9 @@ class Observed:
     qos_exists: bool = False
     qos_max_tres_pu: dict[str, int] = field(default_factory=dict)
     qos_max_jobs_pu: int | None = None
-    # from squeue/sshare; None when slurmctld could not be asked
+    # from squeue; None when slurmctld could not be asked
     running_jobs: int | None = None
     gpus_in_use: dict[str, int] = field(default_factory=dict)
-    gpu_minutes_used: float | None = None
 
 
 def parse_tres(text: str) -> dict[str, int]:
@@ -158,7 +159,8 @@ def plan(want: Desired, have: Observed) -> list[str]:
     tres = _tres_change(want.grp_tres, have.grp_tres)
     if tres:
         acct["GrpTRES"] = format_tres(tres)
-    mins = _tres_change(want.grp_tres_mins, have.grp_tres_mins)
+    # budgets are the ledger's: a GrpTRESMins from before (it decays) is cleared
+    mins = _tres_change({}, have.grp_tres_mins)
     if mins:
         acct["GrpTRESMins"] = format_tres(mins)
     if qos and have.qos_list != frozenset({qos}):
@@ -260,7 +262,7 @@ def _merge(commands: list[str]) -> list[str]:
     return merged + loose
 
 
-# --- parsing what sacctmgr / squeue / sshare print -----------------------------------------
+# --- parsing what sacctmgr / squeue / sacct print -----------------------------------------
 
 ASSOC_FORMAT = "account,user,fairshare,grptres,grptresmins,qos,defaultqos"
 QOS_FORMAT = "name,maxtrespu,maxjobspu"
@@ -304,17 +306,11 @@ def parse_observation(text: str, accounts: Sequence[str]) -> dict[str, Observed]
                 if key.startswith("gres/gpu:"):
                     model = key.split(":", 1)[1]
                     o.gpus_in_use[model] = o.gpus_in_use.get(model, 0) + n
-        elif section == "share" and len(f) >= 3 and f[0] in obs and not f[1]:
-            raw = parse_tres(f[2])
-            if "gres/gpu" in raw:
-                obs[f[0]].gpu_minutes_used = float(raw["gres/gpu"])
     if "sacctmgr" in errors:
         raise SlurmError("SlurmdbdUnavailable", f"sacctmgr failed: {errors['sacctmgr']}")
     if "squeue" not in errors:
         for o in obs.values():
             o.running_jobs = o.running_jobs or 0
-            if o.gpu_minutes_used is None:
-                o.gpu_minutes_used = 0.0
     else:
         # slurmdbd answered, slurmctld did not: limits are stored but nothing enforces them now.
         raise SlurmError("SlurmctldUnavailable", f"slurmctld not answering: {errors['squeue']}")
@@ -338,9 +334,32 @@ def observe_script(accounts: Sequence[str]) -> str:
             f"sec acct sacctmgr -nP show account where name={names} format=account,organization",
             f"sec qos sacctmgr -nP show qos where name={qos} format={QOS_FORMAT}",
             f"sec jobs squeue -h -t R -A {names} -O 'Account:|,tres-alloc:|'",
-            f"sec share sshare -nP -A {names} -o Account,User,GrpTRESRaw",
         ]
     )
+
+
+def usage_script(accounts: Sequence[str], since: float) -> str:
+    """Every job allocation of the accounts that ran since `since` (epoch): account, allocated TRES,
+    start and end as epoch seconds (end Unknown while it runs)."""
+    return (
+        f"SLURM_TIME_FORMAT=%s sacct -X -n -P -a -A {','.join(accounts)} "
+        f"-S $(date -d @{int(since)} +%Y-%m-%dT%H:%M:%S) -E now -o Account,AllocTRES,Start,End"
+    )
+
+
+def parse_usage(text: str) -> dict[str, list[Run]]:
+    """Per account, its jobs' GPU runs (per model) from `usage_script`'s output. Jobs that never
+    started hold nothing."""
+    out: dict[str, list[Run]] = {}
+    for line in text.splitlines():
+        f = line.strip().split("|")
+        if len(f) < 4 or not f[2].isdigit():
+            continue
+        end = float(f[3]) if f[3].isdigit() else None
+        for key, n in parse_tres(f[1]).items():
+            if key.startswith("gres/gpu:") and n > 0:
+                out.setdefault(f[0], []).append(Run(key.split(":", 1)[1], n, float(f[2]), end))
+    return out
 
 
 # --- runners ---------------------------------------------------------------------------------
@@ -490,6 +509,7 @@ class SlurmAccounts(Protocol):
     def apply(self, commands: list[str]) -> None: ...
     def sync(self, want: Desired) -> Future[tuple[list[str], Observed]]: ...
     def delete(self, account: str, cancel_jobs: bool) -> None: ...
+    def usage(self, account: str, since: float) -> Future[list[Run]]: ...
 
 
 # A burst of 200 new tenants starts its syncs over 2-3 s. Measured on the local site: their 200
@@ -497,7 +517,7 @@ class SlurmAccounts(Protocol):
 # (every batch renumbers the association tree around the accounts already there).
 APPLY_QUIET = 0.3  # seconds without a new sync (and none still observing) before a batch starts
 APPLY_MAX_WAIT = 3.0  # the longest the first plan of a burst waits for the rest
-# Each observation costs the head about 50 ms of CPU (ssh, two sacctmgr, squeue, sshare) whatever
+# Each observation costs the head about 50 ms of CPU (ssh, three sacctmgr, squeue) whatever
 # its size. Started back to back, a burst of 200 syncs took 11-17 of them; gathered for up to
 # 0.5 s, a handful. A lone sync waits 0.05 s.
 OBSERVE_QUIET = 0.05
@@ -508,12 +528,28 @@ class SacctmgrAccounts:
     def __init__(self, runner: Runner):
         self.runner = runner
         self._observe = GroupCommit(self._observe_batch, quiet=OBSERVE_QUIET, max_wait=OBSERVE_MAX_WAIT)
+        self._usage = GroupCommit(self._usage_batch, quiet=OBSERVE_QUIET, max_wait=OBSERVE_MAX_WAIT)
         # Each sacctmgr batch costs slurmdbd a commit per command and MariaDB a rewrite of the
         # association tree: a burst is cheaper as few, large batches.
         self._apply = GroupCommit(self._apply_batch, quiet=APPLY_QUIET, max_wait=APPLY_MAX_WAIT)
 
     def observe(self, account: str) -> Observed:
         return self._observe.submit(account)
+
+    def usage(self, account: str, since: float) -> Future[list[Run]]:
+        """The account's GPU runs since `since` (the ledger's Slurm side), batched with others'."""
+        return self._usage.submit_async((account, since))
+
+    def _usage_batch(self, items: list[tuple[str, float]]) -> list[list[Run] | BaseException]:
+        accounts = sorted({a for a, _ in items})
+        # never from a time still to come (a test clock runs ahead): sacct refuses that window
+        since = min(min(s for _, s in items), time.time())
+        r = self.runner.run(usage_script(accounts, since), timeout=120)
+        if r.rc != 0:
+            err = SlurmError("SlurmdbdUnavailable", f"sacct failed: {(r.err or r.out).strip()[:300]}")
+            return [err] * len(items)
+        runs = parse_usage(r.out)
+        return [[j for j in runs.get(a, []) if j.end is None or j.end > s] for a, s in items]
 
     def apply(self, commands: list[str]) -> None:
         if commands:

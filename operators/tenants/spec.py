@@ -7,6 +7,7 @@ the handlers see one typed value instead of nested dicts.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,7 @@ def qos_name(tenant: str) -> str:
 
 @dataclass(frozen=True)
 class Budget:
-    gpu_hours: int
+    gpu_hours: float
     period: str  # Monthly, Quarterly, Yearly or Total
 
 
@@ -105,7 +106,7 @@ def parse(name: str, spec: dict[str, Any]) -> TenantSpec:
         gpu_quota={str(k): int(v) for k, v in (spec.get("gpuQuota") or {}).items()},
         gpu_borrowing={str(k): int(v) for k, v in (spec.get("gpuBorrowingLimit") or {}).items()},
         cohort=str(spec.get("cohort") or SITE_COHORT),
-        budget=Budget(int(budget["gpuHours"]), budget.get("period", "Monthly")) if budget else None,
+        budget=Budget(float(budget["gpuHours"]), budget.get("period", "Monthly")) if budget else None,
         fairshare=int(slurm.get("fairshare", 1)),
         max_gpus_per_user=slurm.get("maxGPUsPerUser"),
         max_jobs_per_user=slurm.get("maxJobsPerUser"),
@@ -117,17 +118,10 @@ def parse(name: str, spec: dict[str, Any]) -> TenantSpec:
     )
 
 
-def period_start(period: str, at: dt.datetime) -> str | None:
-    """First day of the budget period containing `at` (None: the budget never restarts)."""
-    if period == "Total":
-        return None
-    month = {"Monthly": at.month, "Quarterly": 3 * ((at.month - 1) // 3) + 1, "Yearly": 1}[period]
-    return f"{at.year:04d}-{month:02d}-01"
-
-
 # Conditions, Kueue/KEP-1623 style: type, status "True"/"False", reason (CamelCase), message.
 READY, K8S_SYNCED, SLURM_SYNCED, OVERCOMMITTED = "Ready", "KubernetesSynced", "SlurmSynced", "Overcommitted"
 DELETION_BLOCKED = "DeletionBlocked"
+BUDGET_EXHAUSTED = "BudgetExhausted"
 
 
 def now() -> str:
@@ -152,8 +146,18 @@ def set_condition(
     if generation is not None:
         new["observedGeneration"] = generation
     out.append(new)
-    order = [READY, K8S_SYNCED, SLURM_SYNCED, OVERCOMMITTED, DELETION_BLOCKED]
+    order = [READY, K8S_SYNCED, SLURM_SYNCED, OVERCOMMITTED, BUDGET_EXHAUSTED, DELETION_BLOCKED]
     out.sort(key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
+    return out
+
+
+def replacing(old: Mapping[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """`new` as a merge patch over `old` that leaves nothing of `old` behind: keys it lacks are
+    set to null, in nested objects too (kopf writes status as a merge patch)."""
+    out: dict[str, Any] = {k: None for k in old or {}}
+    for k, v in new.items():
+        prev = (old or {}).get(k)
+        out[k] = replacing(prev, v) if isinstance(v, dict) and isinstance(prev, Mapping) else v
     return out
 
 

@@ -8,10 +8,15 @@ annotation, then a check that Slurm and Kubernetes are clean).
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
+import json
 import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -24,9 +29,9 @@ import pytest
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from aifactory import paths
+from aifactory import paths, usage_report
 from aifactory.site.model import Site
-from operators.tenants import capacity, install
+from operators.tenants import budget, capacity, install, slurm
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION
 from sandbox import ssh
@@ -327,9 +332,9 @@ def test_one_entitlement_across_both_schedulers_and_all_namespaces(operator, kub
 KUEUE_API = "/apis/kueue.x-k8s.io/v1beta2"
 
 
-def queued_job(kube: kside.Kube, namespace: str, jname: str, gpus: int) -> str:
-    """A Job of the toolbox image in the namespace's LocalQueue; its path."""
-    pod = kube.api.sanitize_for_serialization(toolbox_pod(jname, ["sleep", "3600"], gpus=gpus))
+def queued_job(kube: kside.Kube, namespace: str, jname: str, gpus: int, seconds: int = 3600) -> str:
+    """A Job of the toolbox image in the namespace's LocalQueue that sleeps `seconds`; its path."""
+    pod = kube.api.sanitize_for_serialization(toolbox_pod(jname, ["sleep", str(seconds)], gpus=gpus))
     body = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -433,6 +438,142 @@ def test_kueue_lends_idle_quota_and_preempts_to_reclaim_it(operator, kube, head)
     finally:
         force_delete(kube, lender)
         force_delete(kube, borrower)
+
+
+# --- GPU-hour budgets: a ledger on both schedulers ----------------------------------------------
+
+
+def budget_status(kube: kside.Kube, tname: str) -> dict:
+    return (kube.get(f"{TENANTS}/{tname}") or {}).get("status", {}).get("budget") or {}
+
+
+def epoch(stamp: str) -> float:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def check_usage_report(site: Site, t: str, period: str, slurm_h: float, pods_h: float, tmp: Path) -> None:
+    """`aifactory tenants report` for the closed period: its JSON and CSV give sacct's and the pod's
+    GPU-hours, and its HTML, rendered by headless Chromium, shows the plot in both schedulers' colours."""
+
+    def report(fmt: str) -> str:
+        out = tmp / f"report.{fmt}"
+        argv = ["tenants", "report", "--site", str(site.path), "--tenant", t, "--period", period]
+        r = subprocess.run(
+            [sys.executable, "-m", "aifactory.cli", *argv, "--format", fmt, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        return out.read_text()
+
+    (doc,) = json.loads(report("json"))["tenants"]
+    assert abs(doc["models"]["h100"]["slurm"] - slurm_h) < 0.0001, doc
+    assert abs(doc["models"]["h100"]["kubernetes"] - pods_h) < 0.0001, doc
+    (row,) = csv.DictReader(io.StringIO(report("csv")))
+    assert abs(float(row["gpu_hours"]) - slurm_h - pods_h) < 0.001 and float(row["budget_used_pct"]) >= 100
+    report("html")
+    shot = tmp / "report.png"
+    subprocess.run(
+        [
+            "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--screenshot={shot}", "--window-size=1000,900", f"file://{tmp / 'report.html'}",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )  # fmt: skip
+    from PIL import Image
+
+    counts = {rgb: n for n, rgb in Image.open(shot).convert("RGB").getcolors(1 << 24) or []}
+    seen = {
+        name: counts.get(Image.new("RGB", (1, 1), c).getpixel((0, 0)), 0) for name, c in PLOT_COLOURS.items()
+    }
+    assert all(n > 30 for n in seen.values()), f"plot colours in the screenshot: {seen}"
+
+
+PLOT_COLOURS = {"slurm": usage_report.SLURM_COLOR, "kubernetes": usage_report.KUBERNETES_COLOR}
+
+
+def test_a_spent_budget_holds_both_schedulers_survives_a_sigkill_and_renews_once(
+    operator, kube, head, request, configured_site, tmp_path
+):
+    """0.01 GPU-hours (36 GPU-seconds): a 2-GPU Slurm job and a 1-GPU Kueue Job of 20 s each spend
+    it. The operator is SIGKILLed while they run; the ledger still equals what sacct and the pod's run
+    time give. Spent, no new work starts on either side; at the next period (the operator's clock
+    moved past the month's end) the budget renews once and the held work starts."""
+    t = name("budget")
+    create(kube, t, gpuQuota={"h100": 4}, gpuHourBudget={"gpuHours": 0.01})
+    try:
+        wait_ready(kube, t)
+        wait_for("the LocalQueue", lambda: kube.get(f"{KUEUE_API}/namespaces/{t}/localqueues/default"))
+        job = head(f"sbatch --parsable -A {t} --gres=gpu:2 -o /dev/null --wrap 'sleep 20'").strip()
+        pod_job = queued_job(kube, t, "short", 1, seconds=20)
+        wait_for(
+            "some GPU-seconds counted", lambda: budget_status(kube, t).get("usedGPUHours", 0) > 0.001, 60
+        )
+        operator.kill()
+        operator.start()
+        wait_for("BudgetExhausted", lambda: is_true(kube, t, "BudgetExhausted"), timeout=120)
+        # Both finish; then the ledger equals sacct's allocation times and the pod's run time.
+        wait_for("the Slurm job done", lambda: job not in job_states(head, t), timeout=60)
+        wait_for(
+            "the pod done", lambda: (kube.get(pod_job) or {}).get("status", {}).get("succeeded") == 1, 60
+        )
+        elapsed, tres = head(f"sacct -X -n -P -j {job} -o ElapsedRaw,AllocTRES").strip().split("|")
+        slurm_s = int(elapsed) * slurm.parse_tres(tres)["gres/gpu:h100"]
+        (pod,) = kube.list(f"/api/v1/namespaces/{t}/pods", "job-name=short")
+        finished = pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+        pod_s = epoch(finished) - epoch(pod["status"]["startTime"])
+        want = (slurm_s + pod_s) / 3600
+
+        def settled() -> bool:
+            used = budget_status(kube, t)
+            return abs(used.get("usedGPUHours", 0) - want) < 0.0002 and used["slurm"]["h100"] > 0
+
+        wait_for(
+            f"the ledger at {want:.4f} GPU-hours (sacct {slurm_s} GPU-s, pod {pod_s:.0f} GPU-s)", settled
+        )
+        used = budget_status(kube, t)
+        say(request, f"budget: ledger {used['usedGPUHours']} GPU-h = sacct {slurm_s} + pod {pod_s:.0f} GPU-s")
+        assert used["percentUsed"] >= 100 and any(r == "BudgetExhausted" for r, _ in events(kube, t))
+
+        # Held on both sides: the account's GPUs at 0, the ClusterQueue admitting nothing new.
+        wait_for("GrpTRES 0", lambda: "gres/gpu=0" in grp_tres(head, t).split(","), timeout=30)
+        held = submit(head, t, gpus=1)
+        wait_for("sbatch held", lambda: job_states(head, t).get(held) == ("PENDING", "AssocGrpGRES"))
+        cq = kube.get(f"{KUEUE_API}/clusterqueues/tenant-{t}")
+        assert cq["spec"]["stopPolicy"] == "Hold", cq["spec"]
+        waiting = queued_job(kube, t, "waiting", 1)
+        time.sleep(6)
+        assert (kube.get(waiting) or {})["spec"]["suspend"] is True
+        # (gone before the renewal: at 1 GPU it would spend the new period's 36 GPU-seconds at once)
+        kube.request("DELETE", waiting, query={"propagationPolicy": "Background"})
+
+        # The next period: the operator's clock 30 s past the end of this month.
+        now = dt.datetime.now(dt.UTC)
+        month_end = dt.datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=dt.UTC)
+        operator.stop()
+        operator.env[budget.CLOCK_OFFSET_ENV] = str(month_end.timestamp() + 30 - time.time())
+        operator.start()
+        wait_for("the budget renewed", lambda: cond(kube, t, "BudgetExhausted")["status"] == "False", 120)
+        # Slurm starts it at its next scheduling pass (sched_interval: up to a minute)
+        wait_for("the held sbatch starts", lambda: job_states(head, t).get(held, ("",))[0] == "RUNNING", 120)
+        cq = kube.get(f"{KUEUE_API}/clusterqueues/tenant-{t}")
+        assert cq["spec"]["stopPolicy"] == "None", cq["spec"]
+        history = kube.get(f"{TENANTS}/{t}")["status"]["budgetHistory"]
+        ((period, closed),) = history.items()
+        assert abs(sum(closed["slurm"].values()) + sum(closed["kubernetes"].values()) - want) < 0.0002
+        check_usage_report(configured_site, t, period, slurm_s / 3600, pod_s / 3600, tmp_path)
+        time.sleep(12)  # more rounds: still renewed once
+        renewals = [r for r, _ in events(kube, t) if r == "BudgetPeriodStarted"]
+        assert len(renewals) == 1, events(kube, t)
+    finally:
+        force_delete(kube, t)
+        wait_for(f"{t} deleted", lambda: kube.get(f"{TENANTS}/{t}") is None, timeout=120)
+        if operator.env.pop(budget.CLOCK_OFFSET_ENV, None) is not None:
+            operator.stop()
+            operator.start()
 
 
 def test_delete_of_an_idle_tenant_needs_no_force(operator, kube, head):

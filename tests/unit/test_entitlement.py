@@ -68,9 +68,12 @@ class PodsKube:
         return {"metadata": {"labels": {"aifactory.io/gpu-model": "h100"}}} if "gpu-05" in url_path else None
 
 
-def pod(gpus, node=None, phase="Running", resource="nvidia.com/gpu"):
-    container = {"resources": {"limits": {resource: str(gpus)}}}
-    return {"spec": {"nodeName": node, "containers": [container]}, "status": {"phase": phase}}
+def pod(gpus, node=None, phase="Running", resource="nvidia.com/gpu", uid="u", start=None, end=None):
+    container = {"name": "c", "resources": {"limits": {resource: str(gpus)}}}
+    status = {"phase": phase, "startTime": start}
+    if end:
+        status["containerStatuses"] = [{"state": {"terminated": {"finishedAt": end}}}]
+    return {"metadata": {"uid": uid}, "spec": {"nodeName": node, "containers": [container]}, "status": status}
 
 
 def test_pods_hold_gpus_of_their_nodes_model_until_they_finish():
@@ -81,3 +84,25 @@ def test_pods_hold_gpus_of_their_nodes_model_until_they_finish():
         }
     )
     assert kside.gpus_held(kube, ["a", "b", "c"]) == {"a": {"h100": 2, "gpu": 1}, "b": {"h200": 3, "gpu": 1}}
+
+
+def test_pods_run_from_their_start_to_their_last_container_finish():
+    kube = PodsKube(
+        {
+            "a": [
+                pod(2, "gpu-05", uid="running", start="2026-12-05T10:00:00Z"),
+                pod(
+                    1,
+                    "gpu-05",
+                    "Succeeded",
+                    uid="done",
+                    start="2026-12-05T10:00:00Z",
+                    end="2026-12-05T10:30:00Z",
+                ),
+                pod(1, None, "Pending", uid="waiting"),
+            ]
+        }
+    )
+    runs = {p.run.key: p.run for p in kside.gpu_pods(kube, ["a"]) if p.run}
+    assert set(runs) == {"running/c", "done/c"}  # one that never started holds no time
+    assert runs["running/c"].end is None and runs["done/c"].end - runs["done/c"].start == 1800

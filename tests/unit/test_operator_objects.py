@@ -156,18 +156,6 @@ def test_conditions_keep_transition_time_until_status_flips():
     assert c3[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z" and c3[0]["status"] == "False"
 
 
-def test_budget_periods_start_on_the_first_day_of_month_quarter_year():
-    import datetime as dt
-
-    from operators.tenants.spec import period_start
-
-    at = dt.datetime(2026, 11, 28, 15, 0, tzinfo=dt.UTC)
-    assert period_start("Monthly", at) == "2026-11-01"
-    assert period_start("Quarterly", at) == "2026-10-01"
-    assert period_start("Yearly", at) == "2026-01-01"
-    assert period_start("Total", at) is None
-
-
 # capacity
 
 

@@ -34,7 +34,6 @@ def in_sync(t) -> slurm.Observed:
         organization=SLURM_ORGANIZATION,
         fairshare=d.fairshare,
         grp_tres=dict(d.grp_tres),
-        grp_tres_mins=dict(d.grp_tres_mins),
         qos_list=frozenset({d.qos}),
         default_qos=d.qos,
         users=set(d.users),
@@ -49,7 +48,7 @@ def test_new_tenant_is_one_qos_one_account_and_its_users():
     assert cmds == [
         "add qos tenant-team-a MaxTRESPerUser=gres/gpu=4",
         'add account team-a Description="Team A ML" Organization=aifactory-tenant Parent=root Fairshare=10 '
-        "GrpTRES=gres/gpu=8,gres/gpu:h100=8 GrpTRESMins=gres/gpu=6000 "
+        "GrpTRES=gres/gpu=8,gres/gpu:h100=8 "
         "QOS=tenant-team-a DefaultQOS=tenant-team-a",
         "add user alice Account=team-a",
         "add user bob Account=team-a",
@@ -81,10 +80,36 @@ def test_removed_limits_are_cleared_with_minus_one():
     )
     cmds = slurm.plan(slurm.desired(new), in_sync(old))
     assert "modify qos where name=tenant-team-a set MaxTRESPerUser=gres/gpu=-1" in cmds
-    assert (
-        "modify account where name=team-a set GrpTRES=gres/gpu=8,gres/gpu:a100=-1 GrpTRESMins=gres/gpu=-1"
-        in cmds
+    assert "modify account where name=team-a set GrpTRES=gres/gpu=8,gres/gpu:a100=-1" in cmds
+
+
+def test_a_decaying_grptresmins_budget_from_before_is_cleared():
+    t = tenant()
+    have = in_sync(t)
+    have.grp_tres_mins = {"gres/gpu": 6000}
+    assert slurm.plan(slurm.desired(t), have) == [
+        "modify account where name=team-a set GrpTRESMins=gres/gpu=-1"
+    ]
+
+
+def test_a_spent_budget_holds_every_gpu_limit_at_zero():
+    from operators.tenants.entitlement import Holdings
+
+    d = slurm.desired(tenant(), Holdings(spent=True))
+    assert d.grp_tres == {"gres/gpu": 0, "gres/gpu:h100": 0}
+
+
+def test_sacct_runs_per_account_and_model():
+    out = slurm.parse_usage(
+        "team-a|billing=4,cpu=4,gres/gpu:h100=4,gres/gpu=4,node=1|1764900000|1764903600\n"
+        "team-a|cpu=1,node=1|1764900000|1764900100\n"  # no GPUs
+        "team-a|gres/gpu:h100=2,gres/gpu=2|1764905000|Unknown\n"  # still running
+        "team-b|gres/gpu:a100=1,gres/gpu=1|Unknown|Unknown\n"  # never started
     )
+    assert list(out) == ["team-a"]
+    done, running = out["team-a"]
+    assert (done.model, done.gpus, done.end - done.start) == ("h100", 4, 3600)
+    assert running.end is None and running.seconds(since=1764904000, now=1764906000) == 2 * 1000
 
 
 def test_hand_edits_are_put_back():
@@ -120,9 +145,6 @@ tenant-team-a|gres/gpu=4|
 #jobs
 team-a|cpu=1,mem=4G,node=1,billing=1,gres/gpu=8,gres/gpu:h100=8|
 other|cpu=1,gres/gpu=2,gres/gpu:h100=2|
-#share
-team-a||cpu=10,mem=0,gres/gpu=120,gres/gpu:h100=120
- team-a|alice|cpu=10,gres/gpu=120
 """
 
 
@@ -132,10 +154,13 @@ def test_parse_observation():
     assert a.exists and a.fairshare == 10 and a.users == {"alice"}
     assert a.grp_tres == {"gres/gpu:h100": 8, "gres/gpu": 8} and a.grp_tres_mins == {"gres/gpu": 6000}
     assert a.qos_exists and a.qos_max_tres_pu == {"gres/gpu": 4} and a.qos_max_jobs_pu is None
-    assert a.running_jobs == 1 and a.gpus_in_use == {"h100": 8} and a.gpu_minutes_used == 120
+    assert a.running_jobs == 1 and a.gpus_in_use == {"h100": 8}
     assert not b.exists and not b.qos_exists and b.running_jobs == 0
     assert a.organization == SLURM_ORGANIZATION and b.organization is None
-    assert slurm.plan(slurm.desired(tenant()), a) == ["add user bob Account=team-a"]
+    assert slurm.plan(slurm.desired(tenant()), a) == [
+        "modify account where name=team-a set GrpTRESMins=gres/gpu=-1",
+        "add user bob Account=team-a",
+    ]
 
 
 def test_an_account_the_operator_did_not_make_is_never_taken_over():
