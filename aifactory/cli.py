@@ -601,8 +601,6 @@ def _operator(args) -> int:
     return EXIT_FAILED  # not reached
 
 
-
-
 def _tenants_parser(sub) -> None:
     tn = sub.add_parser(
         "tenants",
