@@ -1,18 +1,31 @@
 """Factory scale: how each layer grows with the site. Prints figures and ratios; asserts nothing.
 
-  .venv/bin/python bench/scale.py [--sizes 64,256,1024] [--repeat 3]
+  .venv/bin/python bench/scale.py [--layers validate] [--sizes 64,256,1024] [--repeat 3]
+  .venv/bin/python bench/scale.py --layers all --site sites/local.yaml   # the local site up and deployed
 
-Curves measured so far (issue 19 adds the others as they are built):
-- `site validate`: the whole check of a generated site file (`aifactory site generate`) in-process,
-  best of --repeat, and the CLI end to end (interpreter start included) at the largest size.
+Layers (--layers, comma-separated, or `all`):
+- `validate`: `site validate` of a generated site file (`aifactory site generate`) in-process at
+  --sizes servers, best of --repeat, and the CLI end to end at the largest size. Needs nothing.
+- `pulumi`: `pulumi up` from nothing and a no-change preview of a BMC-only site at --pulumi-sizes
+  machines against the engine's floor (bench/pulumi.py). Each emulated BMC is a process of about
+  50 MiB: 256 machines need some 13 GiB.
+- `operator`: the tenant operator at --operator-sizes tenants created at once (bench/operator.py:
+  all Ready, memory, ratio to its floor). Needs a deployed site; stop its `operator start` first.
+- `kueue`: Kueue's admission of --kueue-jobs one-GPU Jobs for each of --kueue-tenants tenants
+  (bench/kueue.py). Needs a deployed site.
+- `quick`: `aifactory validate --level quick` of one host and of all the site's hosts, and the cost
+  each host adds (bench/validate.py). Needs a deployed site.
+- `configure`: `aifactory configure`, first and idempotent, of a small and the full local-site
+  shape, against the `ansible all -m setup` floor (bench/configure.py, scratch sites).
 
-Each curve prints the time per machine at every size and the growth ratio against the smallest
-size: (t_n / t_small) / (n / small), 1.0 for linear growth, above 1 superlinear.
+Each curve prints the growth ratio against its smallest size: (t_n / t_small) / (n / small), 1.0
+for linear growth, above 1 superlinear; the sub-benchmarks print their ratios to their floors.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,12 +57,41 @@ def curve(title: str, points: list[tuple[int, float]]) -> None:
         print(f"  {n:>8}  {t:>8.3f}  {1000 * t / n:>10.2f}  {growth:>14.2f}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="64,256,1024", help="GPU servers per site (comma-separated)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per size; the best is kept")
-    args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+def sub_bench(script: str, *argv: str) -> str:
+    """Run bench/<script> with `argv`, its output shown as it comes; the output."""
+    print(f"\n$ bench/{script} {' '.join(argv)}", flush=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *argv], stdout=subprocess.PIPE, text=True, check=False
+    )
+    print(proc.stdout, end="", flush=True)
+    if proc.returncode:
+        print(f"  (bench/{script} exited {proc.returncode})")
+    return proc.stdout
+
+
+def operator_curve(site: str, sizes: list[int]) -> None:
+    points = []
+    for n in sizes:
+        out = sub_bench("operator.py", "--site", site, "--tenants", str(n), "--rounds", "1")
+        ready = re.search(r"all Ready \(median of \d+ rounds\):\s+([\d.]+) s", out)
+        if ready:
+            points.append((n, float(ready.group(1))))
+    if points:
+        curve("tenant operator: all tenants Ready", points)
+
+
+def pulumi_curve(sizes: list[int]) -> None:
+    points = []
+    for n in sizes:
+        out = sub_bench("pulumi.py", "--machines", str(n))
+        preview = re.search(r'"no_change_preview_s": ([\d.]+)', out)
+        if preview:
+            points.append((n, float(preview.group(1))))
+    if points:
+        curve("pulumi: no-change preview of a BMC-only site", points)
+
+
+def validate_curve(sizes: list[int], repeat: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aifactory-scale-"))
 
     points = []
@@ -57,13 +99,49 @@ def main() -> int:
     for n in sizes:
         files[n] = tmp / f"scale-{n}.yaml"
         write(generate("scale", n), files[n])
-        points.append((n, best_of(args.repeat, lambda f=files[n]: check(f))))
+        points.append((n, best_of(repeat, lambda f=files[n]: check(f))))
     curve("site validate (in-process check of the site file)", points)
 
     largest = sizes[-1]
     argv = [str(REPO / ".venv" / "bin" / "aifactory"), "site", "validate", str(files[largest])]
-    cli = best_of(args.repeat, lambda: subprocess.run(argv, check=True, capture_output=True))
+    cli = best_of(repeat, lambda: subprocess.run(argv, check=True, capture_output=True))
     print(f"\n`aifactory site validate`, {largest} GPU servers, end to end: {cli:.2f} s (target: < 5 s)")
+
+
+LAYERS = ("validate", "pulumi", "operator", "kueue", "quick", "configure")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", default="validate", help=f"comma-separated of {', '.join(LAYERS)}, or all")
+    ap.add_argument("--site", default=str(REPO / "sites" / "local.yaml"), help="the deployed site to use")
+    ap.add_argument("--sizes", default="64,256,1024", help="GPU servers per site file (comma-separated)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per size; the best is kept")
+    ap.add_argument("--pulumi-sizes", default="64,256", help="machines of the BMC-only sites")
+    ap.add_argument("--operator-sizes", default="200,1000", help="tenants created at once")
+    ap.add_argument("--kueue-tenants", default="10,50", help="tenants of the admission runs")
+    ap.add_argument("--kueue-jobs", default="20", help="one-GPU Jobs per tenant")
+    args = ap.parse_args()
+    layers = LAYERS if args.layers == "all" else tuple(args.layers.split(","))
+    unknown = set(layers) - set(LAYERS)
+    if unknown:
+        ap.error(f"unknown layer(s) {', '.join(sorted(unknown))}; known: {', '.join(LAYERS)}")
+
+    def ints(text: str) -> list[int]:
+        return [int(s) for s in text.split(",")]
+
+    if "validate" in layers:
+        validate_curve(ints(args.sizes), args.repeat)
+    if "pulumi" in layers:
+        pulumi_curve(ints(args.pulumi_sizes))
+    if "operator" in layers:
+        operator_curve(args.site, ints(args.operator_sizes))
+    if "kueue" in layers:
+        sub_bench("kueue.py", "--site", args.site, "--tenants", args.kueue_tenants, "--jobs", args.kueue_jobs)
+    if "quick" in layers:
+        sub_bench("validate.py", "--site", args.site)
+    if "configure" in layers:
+        sub_bench("configure.py")
     return 0
 
 
