@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def admitted(kube: kside.Kube, namespaces: list[str]) -> int:
     return n
 
 
-def measure(kube: kside.Kube, tenants: int, jobs: int) -> float:
+def measure(kube: kside.Kube, tenants: int, jobs: int, report: Callable[[float], None]) -> None:
+    """Admission of `tenants` x `jobs` Jobs; `report` gets the seconds before the cleanup starts."""
     run = uuid.uuid4().hex[:5]
     names = [f"kqbench-{run}-{i}" for i in range(tenants)]
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -98,7 +100,7 @@ def measure(kube: kside.Kube, tenants: int, jobs: int) -> float:
                 )
             )
             wait("every Workload admitted", lambda: admitted(kube, names) == len(posts))
-            return time.monotonic() - start
+            report(time.monotonic() - start)
         finally:
             force = {"metadata": {"annotations": {FORCE_DELETE_ANNOTATION: "true"}}}
             for n in names:
@@ -122,14 +124,18 @@ def main() -> int:
         return 2
     print(f"Kueue admission: --jobs {args.jobs} one-GPU Jobs per tenant, submitted at once")
     print(f"  {'tenants':>7}  {'workloads':>9}  {'seconds':>8}  {'admitted/s':>10}  {'growth':>6}")
-    first = None
-    for n in [int(x) for x in args.tenants.split(",")]:
-        secs = measure(kube, n, args.jobs)
+    first: list[float] = []
+
+    def row(n: int, secs: float) -> None:
         per = secs / (n * args.jobs)
-        first = first or per
+        first.append(per)
+        rate = n * args.jobs / secs
         print(
-            f"  {n:>7}  {n * args.jobs:>9}  {secs:>8.1f}  {n * args.jobs / secs:>10.1f}  {per / first:>6.2f}"
+            f"  {n:>7}  {n * args.jobs:>9}  {secs:>8.1f}  {rate:>10.1f}  {per / first[0]:>6.2f}", flush=True
         )
+
+    for n in [int(x) for x in args.tenants.split(",")]:
+        measure(kube, n, args.jobs, lambda secs, n=n: row(n, secs))
     return 0
 
 
