@@ -3,10 +3,19 @@
 Used by `aifactory configure` and by the Pulumi program. Progress is one line per task start and a
 line per failed or unreachable host; at the end a per-host summary (ok/changed/failed/...). A failure
 raises `PlaybookFailed` naming the task, the host and Ansible's message.
+
+site.yml first asks every host whether it is as the last run left it (playbooks/converged.yml, one
+command per host, in parallel: the digest of this run's inputs, the managed files, binaries, services,
+kernel settings, routes, Slurm and Kubernetes node states against the record the last run wrote).
+When all say yes, nothing would change and site.yml is not run: the idempotent run costs one round
+trip per host instead of some 300 tasks. `full=True` (or AIFACTORY_CONFIGURE_FULL=1) runs every task
+regardless.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -22,6 +31,11 @@ from aifactory.site.model import Site
 
 PLAYBOOKS = paths.REPO / "playbooks"
 Progress = Callable[[str], None]
+
+# The playbook whose idempotent runs are skipped when every host is converged, the one that asks.
+SKIPPABLE = "site.yml"
+CONVERGED = "converged.yml"
+FULL_ENV = "AIFACTORY_CONFIGURE_FULL"
 
 
 @dataclass
@@ -84,13 +98,60 @@ def forget_earlier_inputs(data_dir: Path) -> None:
         (data_dir / "env" / name).unlink(missing_ok=True)
 
 
-def run_playbook(
+def inputs_digest(inventory_file: Path, extravars: dict[str, Any], site_name: str) -> str:
+    """What a run's outcome depends on, on the controller's side: every file under playbooks/, the
+    inventory (the site file, rendered), the extra variables and the site's generated secrets. The
+    bundle is compared by the hosts themselves (its manifest, as they read it)."""
+    h = hashlib.sha256()
+    secrets = paths.site_state_dir(site_name) / "secrets"
+    for top in (PLAYBOOKS, secrets):
+        for path in sorted(top.rglob("*")) if top.is_dir() else []:
+            if path.is_file() and "__pycache__" not in path.parts:
+                h.update(f"{path.relative_to(top.parent)}\0".encode() + path.read_bytes() + b"\0")
+    h.update(inventory_file.read_bytes() + b"\0")
+    h.update(json.dumps(extravars, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def controller_files_missing(site_name: str) -> list[str]:
+    """What the roles hand back to the controller (k8s_control_plane, tenant_operator_access) and is
+    gone: a run must fetch it again."""
+    state = paths.site_state_dir(site_name)
+    wanted = [state / "kubeconfig", state / "tenant-operator" / "id_ed25519"]
+    return [str(p) for p in wanted if not p.exists()]
+
+
+def converged_verdicts(events: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """{host: what differs} from converged.yml's events: [] for a converged host; a host that
+    failed or never answered gets a reason too."""
+    verdicts: dict[str, list[str]] = {}
+    for event in events:
+        kind, data = str(event.get("event", "")), event.get("event_data", {})
+        host = data.get("host")
+        if not host or not kind.startswith("runner_on_") or kind == "runner_on_start":
+            continue
+        if kind != "runner_on_ok":
+            verdicts[host] = [f"{kind.removeprefix('runner_on_')}: {_message(data.get('res', {}))}"]
+            continue
+        try:
+            out = str(data.get("res", {}).get("stdout", ""))  # a raw command: a tty's output
+            answer = json.loads(out[out.find("{") : out.rfind("}") + 1])
+            verdicts[host] = (
+                [] if answer["converged"] is True else [str(d) for d in answer["differs"]] or ["?"]
+            )
+        except (ValueError, KeyError, TypeError):
+            verdicts[host] = ["no verdict"]
+    return verdicts
+
+
+def _runner(
     site: Site,
     playbook: str,
-    limit: str | None = None,
-    check: bool = False,
-    extravars: dict[str, Any] | None = None,
-    progress: Progress = print,
+    limit: str | None,
+    check: bool,
+    extravars: dict[str, Any],
+    progress: Progress,
+    events: list[dict[str, Any]] | None = None,
 ) -> PlaybookResult:
     inv = inventory_for(site)
     data_dir = paths.site_state_dir(site.name) / "ansible"
@@ -101,6 +162,8 @@ def run_playbook(
 
     def on_event(event: dict[str, Any]) -> bool:
         kind, data = event.get("event"), event.get("event_data", {})
+        if events is not None:
+            events.append(event)
         if kind == "playbook_on_task_start":
             counts["tasks"] += 1
             progress(f"  [{counts['tasks']:3d}] {data.get('task', '?')}")
@@ -125,7 +188,7 @@ def run_playbook(
         playbook=str(PLAYBOOKS / playbook),
         inventory=str(inv),
         limit=limit,
-        extravars=extravars or {},
+        extravars=extravars,
         cmdline="--check --diff" if check else None,
         envvars={
             "ANSIBLE_ROLES_PATH": str(PLAYBOOKS / "roles"),
@@ -158,4 +221,59 @@ def run_playbook(
             tail = r.stdout.read().strip().splitlines()[-5:] if r.stdout else []
             failures.append(HostFailure("controller", playbook, " | ".join(tail) or r.status))
         raise PlaybookFailed(result)
+    return result
+
+
+def run_playbook(
+    site: Site,
+    playbook: str,
+    limit: str | None = None,
+    check: bool = False,
+    extravars: dict[str, Any] | None = None,
+    progress: Progress = print,
+    full: bool | None = None,
+) -> PlaybookResult:
+    """Run `playbook`; site.yml only when some host is not as the last run left it (see above)."""
+    extravars = dict(extravars or {})
+    if playbook != SKIPPABLE:
+        return _runner(site, playbook, limit, check, extravars, progress)
+    if full is None:
+        full = os.environ.get(FULL_ENV, "") not in ("", "0")
+    start = time.monotonic()
+    digest = inputs_digest(inventory_for(site), extravars, site.name)
+    extravars["configuration_fingerprint_inputs"] = digest
+    data_dir = paths.site_state_dir(site.name) / "ansible"
+    unverified_file = data_dir / "unverified.json"
+    if not full:
+        missing = controller_files_missing(site.name)
+        events: list[dict[str, Any]] = []
+        try:
+            probe = _runner(site, CONVERGED, limit, check, extravars, lambda _: None, events)
+        except PlaybookFailed as e:
+            probe = e.result
+        verdicts = converged_verdicts(events)
+        differ = {h: v for h, v in sorted(verdicts.items()) if v}
+        if not missing and not differ and verdicts and probe.status == "successful":
+            try:
+                unverified = [str(u) for u in json.loads(unverified_file.read_text())]
+            except (OSError, ValueError, TypeError):
+                unverified = []
+            progress(
+                f"configure: {playbook} on {site.name}"
+                + (f" (limit {limit})" if limit else "")
+                + f": all {len(verdicts)} hosts as the last run left them, nothing to do"
+                + f" ({FULL_ENV}=1 runs every task)"
+            )
+            return PlaybookResult(
+                playbook, "successful", time.monotonic() - start, probe.stats, [], unverified
+            )
+        for host, why in differ.items():
+            progress(f"  {host}: " + "; ".join(why)[:300])
+        for path in missing:
+            progress(f"  controller: {path} missing")
+    result = _runner(site, playbook, limit, check, extravars, progress)
+    result.seconds = time.monotonic() - start
+    if not check and not limit:  # what a skipped run reports again
+        unverified_file.parent.mkdir(parents=True, exist_ok=True)
+        unverified_file.write_text(json.dumps(result.unverified) + "\n")
     return result

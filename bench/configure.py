@@ -6,15 +6,20 @@ Two scratch sites of the local site's shape on scratch index --index (bridge aft
 198.19.<index>.0/24, BMC ports 8201 + 100 * index onwards), one after the other:
   - small: the head and --workers GPU workers (half slurm pool, half kubernetes pool)
   - full:  the local site itself: the head and all six GPU workers
-For each: a first `configure` on freshly booted hosts and a second, idempotent one (its change
-count is printed: 0 expected), then how both grow from small to full: the ratio of the times and
-the seconds each extra worker adds. Site up/down are not timed (bench/site.py times those).
+For each: a first `configure` on freshly booted hosts, a second, idempotent one (every host answers
+that it is as the first left it: site.yml is skipped), the floor it is compared with (`ansible all
+-m setup`, one module on every host) and, unless --quick, a third that runs every task anyway
+(AIFACTORY_CONFIGURE_FULL: its change count is the playbooks' idempotence, 0 expected); then how they
+grow from small to full: the ratio of the times and the seconds each extra worker adds. Site up/down
+are not timed (bench/site.py times those).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +49,21 @@ def shape(name: str, index: int, workers: int | None) -> dict:
     return data
 
 
-def measure(data: dict, directory: Path) -> dict[str, object]:
+def setup_floor(site) -> float:
+    """`ansible all -m setup` on the site: one module on every host, what an idempotent run is held to."""
+    ansible = Path(sys.executable).parent / "ansible"
+    env = {**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_FORKS": "16"}
+    start = time.monotonic()
+    subprocess.run(
+        [str(ansible), "all", "-i", str(configure.inventory_for(site)), "-m", "setup"],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    return time.monotonic() - start
+
+
+def measure(data: dict, directory: Path, full: bool) -> dict[str, object]:
     path = directory / f"{data['name']}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     site = load_site(path)
@@ -52,29 +71,38 @@ def measure(data: dict, directory: Path) -> dict[str, object]:
     try:
         assert localsite.up(site, power_on=True, progress=quiet) == 0, f"site up {site.name} failed"
         first = configure.run_playbook(site, "site.yml", progress=quiet)
+        floor = setup_floor(site)
         second = configure.run_playbook(site, "site.yml", progress=quiet)
+        third = configure.run_playbook(site, "site.yml", full=True, progress=quiet) if full else None
     finally:
         localsite.down(site, progress=quiet)
     workers = sum(1 for m in site.machines if m.pool)
-    return {
+    figures: dict[str, object] = {
         "machines": len(site.machines),
         "gpu_workers": workers,
         "first_s": round(first.seconds, 1),
         "first_changes": first.changed,
+        "setup_floor_s": round(floor, 1),
         "idempotent_s": round(second.seconds, 1),
         "idempotent_changes": second.changed,
+        "idempotent_over_setup_floor": round(second.seconds / floor, 2),
     }
+    if third:
+        figures["every_task_s"] = round(third.seconds, 1)
+        figures["every_task_changes"] = third.changed
+    return figures
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=int, default=8, help="scratch index (default 8: aftest8, 198.19.8.0/24)")
     ap.add_argument("--workers", type=int, default=2, help="GPU workers of the small site (default 2)")
+    ap.add_argument("--quick", action="store_true", help="skip the third run (every task, no skipping)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-configure-"))
     start = time.monotonic()
-    small = measure(shape("benchcfgsmall", args.index, args.workers), tmp)
-    full = measure(shape("benchcfgfull", args.index, None), tmp)
+    small = measure(shape("benchcfgsmall", args.index, args.workers), tmp, not args.quick)
+    full = measure(shape("benchcfgfull", args.index, None), tmp, not args.quick)
     extra = full["gpu_workers"] - small["gpu_workers"]  # type: ignore[operator]
     figures: dict[str, object] = {
         "small": small,

@@ -81,6 +81,7 @@ PLAYBOOK = """- hosts: localhost
     - role: {role}
       configuration_fingerprint_paths: {paths}
       configuration_fingerprint_record: {record}
+      configuration_fingerprint_state_record: {record}.state
 """
 
 

@@ -5,6 +5,14 @@
     python3 fingerprint.py compare RECORD      print {"drifted": [...]}: "<path> (changed|added|removed)"
                                               for every file the RECORD's patterns match now that differs
                                               from it; "<RECORD> (missing)" when there is none
+    python3 fingerprint.py state RECORD INPUTS SPEC
+                                              write RECORD: the INPUTS digest `aifactory configure` gave,
+                                              the SPEC of what to compare (JSON) and the host's state as a
+                                              whole (see `state` below), for the next run to compare
+    python3 fingerprint.py converged RECORD INPUTS SPEC
+                                              print {"converged": bool, "differs": [...]}: whether RECORD
+                                              (written by `state` at the end of the last run) names the
+                                              same INPUTS digest, the same SPEC and the same state as now
 
 A pattern is a file, a directory (every file below it) or a glob. The configuration_fingerprint role
 records at the end of every run; infra/configuration.py compares over ssh on `pulumi refresh`
@@ -16,8 +24,11 @@ import glob
 import hashlib
 import json
 import os
+import ssl
 import stat
+import subprocess
 import sys
+import urllib.request
 
 
 def _digest(path):
@@ -73,11 +84,183 @@ def compare(record_path):
     return drifted
 
 
+def _run(argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return "error: " + type(e).__name__
+
+
+def _trees(tops):
+    """Size, mtime and mode of every file below tops (binaries, image archives): a stat, no read."""
+    out = {}
+    for top in tops:
+        for parent, _dirs, names in os.walk(top):
+            for name in names:
+                path = os.path.join(parent, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                out[path] = (
+                    f"{st.st_size} {st.st_mtime_ns} {stat.S_IMODE(st.st_mode):o} {st.st_uid}:{st.st_gid}"
+                )
+    return out
+
+
+def _units(patterns):
+    """{unit: "<active|inactive|failed|...> <enabled|disabled|...>"} for the loaded services matching
+    patterns: one `systemctl show` (list-unit-files would read every unit file on disk: seconds)."""
+    out = _run(["systemctl", "show", "--all", "--property=Id,ActiveState,UnitFileState", "--", *patterns])
+    states, unit = {}, {}
+    for line in [*out.splitlines(), ""]:
+        if not line.strip():  # a blank line ends each unit's properties
+            if unit.get("Id"):
+                active = unit.get("ActiveState", "")
+                active = "active" if active in ("active", "activating", "reloading") else active
+                states[unit["Id"]] = f"{active} {unit.get('UnitFileState', '')}".strip()
+            unit = {}
+            continue
+        key, _, value = line.partition("=")
+        unit[key] = value
+    return states
+
+
+def _kernel(sysctl_conf, modules_conf):
+    """The live value of every setting sysctl_conf sets; whether each module modules_conf lists is loaded."""
+    values, modules = {}, {}
+    for path, into in ((sysctl_conf, values), (modules_conf, modules)):
+        try:
+            with open(path) as f:
+                lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith(("#", ";"))]
+        except OSError:
+            continue
+        for ln in lines:
+            if into is values:
+                key = ln.split("=", 1)[0].strip()
+                try:
+                    with open("/proc/sys/" + key.replace(".", "/")) as f:
+                        values[key] = f.read().strip()
+                except OSError as e:
+                    values[key] = "unreadable: " + type(e).__name__
+            else:
+                modules[ln] = os.path.exists("/sys/module/" + ln.replace("-", "_"))
+    return values, modules
+
+
+def _slurm_nodes():
+    """{node: "up" | "<state> <reason>"}: jobs coming and going (idle, mixed, allocated) are "up"."""
+    nodes = {}
+    for line in _run(["sinfo", "--noheader", "--Node", "--format=%N|%T|%E"]).splitlines():
+        node, _, rest = line.partition("|")
+        state, _, reason = rest.partition("|")
+        state = state.rstrip("*~#!%$@^-")
+        if state in ("idle", "mixed", "allocated", "completing"):
+            nodes[node] = "up"
+        else:
+            nodes[node] = ("drain" if state in ("drained", "draining") else state) + " " + reason.strip()
+    return nodes
+
+
+def _kubernetes_nodes(api):
+    """{node: [its aifactory.io/ labels, unschedulable, the cordon annotation]} from the API server."""
+    try:
+        ctx = ssl.create_default_context(cafile=api["ca"])
+        ctx.load_cert_chain(api["cert"], api["key"])
+        with urllib.request.urlopen(api["url"] + "/api/v1/nodes", context=ctx, timeout=10) as r:
+            items = json.load(r)["items"]
+    except (OSError, ValueError, KeyError) as e:
+        return {"error": type(e).__name__}
+    out = {}
+    for n in items:
+        meta = n.get("metadata", {})
+        labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith(api["prefix"])}
+        note = (meta.get("annotations") or {}).get(api["annotation"])
+        out[meta.get("name")] = [labels, bool(n.get("spec", {}).get("unschedulable")), note]
+    return out
+
+
+def _bundle(url):
+    """The sha256 of the bundle's manifest as this host reads it: a new bundle, a new run."""
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return hashlib.sha256(r.read()).hexdigest()
+    except (OSError, ValueError) as e:
+        return "unreadable: " + type(e).__name__
+
+
+def state(spec):
+    """Everything a configure run converges on this host, as one comparable document: the managed
+    files (sha256), the installed binaries and archives (stat), the services' states, the kernel
+    settings and modules, the pod routes, and on the controllers the Slurm node states and the
+    Kubernetes Nodes' pool labels and cordons."""
+    routes = sorted(
+        ln.strip()
+        for ln in _run(["ip", "-4", "route", "show"]).splitlines()
+        if " via " in ln and not ln.startswith("default")
+    )
+    sysctls, modules = _kernel(spec["sysctl_conf"], spec["modules_conf"])
+    out = {
+        "files": digests([os.path.expanduser(p) for p in spec["patterns"]]),
+        "trees": _trees(spec["trees"]),
+        "units": _units(spec["units"]),
+        "routes": routes,
+        "sysctl": sysctls,
+        "modules": modules,
+        "bundle": _bundle(spec.get("bundle")),
+    }
+    if spec.get("slurm"):
+        out["slurm"] = _slurm_nodes()
+    if spec.get("kubernetes"):
+        out["kubernetes"] = _kubernetes_nodes(spec["kubernetes"])
+    return out
+
+
+def converged(record_path, inputs, spec):
+    try:
+        with open(record_path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return ["no record of an earlier run"]
+    except (OSError, ValueError) as e:
+        return [f"record unreadable: {e}"]
+    differs = []
+    if not inputs or record.get("inputs") != inputs:
+        differs.append("inputs (playbooks, inventory or bundle)")
+    if record.get("spec") != spec:
+        differs.append("what is compared")
+    now, then = state(spec), record.get("state") or {}
+    for key in sorted(set(now) | set(then)):
+        a, b = then.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            names = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            differs.append(f"{key}: " + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+        else:
+            differs.append(key)
+    return differs
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "record":
         out = {"patterns": argv[1:], "files": digests(argv[1:])}
     elif len(argv) == 2 and argv[0] == "compare":
         out = {"drifted": compare(argv[1])}
+    elif len(argv) == 4 and argv[0] == "state":
+        spec = json.loads(argv[3])
+        record = {"inputs": argv[2], "spec": spec, "state": state(spec)}
+        os.makedirs(os.path.dirname(argv[1]), exist_ok=True)
+        with open(argv[1] + ".new", "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            json.dump(record, f, indent=2, sort_keys=True)
+        os.replace(argv[1] + ".new", argv[1])
+        out = {"recorded": argv[1]}
+    elif len(argv) == 4 and argv[0] == "converged":
+        differs = converged(argv[1], argv[2], json.loads(argv[3]))
+        out = {"converged": not differs, "differs": differs}
     else:
         sys.stderr.write(__doc__)
         return 2

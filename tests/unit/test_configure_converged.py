@@ -1,0 +1,164 @@
+"""An idempotent `aifactory configure` is one round trip per host: playbooks/converged.yml compares
+each host with the record the last run left (configuration_fingerprint role, fingerprint.py `state`
+and `converged`), and site.yml runs only when some host differs (aifactory/configure.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aifactory import configure
+from aifactory.configure import PlaybookResult, converged_verdicts, inputs_digest
+from infra.configuration import FINGERPRINT
+
+pytestmark = pytest.mark.unit
+
+
+def script(*args: str) -> dict:
+    p = subprocess.run([sys.executable, str(FINGERPRINT), *args], capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)
+
+
+@pytest.fixture
+def host(tmp_path) -> dict:
+    """A host's managed files and binaries under tmp_path, and the spec that compares them."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "slurm.conf").write_text("ClusterName=citest\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "kubelet").write_bytes(b"\x7fELF")
+    (tmp_path / "sysctl.conf").write_text("# ours\nnet.ipv4.ip_forward = 1\n")
+    return {
+        "patterns": [str(tmp_path / "etc")],
+        "trees": [str(tmp_path / "bin")],
+        "units": ["no-such-unit-*.service"],
+        "sysctl_conf": str(tmp_path / "sysctl.conf"),
+        "modules_conf": str(tmp_path / "modules.conf"),
+        "bundle": "",
+        "slurm": False,
+        "kubernetes": None,
+    }
+
+
+def test_a_host_as_the_last_run_left_it_is_converged_and_any_difference_is_named(host, tmp_path):
+    record, spec = str(tmp_path / "var" / "converged.json"), json.dumps(host)
+    assert script("converged", record, "d1", spec) == {
+        "converged": False,
+        "differs": ["no record of an earlier run"],
+    }
+    assert script("state", record, "d1", spec) == {"recorded": record}
+    assert oct(Path(record).stat().st_mode & 0o777) == "0o600"
+    assert script("converged", record, "d1", spec) == {"converged": True, "differs": []}
+    # Other inputs (playbooks, inventory), or another spec: not converged.
+    assert script("converged", record, "d2", spec)["differs"] == ["inputs (playbooks, inventory or bundle)"]
+    assert script("converged", record, "", spec)["converged"] is False  # ansible-playbook by hand
+    other = json.dumps({**host, "units": ["kubelet.service"]})
+    assert "what is compared" in script("converged", record, "d1", other)["differs"]
+    # A managed file edited, a binary replaced: named.
+    (tmp_path / "etc" / "slurm.conf").write_text("ClusterName=edited\n")
+    (tmp_path / "bin" / "kubelet").write_bytes(b"\x7fELF, another build")
+    differs = script("converged", record, "d1", spec)["differs"]
+    assert differs == [f"files: {tmp_path}/etc/slurm.conf", f"trees: {tmp_path}/bin/kubelet"]
+    script("state", record, "d1", spec)
+    assert script("converged", record, "d1", spec)["converged"] is True
+
+
+def test_the_verdicts_of_the_hosts_failures_and_silence_are_not_converged():
+    def ok(host: str, stdout: str) -> dict:
+        return {"event": "runner_on_ok", "event_data": {"host": host, "res": {"stdout": stdout}}}
+
+    events = [
+        {"event": "runner_on_start", "event_data": {"host": "gpu-01"}},
+        ok("gpu-01", json.dumps({"converged": True, "differs": []})),
+        ok("gpu-02", json.dumps({"converged": False, "differs": ["files: /etc/slurm/slurm.conf"]})),
+        ok("gpu-03", "Traceback (most recent call last):"),
+        {"event": "runner_on_unreachable", "event_data": {"host": "gpu-04", "res": {"msg": "timed out"}}},
+    ]
+    assert converged_verdicts(events) == {
+        "gpu-01": [],
+        "gpu-02": ["files: /etc/slurm/slurm.conf"],
+        "gpu-03": ["no verdict"],
+        "gpu-04": ["unreachable: timed out"],
+    }
+
+
+def test_the_inputs_digest_follows_the_inventory_and_the_extra_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIFACTORY_STATE", str(tmp_path / "state"))
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("all: {hosts: {gpu-01: {pool: slurm}}}\n")
+    first = inputs_digest(inventory, {}, "citest")
+    assert inputs_digest(inventory, {}, "citest") == first
+    assert inputs_digest(inventory, {"probe": 1}, "citest") != first
+    secrets = tmp_path / "state" / "sites" / "citest" / "secrets"
+    secrets.mkdir(parents=True)
+    (secrets / "slurmdbd-password").write_text("s3cret\n")
+    assert inputs_digest(inventory, {}, "citest") != first
+    inventory.write_text("all: {hosts: {gpu-01: {pool: kubernetes}}}\n")
+    assert inputs_digest(inventory, {}, "citest") != first
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> list:
+    """run_playbook with the runner and the inventory stood in: the playbooks it runs are recorded, the
+    probe's hosts answer from `runs.verdicts`."""
+    monkeypatch.setenv("AIFACTORY_STATE", str(tmp_path / "state"))
+    monkeypatch.delenv(configure.FULL_ENV, raising=False)
+    state = tmp_path / "state" / "sites" / "citest"
+    (state / "tenant-operator").mkdir(parents=True)
+    (state / "kubeconfig").write_text("{}\n")
+    (state / "tenant-operator" / "id_ed25519").write_text("key\n")
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("all: {}\n")
+    monkeypatch.setattr(configure, "inventory_for", lambda site: inventory)
+    calls: list = []
+    verdicts = {"head-01": [], "gpu-01": []}
+
+    def runner(site, playbook, limit, check, extravars, progress, events=None):
+        calls.append((playbook, limit, check, dict(extravars)))
+        for host, differs in verdicts.items():
+            stdout = json.dumps({"converged": not differs, "differs": differs})
+            if events is not None:
+                events.append(
+                    {"event": "runner_on_ok", "event_data": {"host": host, "res": {"stdout": stdout}}}
+                )
+        stats = {h: {"ok": 1, "changed": 0, "failures": 0, "unreachable": 0, "skipped": 0} for h in verdicts}
+        return PlaybookResult(playbook, "successful", 0.1, stats, [], ["UNVERIFIED on gpu-01: x"])
+
+    monkeypatch.setattr(configure, "_runner", runner)
+    calls.append(verdicts)  # runs[0]: the verdicts to change
+    return calls
+
+
+class Site:
+    name = "citest"
+
+
+def test_site_yml_is_skipped_when_every_host_is_converged_and_run_when_one_is_not(runs):
+    verdicts, lines = runs[0], []
+    first = configure.run_playbook(Site(), "site.yml", progress=lines.append)  # type: ignore[arg-type]
+    assert [c[0] for c in runs[1:]] == ["converged.yml"]
+    assert first.changed == 0 and "nothing to do" in lines[-1]
+    assert runs[1][3]["configuration_fingerprint_inputs"]  # the digest travels to the probe and the record
+    verdicts["gpu-01"] = ["files: /etc/slurm/slurm.conf"]
+    second = configure.run_playbook(Site(), "site.yml", check=True, progress=lines.append)  # type: ignore[arg-type]
+    assert [c[0] for c in runs[2:]] == ["converged.yml", "site.yml"]
+    digest = runs[1][3]["configuration_fingerprint_inputs"]
+    assert runs[3][2] is True and runs[3][3]["configuration_fingerprint_inputs"] == digest
+    assert "  gpu-01: files: /etc/slurm/slurm.conf" in lines
+    assert second.unverified == ["UNVERIFIED on gpu-01: x"]
+
+
+def test_full_and_other_playbooks_never_ask(runs, monkeypatch):
+    configure.run_playbook(Site(), "site.yml", full=True, progress=lambda _: None)  # type: ignore[arg-type]
+    configure.run_playbook(Site(), "node-move.yml", extravars={"m": 1}, progress=lambda _: None)  # type: ignore[arg-type]
+    monkeypatch.setenv(configure.FULL_ENV, "1")
+    configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
+    assert [c[0] for c in runs[1:]] == ["site.yml", "node-move.yml", "site.yml"]
+    assert "configuration_fingerprint_inputs" not in runs[2][3]
+
+
+def test_a_missing_kubeconfig_on_the_controller_runs_site_yml(runs, tmp_path):
+    (tmp_path / "state" / "sites" / "citest" / "kubeconfig").unlink()
+    configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
+    assert [c[0] for c in runs[1:]] == ["converged.yml", "site.yml"]
