@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--limit", help="only these hosts or groups (Ansible pattern, e.g. gpu-01 or slurm_pool)")
     cf.add_argument("--check", action="store_true", help="dry run: report what would change, change nothing")
     cf.add_argument(
+        "--full",
+        action="store_true",
+        help="run every task of site.yml even when every host is as the last run left it (repairs drift "
+        "the hosts' record does not cover: a removed package, an image deleted from containerd)",
+    )
+    cf.add_argument(
         "--playbook", default="site.yml", help="playbook under playbooks/ (default: site.yml, everything)"
     )
     _json_arg(cf, "the per-host summary and what could not be verified")
@@ -402,7 +408,7 @@ def _configure(args) -> int:
     progress = _progress(args)
     try:
         result = configure.run_playbook(
-            site, args.playbook, limit=args.limit, check=args.check, progress=progress
+            site, args.playbook, limit=args.limit, check=args.check, progress=progress, full=args.full or None
         )
     except configure.PlaybookFailed as e:
         if args.json:
