@@ -571,6 +571,8 @@ def cleanup(
             st.slurm.delete(name, cancel_jobs=True)
         for p in kside.owned(st.kube, name, st.kueue):
             st.kube.delete(p)
+        if st.kueue:
+            kside.drop_unused_flavors(st.kube, list(t.gpu_quota))
     st.ledger.drop(name)
     st.holdings.pop(name, None)
     account = f"account {name}" if ours else f"no account ({name} is not the operator's)"

@@ -409,6 +409,24 @@ class NamespaceInUse(RuntimeError):
 LIMIT_KINDS = ("ResourceQuota", "ClusterQueue")
 
 
+def drop_unused_flavors(kube: Kube, models: list[str]) -> list[str]:
+    """Delete the shared ResourceFlavors of `models` that no live ClusterQueue names any more: the
+    last tenant of a model takes its flavor along while Kueue runs to release it (Kueue's finalizer
+    would otherwise hold it, and a `pulumi destroy` waiting for Kueue's CRDs, after Kueue is gone).
+    A later tenant of the model makes it again."""
+    used = {
+        f["name"]
+        for cq in kube.list(path(KUEUE, "ClusterQueue"))
+        if not cq["metadata"].get("deletionTimestamp")
+        for group in cq["spec"].get("resourceGroups", [])
+        for f in group.get("flavors", [])
+    }
+    unused = [f"gpu-{m}" for m in sorted(models) if f"gpu-{m}" not in used]
+    for name in unused:
+        kube.delete(path(KUEUE, "ResourceFlavor", name))
+    return unused
+
+
 def _unfinished_pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
     pods = kube.list(path("v1", "Pod", namespace=namespace))
     return [p for p in pods if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]

@@ -316,3 +316,23 @@ def test_a_strict_tenant_is_fenced_in_both_ways_restricted_and_its_members_canno
     standard = by_kind(kside.desired_objects(spec()))
     assert standard["RoleBinding"][0]["roleRef"]["name"] == "edit"
     assert "pod-security.kubernetes.io/enforce" not in standard["Namespace"][0]["metadata"]["labels"]
+
+
+def test_the_last_tenant_of_a_model_takes_its_flavor_along():
+    class Queues:
+        def __init__(self):
+            self.deleted: list[str] = []
+
+        def list(self, url_path, selector=None):
+            def cq(flavor, gone=False):
+                meta = {"deletionTimestamp": "2026-12-05T00:00:00Z"} if gone else {}
+                return {"metadata": meta, "spec": {"resourceGroups": [{"flavors": [{"name": flavor}]}]}}
+
+            return [cq("gpu-h100"), cq("gpu-a100", gone=True)]  # the leaving tenant's queue: terminating
+
+        def delete(self, url_path):
+            self.deleted.append(url_path.rsplit("/", 1)[1])
+
+    kube = Queues()
+    assert kside.drop_unused_flavors(kube, ["a100", "h100"]) == ["gpu-a100"]
+    assert kube.deleted == ["gpu-a100"]
