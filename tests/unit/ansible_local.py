@@ -1,5 +1,7 @@
 """Running a playbook on this machine (local connection) with ansible-runner, for unit tests."""
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,3 +23,11 @@ def run_local(data_dir: Path, playbook: Path, inventory: dict | None = None, **k
         quiet=True,
         **kwargs,
     )
+
+
+def fingerprint(*args: str) -> dict:
+    """The configuration_fingerprint role's script, run here with `args`: its JSON answer."""
+    from infra.configuration import FINGERPRINT
+
+    p = subprocess.run([sys.executable, str(FINGERPRINT), *args], capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)

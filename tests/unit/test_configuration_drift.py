@@ -16,16 +16,11 @@ import pytest
 from aifactory.configure import forget_earlier_inputs
 from infra import configuration
 from infra.configuration import AS_CONFIGURED, FINGERPRINT, AnsibleProvider, describe, hosts_state
-from tests.unit.ansible_local import run_local
+from tests.unit.ansible_local import fingerprint, run_local
 
 pytestmark = pytest.mark.unit
 
 ROLE = FINGERPRINT.parent.parent
-
-
-def fingerprint(*args: str) -> dict:
-    p = subprocess.run([sys.executable, str(FINGERPRINT), *args], capture_output=True, text=True, check=True)
-    return json.loads(p.stdout)
 
 
 @pytest.fixture

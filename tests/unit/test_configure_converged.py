@@ -3,22 +3,15 @@ each host with the record the last run left (configuration_fingerprint role, fin
 and `converged`), and site.yml runs only when some host differs (aifactory/configure.py)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from aifactory import configure
 from aifactory.configure import PlaybookResult, converged_verdicts, inputs_digest
-from infra.configuration import FINGERPRINT
+from tests.unit.ansible_local import fingerprint
 
 pytestmark = pytest.mark.unit
-
-
-def script(*args: str) -> dict:
-    p = subprocess.run([sys.executable, str(FINGERPRINT), *args], capture_output=True, text=True, check=True)
-    return json.loads(p.stdout)
 
 
 @pytest.fixture
@@ -43,25 +36,27 @@ def host(tmp_path) -> dict:
 
 def test_a_host_as_the_last_run_left_it_is_converged_and_any_difference_is_named(host, tmp_path):
     record, spec = str(tmp_path / "var" / "converged.json"), json.dumps(host)
-    assert script("converged", record, "d1", spec) == {
+    assert fingerprint("converged", record, "d1", spec) == {
         "converged": False,
         "differs": ["no record of an earlier run"],
     }
-    assert script("state", record, "d1", spec) == {"recorded": record}
+    assert fingerprint("state", record, "d1", spec) == {"recorded": record}
     assert oct(Path(record).stat().st_mode & 0o777) == "0o600"
-    assert script("converged", record, "d1", spec) == {"converged": True, "differs": []}
+    assert fingerprint("converged", record, "d1", spec) == {"converged": True, "differs": []}
     # Other inputs (playbooks, inventory), or another spec: not converged.
-    assert script("converged", record, "d2", spec)["differs"] == ["inputs (playbooks, inventory or bundle)"]
-    assert script("converged", record, "", spec)["converged"] is False  # ansible-playbook by hand
+    assert fingerprint("converged", record, "d2", spec)["differs"] == [
+        "inputs (playbooks, inventory or bundle)"
+    ]
+    assert fingerprint("converged", record, "", spec)["converged"] is False  # ansible-playbook by hand
     other = json.dumps({**host, "units": ["kubelet.service"]})
-    assert "what is compared" in script("converged", record, "d1", other)["differs"]
+    assert "what is compared" in fingerprint("converged", record, "d1", other)["differs"]
     # A managed file edited, a binary replaced: named.
     (tmp_path / "etc" / "slurm.conf").write_text("ClusterName=edited\n")
     (tmp_path / "bin" / "kubelet").write_bytes(b"\x7fELF, another build")
-    differs = script("converged", record, "d1", spec)["differs"]
+    differs = fingerprint("converged", record, "d1", spec)["differs"]
     assert differs == [f"files: {tmp_path}/etc/slurm.conf", f"trees: {tmp_path}/bin/kubelet"]
-    script("state", record, "d1", spec)
-    assert script("converged", record, "d1", spec)["converged"] is True
+    fingerprint("state", record, "d1", spec)
+    assert fingerprint("converged", record, "d1", spec)["converged"] is True
 
 
 def test_the_verdicts_of_the_hosts_failures_and_silence_are_not_converged():
