@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -277,8 +277,7 @@ def write_status(
     v: capacity.Verdict,
     policy: str,
 ) -> None:
-    # this round's budget verdict (account_usage) may already be in the patch
-    conds = list(patch.status.get("conditions") or status.get("conditions") or [])
+    conds = _conditions(patch, status)
     rejected = policy == "reject" and not v.admitted
     if rejected:
         msg = f"not applied: over capacity ({v.message()})"
@@ -333,6 +332,12 @@ def write_status(
         patch.status["usage"] = replacing(status.get("usage"), usage)
         # null clears it once the tenant is back within its entitlement (merge patch)
         patch.status["overshoot"] = out.held.overshoot(t.ceiling) or None
+
+
+def _conditions(patch: kopf.Patch, status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The conditions to build on: this round's (account_usage writes its verdict first), else the
+    status's."""
+    return list(patch.status.get("conditions") or status.get("conditions") or [])
 
 
 def in_kube_pool(fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
@@ -429,13 +434,11 @@ async def drift(
     # this round's observation (the Kubernetes side follows at once when they changed).
     pods = await in_kube_pool(kside.gpu_pods, st.kube, list(t.namespaces))
     held = Holdings(before.slurm, kside.held_by(pods), before.spent)
-    held = Holdings(
-        held.slurm, held.kubernetes, await account_usage(t, meta, status, patch, body, pods, held)
-    )
+    held = replace(held, spent=await account_usage(t, meta, status, patch, body, pods, held))
     # A limit that moved with the tenant's own work is no hand edit: applied, not reported as drift.
     out, v = await converge(t, meta, check_drift=held == before, body=body, held=held)
     if out.observed is not None and out.slurm_error is None:
-        held = Holdings(dict(out.observed.gpus_in_use), held.kubernetes, held.spent)
+        held = replace(held, slurm=dict(out.observed.gpus_in_use))
         if held.slurm != before.slurm and out.k8s_error is None:
             await in_kube_pool(sync_limits, t, held)
     st.holdings[name] = out.held = held
@@ -490,13 +493,14 @@ async def account_usage(
         before, name, start.timestamp(), now, jobs, runs, held.jobs() + held.pods()
     )
     patch.status["ledger"] = replacing(status.get("ledger"), ledger.to_status())
+    used = ledger.hours()
     summary: dict[str, Any] = {
         "period": name,
         "periodStart": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "usedGPUHours": round(ledger.hours(), 4),
+        "usedGPUHours": round(used, 4),
         **ledger.summary(),
     }
-    verdict = budget.BudgetState(ledger.hours(), t.budget.gpu_hours, name) if t.budget else None
+    verdict = budget.BudgetState(used, t.budget.gpu_hours, name) if t.budget else None
     if verdict is not None:
         summary |= {"limitGPUHours": verdict.limit_hours, "percentUsed": round(verdict.percent, 1)}
     patch.status["budget"] = replacing(status.get("budget"), summary)
@@ -515,7 +519,7 @@ async def account_usage(
     had = condition(status.get("conditions"), BUDGET_EXHAUSTED)
     if verdict is not None or had is not None:
         conds = set_condition(
-            list(patch.status.get("conditions") or status.get("conditions") or []),
+            _conditions(patch, status),
             BUDGET_EXHAUSTED,
             spent,
             "GPUHoursSpent" if spent else "WithinBudget" if verdict else "NoBudget",

@@ -505,12 +505,12 @@ def gpu_pods(kube: Kube, namespaces: list[str]) -> list[GpuPod]:
             status = pod.get("status") or {}
             finished = status.get("phase") in ("Succeeded", "Failed")
             start = _epoch(status.get("startTime"))
+            end = _finished_at(pod) if finished else None
             for c in pod["spec"].get("containers", []):
                 for res, qty in (c.get("resources", {}).get("limits") or {}).items():
                     if res.startswith(GPU) and int(qty):
                         model = res[len(GPU) :].lstrip("-") or node_model(pod["spec"].get("nodeName"))
                         uid = f"{pod['metadata']['uid']}/{c['name']}"
-                        end = _finished_at(pod) if finished else None
                         run = Run(model, int(qty), start, end, uid) if start is not None else None
                         out.append(GpuPod(ns, model, int(qty), finished, run))
     return out

@@ -106,6 +106,11 @@ def parse_tres(text: str) -> dict[str, int]:
     return out
 
 
+def gpus_by_model(tres: str) -> dict[str, int]:
+    """The GPUs per model of an allocation's TRES (`gres/gpu:h100=4`; the untyped total left out)."""
+    return {k.split(":", 1)[1]: n for k, n in parse_tres(tres).items() if k.startswith("gres/gpu:") and n > 0}
+
+
 def format_tres(tres: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(tres.items()))
 
@@ -302,10 +307,8 @@ def parse_observation(text: str, accounts: Sequence[str]) -> dict[str, Observed]
         elif section == "jobs" and len(f) >= 2 and f[0] in obs:
             o = obs[f[0]]
             o.running_jobs = (o.running_jobs or 0) + 1
-            for key, n in parse_tres(f[1]).items():
-                if key.startswith("gres/gpu:"):
-                    model = key.split(":", 1)[1]
-                    o.gpus_in_use[model] = o.gpus_in_use.get(model, 0) + n
+            for model, n in gpus_by_model(f[1]).items():
+                o.gpus_in_use[model] = o.gpus_in_use.get(model, 0) + n
     if "sacctmgr" in errors:
         raise SlurmError("SlurmdbdUnavailable", f"sacctmgr failed: {errors['sacctmgr']}")
     if "squeue" not in errors:
@@ -356,9 +359,8 @@ def parse_usage(text: str) -> dict[str, list[Run]]:
         if len(f) < 4 or not f[2].isdigit():
             continue
         end = float(f[3]) if f[3].isdigit() else None
-        for key, n in parse_tres(f[1]).items():
-            if key.startswith("gres/gpu:") and n > 0:
-                out.setdefault(f[0], []).append(Run(key.split(":", 1)[1], n, float(f[2]), end))
+        for model, n in gpus_by_model(f[1]).items():
+            out.setdefault(f[0], []).append(Run(model, n, float(f[2]), end))
     return out
 
 
