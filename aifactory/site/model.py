@@ -43,6 +43,14 @@ class Bmc:
 
 
 @dataclass(frozen=True)
+class PowerRange:
+    """Watts a machine (or one GPU) draws idle and at most."""
+
+    idle_w: int
+    max_w: int
+
+
+@dataclass(frozen=True)
 class Machine:
     name: str
     roles: tuple[str, ...]
@@ -53,6 +61,7 @@ class Machine:
     gpu_model: str | None
     gpu_count: int
     nics: tuple[Nic, ...]
+    power: PowerRange | None = None  # the site file's figure; None: estimated (aifactory.site.power)
 
     @property
     def address(self) -> str:
@@ -132,6 +141,28 @@ class NvidiaSettings:
 
 
 @dataclass(frozen=True)
+class Feed:
+    """A power feed (a busway, a PDU pair's circuit): what it may carry, and the machines on it."""
+
+    name: str
+    kw: float
+    machines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PowerSettings:
+    """`power:` the site's feeds and the factors that turn IT energy into facility energy, CO2e
+    and cooling water."""
+
+    feeds: tuple[Feed, ...] = ()
+    pue: float = 1.0  # power usage effectiveness: facility kWh per IT kWh
+    water_l_per_kwh: float = 0.0  # water usage effectiveness: litres per IT kWh
+    carbon_g_per_kwh: float = 0.0  # grid carbon intensity where no hourly file covers an hour
+    carbon_file: Path | None = None  # hourly intensities: CSV rows "2026-11-01T00:00Z,312"
+    gpu_models: dict[str, PowerRange] = field(default_factory=dict)  # per GPU, over the defaults
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     emulated: bool
@@ -144,6 +175,7 @@ class Site:
     ssh_user: str = "root"
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     nvidia: NvidiaSettings | None = None
+    power: PowerSettings = field(default_factory=PowerSettings)
     extra: dict[str, object] = field(default_factory=dict)
 
     def machine(self, name: str) -> Machine:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from aifactory.site import power
 from aifactory.site.gpus import GPU_MODELS
 from aifactory.site.model import (
     CPU_UNITS,
@@ -25,11 +26,14 @@ from aifactory.site.model import (
     ROLES,
     AptRepository,
     Bmc,
+    Feed,
     KubernetesSettings,
     Machine,
     Network,
     Nic,
     NvidiaSettings,
+    PowerRange,
+    PowerSettings,
     Site,
     SlurmSettings,
     ValidationSettings,
@@ -54,8 +58,9 @@ TOP_KEYS = {
     "ssh_user",
     "validation",
     "nvidia",
+    "power",
 }
-MACHINE_KEYS = {"name", "roles", "pool", "bmc", "cpus", "memory_gib", "gpus", "nics"}
+MACHINE_KEYS = {"name", "roles", "pool", "bmc", "cpus", "memory_gib", "gpus", "nics", "power"}
 BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls", "ca_bundle", "cpus_count", "gpu_system"}
 NIC_KEYS = {"name", "mac", "address"}
 NETWORK_KEYS = {"name", "cidr", "gateway", "bridge"}
@@ -63,6 +68,8 @@ SLURM_KEYS = {"cluster_name", "partitions", "accounting_enforce"}
 KUBE_KEYS = {"version", "service_cidr", "api_port", "pod_cidr", "node_pod_prefix", "api_address"}
 NVIDIA_KEYS = {"driver_branch", "repositories", "versions", "profiling_for_all_users"}
 REPO_KEYS = {"name", "url", "suite", "components", "key"}
+POWER_KEYS = {"feeds", "pue", "water_l_per_kwh", "carbon_g_per_kwh", "carbon_file", "gpu_models"}
+FEED_KEYS = {"name", "kw", "machines"}
 
 
 @dataclass(frozen=True)
@@ -221,9 +228,10 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
     ssh_user = c.field(raw, "ssh_user", str, "", required=False) or "root"
     validation = _check_validation(c, raw.get("validation"))
     nvidia = _check_nvidia(c, raw.get("nvidia"), path.resolve().parent, machines, emulated)
+    power = _check_power(c, raw.get("power"), path.resolve().parent, machines)
     if name is None or networks is None or machines is None:
         return None
-    return Site(
+    site = Site(
         name=name,
         emulated=emulated,
         path=path.resolve(),
@@ -235,7 +243,10 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
         ssh_user=ssh_user,
         validation=validation,
         nvidia=nvidia,
+        power=power,
     )
+    _check_feed_loads(c, site)
+    return site
 
 
 def _check_nvidia(
@@ -288,6 +299,116 @@ def _check_nvidia(
         if rname and url and key_path is not None:
             repos.append(AptRepository(rname, url, suite, tuple(map(str, components)), key_path))
     return NvidiaSettings(tuple(repos), {str(k): str(v) for k, v in versions.items()}, branch, profiling)
+
+
+def _number(c: _Checker, obj: dict[str, Any], key: str, path: str, low: float, what: str) -> float | None:
+    """An optional number at least `low` (ERROR otherwise); None when absent or wrong."""
+    value = c.field(obj, key, (int, float), path, required=False)
+    if value is not None and value < low:
+        c.add(ERROR, _join(path, key), f"must be {what}, got {value}")
+        return None
+    return value
+
+
+def _check_power_range(c: _Checker, raw: Any, p: str) -> PowerRange | None:
+    """{idle_w, max_w}: watts drawn idle and at most (a machine's, or one GPU's)."""
+    if not isinstance(raw, dict):
+        c.add(ERROR, p, "must be a mapping {idle_w, max_w} (watts)")
+        return None
+    c.keys(raw, {"idle_w", "max_w"}, p)
+    idle, most = c.field(raw, "idle_w", int, p), c.field(raw, "max_w", int, p)
+    if idle is None or most is None:
+        return None
+    if not 0 <= idle < most:
+        c.add(ERROR, p, f"needs 0 <= idle_w < max_w, got idle_w {idle}, max_w {most}")
+        return None
+    return PowerRange(idle, most)
+
+
+def _check_power(c: _Checker, raw: Any, base: Path, machines: list[Machine] | None) -> PowerSettings:
+    """`power:` feeds (kW each and the machines they supply), PUE, water per kWh, carbon intensity
+    (a constant and/or an hourly CSV file) and per-GPU-model figures."""
+    if raw is None:
+        return PowerSettings()
+    raw = c.section(raw, "power", POWER_KEYS)
+    if raw is None:
+        return PowerSettings()
+    pue = _number(c, raw, "pue", "power", 1.0, "at least 1.0 (facility energy over IT energy)")
+    water = _number(c, raw, "water_l_per_kwh", "power", 0.0, "a number of litres, 0 or more")
+    carbon = _number(c, raw, "carbon_g_per_kwh", "power", 0.0, "a number of gCO2e per kWh, 0 or more")
+    carbon_file = None
+    if (name := c.field(raw, "carbon_file", str, "power", required=False)) is not None:
+        carbon_file = base / name
+        try:
+            if not power.read_carbon_file(carbon_file):
+                c.add(ERROR, "power.carbon_file", f"{carbon_file} holds no hourly values")
+        except OSError as e:
+            where = "paths are relative to the site file"
+            c.add(ERROR, "power.carbon_file", f"{carbon_file}: {e.strerror} ({where})")
+        except ValueError as e:
+            c.add(ERROR, "power.carbon_file", str(e))
+    models: dict[str, PowerRange] = {}
+    for model, r in (c.field(raw, "gpu_models", dict, "power", required=False) or {}).items():
+        p = _join("power.gpu_models", model)
+        if model not in GPU_MODELS:
+            c.add(ERROR, p, f"unknown GPU model {model!r}; known: {', '.join(GPU_MODELS)}")
+        elif (pr := _check_power_range(c, r, p)) is not None:
+            models[model] = pr
+    known = {m.name for m in machines or []}
+    feeds: list[Feed] = []
+    for i, f in enumerate(c.field(raw, "feeds", list, "power", required=False) or []):
+        p = _join("power.feeds", i)
+        if not isinstance(f, dict):
+            c.add(ERROR, p, "must be a mapping {name, kw, machines}")
+            continue
+        c.keys(f, FEED_KEYS, p)
+        fname, kw = c.field(f, "name", str, p), c.field(f, "kw", (int, float), p)
+        on = c.field(f, "machines", list, p) or []
+        if fname is not None and not NAME_RE.match(fname):
+            c.add(ERROR, _join(p, "name"), f"{fname!r} is not a DNS label (it names metrics and alerts)")
+        if kw is not None and kw <= 0:
+            c.add(ERROR, _join(p, "kw"), f"must be a positive rating in kW, got {kw}")
+        for j, m in enumerate(on):
+            if machines is not None and m not in known:
+                hint = difflib.get_close_matches(str(m), sorted(known), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                c.add(ERROR, _join(_join(p, "machines"), j), f"no machine {m!r}{extra}")
+        if fname and kw and kw > 0:
+            feeds.append(Feed(fname, float(kw), tuple(str(m) for m in on if m in known)))
+    names = [f.name for f in feeds]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        c.add(ERROR, "power.feeds", f"feed {dup!r} is declared twice")
+    if feeds and machines:
+        fed = {m for f in feeds for m in f.machines}
+        unfed = [m.name for m in machines if m.name not in fed]
+        if unfed:
+            c.add(WARNING, "power.feeds", f"on no feed, so in no power budget: {', '.join(unfed)}")
+    return PowerSettings(
+        feeds=tuple(feeds),
+        pue=float(pue) if pue is not None else 1.0,
+        water_l_per_kwh=float(water or 0),
+        carbon_g_per_kwh=float(carbon or 0),
+        carbon_file=carbon_file,
+        gpu_models=models,
+    )
+
+
+def _check_feed_loads(c: _Checker, site: Site) -> None:
+    """Each feed's worst case (every machine on it at its maximum) against its rating."""
+    for i, load in enumerate(power.feed_loads(site)):
+        if load.share <= power.FEED_WARNING_SHARE:
+            continue
+        f = load.feed
+        worst = ", ".join(f"{m} {power.machine_power(site, site.machine(m)).max_w} W" for m in f.machines[:8])
+        if len(f.machines) > 8:
+            worst += f" and {len(f.machines) - 8} more"
+        level, verdict = (ERROR, "cannot carry") if load.share > 1 else (WARNING, "is above 90% with")
+        c.add(
+            level,
+            _join("power.feeds", i),
+            f"feed {f.name!r} ({f.kw:g} kW) {verdict} its machines at their maximum: "
+            f"{load.worst_w / 1000:.1f} kW ({load.share:.0%}) from {worst}",
+        )
 
 
 def _check_validation(c: _Checker, raw: Any) -> ValidationSettings:
@@ -406,11 +527,12 @@ def _check_machine(
     gpu_model, gpu_count = _check_gpus(c, m.get("gpus"), _join(p, "gpus"), "gpu" in roles)
     bmc = _check_bmc(c, m.get("bmc"), _join(p, "bmc"), emulated, base, gpu_count)
     nics = _check_nics(c, m.get("nics"), _join(p, "nics"), networks)
+    power = _check_power_range(c, m["power"], _join(p, "power")) if "power" in m else None
     if None in (name, cpus, mem, bmc, nics) or not roles or not set(roles) <= set(ROLES):
         return None
     if pool is not None and pool not in POOLS:
         return None
-    return Machine(name, tuple(roles), pool, bmc, cpus, mem, gpu_model, gpu_count, tuple(nics))  # type: ignore[arg-type]
+    return Machine(name, tuple(roles), pool, bmc, cpus, mem, gpu_model, gpu_count, tuple(nics), power)  # type: ignore[arg-type]
 
 
 def _check_gpus(c: _Checker, raw: Any, p: str, is_gpu: bool) -> tuple[str | None, int]:

@@ -227,6 +227,11 @@ _PATTERNS = [  # (phase, regex with the name group, template)
 ]
 
 
+# ... but not without bound: slurmdbd's cost of one command grows faster than its name list
+# (measured on the local site: see NAMES_PER_COMMAND_MEASURED).
+NAMES_PER_COMMAND = 100
+
+
 def coalesce(batches: Sequence[Sequence[str]]) -> list[str]:
     """The commands of several tenants' plans, merged per phase and identical settings.
 
@@ -261,8 +266,9 @@ def _merge(commands: list[str]) -> list[str]:
         else:
             loose.append(c)
     merged = [
-        _PATTERNS[phase][2].format(n=",".join(names), s=settings)
+        _PATTERNS[phase][2].format(n=",".join(names[i : i + NAMES_PER_COMMAND]), s=settings)
         for (phase, settings), names in sorted(groups.items(), key=lambda kv: kv[0][0])
+        for i in range(0, len(names), NAMES_PER_COMMAND)
     ]
     return merged + loose
 
