@@ -9,9 +9,13 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import sushy
 from sushy import auth as sushy_auth
+from sushy import utils as sushy_utils
+from sushy.resources import base
+from sushy.resources.chassis.power import power as sushy_power
 
 from aifactory import credentials
 from aifactory.site.model import Machine, Site
@@ -37,6 +41,57 @@ def system(machine: Machine, username: str, password: str, timeout: float = 10):
     )
     system_id = machine.bmc.system_id
     return root.get_system(f"/redfish/v1/Systems/{system_id}" if system_id else None)
+
+
+# --- power readings and limits (the Chassis' Redfish Power resource) ------------------------
+# sushy's Power resource has the power supplies only; PowerControl (the server's draw and its
+# limit, DMTF Power.v1) is what BMCs report the server's consumption in.
+
+
+class _PowerLimitField(base.CompositeField):
+    limit_in_watts = base.Field("LimitInWatts")
+
+
+class _PowerControlListField(base.ListField):
+    power_consumed_watts = base.Field("PowerConsumedWatts")
+    power_capacity_watts = base.Field("PowerCapacityWatts")
+    power_limit = _PowerLimitField("PowerLimit")
+
+
+class ChassisPower(sushy_power.Power):
+    power_control = _PowerControlListField("PowerControl", default=[])
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    consumed_w: float | None  # None: the BMC does not measure it
+    capacity_w: float | None
+    limit_w: float | None  # None: no limit set
+
+
+def _power(machine: Machine, username: str, password: str, timeout: float) -> ChassisPower:
+    sys_ = system(machine, username, password, timeout)
+    (chassis, *_) = sys_.chassis  # the chassis the server's system resides in
+    path = sushy_utils.get_sub_resource_path_by(chassis, "Power")
+    return ChassisPower(chassis._conn, path, redfish_version=chassis.redfish_version, root=chassis.root)
+
+
+def power_reading(machine: Machine, login: Login = store_login, timeout: float = 5) -> PowerReading:
+    """The server's draw, capacity and power limit, from its BMC (PowerControl[0])."""
+    controls = _power(machine, *login(machine), timeout).power_control
+    if not controls:
+        return PowerReading(None, None, None)
+    c = controls[0]
+    limit = c.power_limit.limit_in_watts if c.power_limit else None
+    return PowerReading(c.power_consumed_watts, c.power_capacity_watts, limit)
+
+
+def set_power_limit(
+    machine: Machine, watts: int | None, login: Login = store_login, timeout: float = 5
+) -> None:
+    """Set (or with None clear) the server's power limit through its BMC."""
+    p = _power(machine, *login(machine), timeout)
+    p._conn.patch(p.path, data={"PowerControl": [{"PowerLimit": {"LimitInWatts": watts}}]})
 
 
 def power_states(site: Site, login: Login = store_login, timeout: float = 3) -> dict[str, str]:

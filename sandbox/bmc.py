@@ -23,8 +23,9 @@ import requests
 import sushy
 
 from aifactory.bmcs import system
+from aifactory.site import power
 from aifactory.site.model import Machine, Site
-from sandbox import daemons
+from sandbox import daemons, hosts
 
 
 class BmcError(RuntimeError):
@@ -80,6 +81,14 @@ def _config(site: Site, machine: Machine, d: Path, hook: list[str]) -> str:
     if machine.bmc.gpu_system:
         baseboard = {"uuid": machine.bmc.gpu_system, "name": machine.bmc.gpu_system, "power_state": None}
         systems.append({**baseboard, "baseboard": host_id, "nics": [], **gpus})
+    host_w, gpu_w = power.parts(site, machine)
+    figures = {
+        "host_idle_w": host_w.idle_w,
+        "host_max_w": host_w.max_w,
+        "gpu_idle_w": gpu_w.idle_w,
+        "gpu_max_w": gpu_w.max_w,
+        "gpu_count": machine.gpu_count,
+    }
     settings = {
         "SUSHY_EMULATOR_LISTEN_IP": host,
         "SUSHY_EMULATOR_LISTEN_PORT": port,
@@ -88,6 +97,8 @@ def _config(site: Site, machine: Machine, d: Path, hook: list[str]) -> str:
         "SUSHY_EMULATOR_STATE_DIR": str(d / "state"),
         "SUSHY_EMULATOR_AUTH_FILE": str(d / "htpasswd"),
         "SUSHY_AIFACTORY_POWER_HOOK": list(hook),
+        # what the power meter reads: the host's cgroup (its processes, their CPU time)
+        "SUSHY_AIFACTORY_POWER": {"figures": figures, "cgroup": str(hosts.cpu_cgroup(site, machine.name))},
     }
     return "".join(f"{key} = {value!r}\n" for key, value in settings.items())
 

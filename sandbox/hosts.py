@@ -116,6 +116,15 @@ def cgroup_dirs(site: Site, name: str | None = None) -> list[Path]:
     return [root / rel for root in cgroup_roots()]
 
 
+def cpu_cgroup(site: Site, name: str, mounts: str | None = None) -> Path:
+    """The host's cgroup that accounts its CPU time (cgroup2, or the v1 cpuacct hierarchy)."""
+    rel = Path("aifactory") / site.name / name
+    if cgroup_layout(mounts) == UNIFIED:
+        return CGROUP_FS / rel
+    (root,) = [p for p, _ in _cgroup_mounts(mounts) if "cpuacct" in p.name.split(",")]
+    return root / rel
+
+
 def make_cgroup(path: Path) -> None:
     """mkdir -p in a hierarchy. A v1 cpuset cgroup takes no process until it has CPUs and memory
     nodes; in cgroup2 a child has only the controllers its parent enables for it, and the host's

@@ -24,6 +24,11 @@
   logged there as an error. A BMC that starts with its system stored On runs the "on" hook again
   (PowerRestorePolicy LastState).
 
+- Power readings and a power limit: the Chassis gets the Redfish `Power` resource (PowerControl:
+  PowerConsumedWatts from `sandbox.power_meter`, PowerCapacityWatts, PowerLimit.LimitInWatts,
+  which a PATCH sets within the machine's idle..maximum range and which is stored with the system,
+  so it outlives a BMC restart as a real BMC's does). `power_resource` renders it.
+
 sushy-tools has no plug-in point for system drivers; `sandbox.bmc_server` swaps this class in.
 """
 
@@ -32,9 +37,12 @@ from __future__ import annotations
 import queue
 import subprocess
 import threading
+from pathlib import Path
 
 from sushy_tools import error
 from sushy_tools.emulator.resources.systems import fakedriver
+
+from sandbox import power_meter
 
 _STOPPING = "aifactory_stopping"  # an "off" hook is queued or running
 INVENTORY_KEYS = (
@@ -88,13 +96,24 @@ _COUNTS = (
 )
 
 
+_STOCK_THERMAL = '"Thermal": {'
+_POWER_LINK = '"Power": {"@odata.id": {{ "/redfish/v1/Chassis/%s/Power"|format(identity)|tojson }}},\n    '
+
+
+def _patched(stock: str, name: str, old: str, new: str) -> str:
+    if stock.count(old) != 1:
+        raise RuntimeError(f"sushy-tools' {name} no longer has {old!r}: update sandbox.redfish_driver")
+    return stock.replace(old, new)
+
+
+def chassis_template(stock: str) -> str:
+    """sushy-tools' chassis.json with the link to the Power resource a server's BMC has."""
+    return _patched(stock, "chassis.json", _STOCK_THERMAL, _POWER_LINK + _STOCK_THERMAL)
+
+
 def system_template(stock: str) -> str:
     """sushy-tools' system.json with the ProcessorSummary of `AifactoryDriver.get_total_cpus`."""
-    if stock.count(_STOCK_COUNT) != 1:
-        raise RuntimeError(
-            f"sushy-tools' system.json no longer has {_STOCK_COUNT!r}: update sandbox.redfish_driver"
-        )
-    return stock.replace(_STOCK_COUNT, _COUNTS)
+    return _patched(stock, "system.json", _STOCK_COUNT, _COUNTS)
 
 
 class AifactoryDriver(fakedriver.FakeDriver):
@@ -123,6 +142,45 @@ class AifactoryDriver(fakedriver.FakeDriver):
             elif stored.get("power_state") == "On":
                 self._hook_queue.put((stored["uuid"], stored["name"], "on"))
         threading.Thread(target=self._run_hooks, name="power-hook", daemon=True).start()
+        power = self._config.get("SUSHY_AIFACTORY_POWER") or {}
+        self.meter = power_meter.PowerMeter(
+            power_meter.Figures(**power["figures"]) if power else power_meter.Figures(0, 0, 0, 0, 0),
+            Path(power["cgroup"]) if power.get("cgroup") else None,
+        )
+        self._host = next(
+            s["uuid"] for s in self._config["SUSHY_EMULATOR_FAKE_SYSTEMS"] if not s.get("baseboard")
+        )
+
+    def power_resource(self, chassis: str) -> dict:
+        """The Chassis' Redfish Power resource (Power.v1_7_0: one PowerControl for the server)."""
+        system = self._get(self._host)
+        f, limit = self.meter.figures, system.get("power_limit_w")
+        watts = self.meter.draw_w(system["power_state"] == "On", limit)
+        control = {
+            "@odata.id": f"/redfish/v1/Chassis/{chassis}/Power#/PowerControl/0",
+            "MemberId": "0",
+            "Name": "Server Power Control",
+            "PowerConsumedWatts": watts,
+            "PowerCapacityWatts": f.max_w,
+            "PowerLimit": {"LimitInWatts": limit, "LimitException": "NoAction"},
+            "Status": {"State": "Enabled", "Health": "OK"},
+            "Oem": {"Aifactory": {"AllowableMinWatts": f.idle_w, "AllowableMaxWatts": f.max_w}},
+        }
+        return {
+            "@odata.type": "#Power.v1_7_0.Power",
+            "@odata.id": f"/redfish/v1/Chassis/{chassis}/Power",
+            "Id": "Power",
+            "Name": "Power",
+            "PowerControl": [control],
+        }
+
+    def set_power_limit(self, watts: int | None) -> None:
+        """A node power limit in watts (None: none), within what the server can be held to."""
+        f = self.meter.figures
+        if watts is not None and not f.idle_w <= watts <= f.max_w:
+            raise error.BadRequest(f"LimitInWatts {watts} is outside {f.idle_w}..{f.max_w}")
+        with self._power_lock:
+            self._update(self._get(self._host), power_limit_w=watts)
 
     def get_total_memory(self, identity):
         return self._get(identity).get("memory_gib")

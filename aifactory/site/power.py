@@ -34,13 +34,24 @@ def gpu_power(site: Site, model: str) -> PowerRange:
 def machine_power(site: Site, machine: Machine) -> PowerRange:
     if machine.power:
         return machine.power
-    idle = HOST_IDLE_W + HOST_IDLE_W_PER_THREAD * machine.cpus
-    most = HOST_MAX_W + HOST_MAX_W_PER_THREAD * machine.cpus
-    if machine.gpu_model and machine.gpu_count:
-        gpu = gpu_power(site, machine.gpu_model)
-        idle += machine.gpu_count * gpu.idle_w
-        most += machine.gpu_count * gpu.max_w
-    return PowerRange(idle, most)
+    host, gpu = parts(site, machine)
+    n = machine.gpu_count
+    return PowerRange(host.idle_w + n * gpu.idle_w, host.max_w + n * gpu.max_w)
+
+
+def parts(site: Site, machine: Machine) -> tuple[PowerRange, PowerRange]:
+    """The host's share of the machine's draw, and one GPU's (0 W without GPUs). Where the site
+    file gives the whole machine's figures, the host's share is what its GPUs leave of them."""
+    gpu = gpu_power(site, machine.gpu_model) if machine.gpu_model and machine.gpu_count else PowerRange(0, 0)
+    n, whole = machine.gpu_count, machine.power
+    if whole:
+        host = PowerRange(max(0, whole.idle_w - n * gpu.idle_w), max(0, whole.max_w - n * gpu.max_w))
+    else:
+        threads = machine.cpus
+        host = PowerRange(
+            HOST_IDLE_W + HOST_IDLE_W_PER_THREAD * threads, HOST_MAX_W + HOST_MAX_W_PER_THREAD * threads
+        )
+    return host, gpu
 
 
 @dataclass(frozen=True)

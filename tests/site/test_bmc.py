@@ -7,6 +7,7 @@ stops them. Run them in one process (not spread over xdist workers).
 import dataclasses
 import ipaddress
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import pytest
 import requests
 import sushy
 
-from aifactory.bmcs import power_states, site_status, system
+from aifactory.bmcs import power_reading, power_states, set_power_limit, site_status, system
+from aifactory.site import power
 from aifactory.site.validate import load_site
-from sandbox import bmc, daemons
+from sandbox import bmc, daemons, hosts
 
 pytestmark = pytest.mark.site
 
@@ -203,6 +205,61 @@ def test_real_site_status_asks_each_bmc_and_ssh(bmcs):
         assert r["ssh"].startswith("closed")
         want = "off" if r["power"] == "Off" else f"fault: powered On but ssh {r['ssh']}"
         assert r["health"] == want, r
+
+
+def _draw(machine) -> float:
+    return power_reading(machine, lambda m: (USER, PASSWORD)).consumed_w
+
+
+def _settled(machine, ok, timeout: float = 20) -> float:
+    """The draw once `ok(draw)` holds (the meter averages over a few seconds)."""
+    deadline = time.monotonic() + timeout
+    while not ok(watts := _draw(machine)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return watts
+
+
+def test_power_reading_follows_the_hosts_cpu_time_and_held_gpus_under_the_limit(bmcs):
+    """The Chassis' Power resource through sushy: a draw between the machine's idle and maximum
+    figures; a busy process and a job handed two GPUs in the host's cgroup raise it; a limit
+    caps it and is read back; a limit outside idle..maximum is refused."""
+    site, _, _ = bmcs
+    gpu = site.machine("gpu-01")
+    figures = power.machine_power(site, gpu)  # 32 threads, 8 x h100: 742 W idle, 6092 W at most
+    login = lambda m: (USER, PASSWORD)  # noqa: E731
+    bmc.set_power(gpu, USER, PASSWORD, "On")
+    assert bmc.wait_for_power(gpu, USER, PASSWORD, "On", timeout=20)
+    first = power_reading(gpu, login)
+    assert first.capacity_w == figures.max_w and first.limit_w is None
+    assert figures.idle_w <= first.consumed_w < figures.idle_w + 100, (first, figures)
+    # the host's cgroup, as `site up` makes it, with a busy "job" that Slurm handed GPUs 0 and 1
+    cgroup = hosts.cpu_cgroup(site, "gpu-01")
+    hosts.make_cgroup(cgroup)
+    job = subprocess.Popen(
+        ["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs; while :; do :; done"],
+        env={"PATH": os.environ["PATH"], "SLURM_JOB_GPUS": "0,1"},
+    )
+    try:
+        host, gpu_w = power.parts(site, gpu)
+        two_gpus = 2 * (gpu_w.max_w - gpu_w.idle_w)
+        busy = _settled(gpu, lambda w: w > first.consumed_w + two_gpus + 0.2 * (host.max_w - host.idle_w))
+        assert first.consumed_w + two_gpus < busy <= figures.max_w, (first, busy)
+        set_power_limit(gpu, 2000, login)
+        capped = power_reading(gpu, login)
+        assert capped.limit_w == 2000 and capped.consumed_w <= 2000, capped
+        with pytest.raises(sushy.exceptions.BadRequestError, match=r"outside \d+\.\.\d+"):
+            set_power_limit(gpu, figures.idle_w - 1, login)
+    finally:
+        job.kill()
+        job.wait()
+    set_power_limit(gpu, None, login)
+    assert power_reading(gpu, login).limit_w is None
+    idle = _settled(gpu, lambda w: w < figures.idle_w + 100)
+    assert figures.idle_w <= idle < figures.idle_w + 100
+    bmc.set_power(gpu, USER, PASSWORD, "ForceOff")
+    assert bmc.wait_for_power(gpu, USER, PASSWORD, "Off", timeout=20)
+    assert _draw(gpu) == 0
+    cgroup.rmdir()
 
 
 def test_stop_leaves_no_process(bmcs):
