@@ -69,29 +69,35 @@ class PowerReading:
     limit_w: float | None  # None: no limit set
 
 
-def _power(machine: Machine, username: str, password: str, timeout: float) -> ChassisPower:
-    sys_ = system(machine, username, password, timeout)
-    (chassis, *_) = sys_.chassis  # the chassis the server's system resides in
+def chassis_power(sys_) -> ChassisPower:
+    """The Power resource of the chassis a `sushy` System resides in."""
+    (chassis, *_) = sys_.chassis
     path = sushy_utils.get_sub_resource_path_by(chassis, "Power")
     return ChassisPower(chassis._conn, path, redfish_version=chassis.redfish_version, root=chassis.root)
 
 
-def power_reading(machine: Machine, login: Login = store_login, timeout: float = 5) -> PowerReading:
-    """The server's draw, capacity and power limit, from its BMC (PowerControl[0])."""
-    controls = _power(machine, *login(machine), timeout).power_control
-    if not controls:
+def read_power(p: ChassisPower) -> PowerReading:
+    """The server's draw, capacity and power limit (PowerControl[0])."""
+    if not p.power_control:
         return PowerReading(None, None, None)
-    c = controls[0]
+    c = p.power_control[0]
     limit = c.power_limit.limit_in_watts if c.power_limit else None
     return PowerReading(c.power_consumed_watts, c.power_capacity_watts, limit)
+
+
+def write_power_limit(p: ChassisPower, watts: int | None) -> None:
+    """Set (or with None clear) the server's power limit."""
+    p._conn.patch(p.path, data={"PowerControl": [{"PowerLimit": {"LimitInWatts": watts}}]})
+
+
+def power_reading(machine: Machine, login: Login = store_login, timeout: float = 5) -> PowerReading:
+    return read_power(chassis_power(system(machine, *login(machine), timeout)))
 
 
 def set_power_limit(
     machine: Machine, watts: int | None, login: Login = store_login, timeout: float = 5
 ) -> None:
-    """Set (or with None clear) the server's power limit through its BMC."""
-    p = _power(machine, *login(machine), timeout)
-    p._conn.patch(p.path, data={"PowerControl": [{"PowerLimit": {"LimitInWatts": watts}}]})
+    write_power_limit(chassis_power(system(machine, *login(machine), timeout)), watts)
 
 
 def power_states(site: Site, login: Login = store_login, timeout: float = 3) -> dict[str, str]:

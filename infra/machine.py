@@ -42,6 +42,7 @@ def redfish_props(m: Machine, t: Timeouts) -> dict[str, Any]:
         "memory_gib": m.memory_gib,
         "gpu_model": m.gpu_model,
         "gpu_count": m.gpu_count,
+        "power_limit_w": m.power_limit_w,
         "bmc_timeout": t.bmc_timeout,
         "bmc_retries": t.bmc_retries,
         "boot_timeout": t.boot_timeout,

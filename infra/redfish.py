@@ -4,9 +4,13 @@ create:  enroll (the BMC answers, credentials work, its inventory matches the si
          boot to PXE, power on, wait until the host answers on ssh. The inventory compares like with
          like: `cpus` in the unit the site file names (bmc.cpus_count: sockets, cores or threads), the
          GPUs of the system that lists them (bmc.gpu_system: an HGX baseboard; else the host's).
-read:    the BMC's power state, so `pulumi refresh` sees a machine powered off behind Pulumi's back.
-diff:    a machine that is not On (after refresh) is replaced in place by powering it on again.
-update:  power on again (drift repair) and re-check the inventory.
+         Then the node power limit (`power_limit_w`, the site file's power.limits_w) is set.
+read:    the BMC's power state and, where Pulumi manages it, the power limit, so `pulumi refresh`
+         sees a machine powered off or a limit changed behind Pulumi's back.
+diff:    a machine that is not On (after refresh), or whose limit differs from what is asked, is
+         updated in place.
+update:  power on again (drift repair), re-check the inventory, set the limit (or clear the one
+         Pulumi set, when the site file no longer asks for one).
 delete:  graceful shutdown, forced off after `shutdown_timeout`.
 
 The BMC password is an input Pulumi marks secret: state holds it encrypted, and no message here
@@ -26,8 +30,10 @@ import sushy
 from sushy import auth as sushy_auth
 from sushy import exceptions as sushy_exc
 
+from aifactory import bmcs
+
 # Outputs that only the BMC knows; a change in them is drift, not a change of what the operator asked.
-READ_ONLY = ("power_state", "bmc_model", "observed")
+READ_ONLY = ("power_state", "bmc_model", "observed", "power_limit_observed")
 FORCE_OFF_TIMEOUT = 30  # seconds a BMC may take to report Off after ForceOff
 
 
@@ -198,7 +204,33 @@ def _power_on(props: dict[str, Any]) -> dict[str, Any]:
     if props.get("wait_ssh", True):
         _wait_ssh(props)
     system.refresh()
-    return {**props, "power_state": str(system.power_state.value), "observed": seen}
+    return {
+        **props,
+        "power_state": str(system.power_state.value),
+        "observed": seen,
+        "power_limit_observed": _set_limit(props, system, clear=False),
+    }
+
+
+def _set_limit(props: dict[str, Any], system, clear: bool) -> int | None:
+    """Hold the machine to `power_limit_w` (or clear the limit Pulumi had set); the BMC's figure."""
+    want = props.get("power_limit_w")
+    if want is None and not clear:
+        return None  # not managed here
+    try:
+        power = bmcs.chassis_power(system)
+        if bmcs.read_power(power).limit_w != want:
+            bmcs.write_power_limit(power, want)
+            power.refresh()
+        return bmcs.read_power(power).limit_w
+    except sushy_exc.SushyError as e:
+        raise RedfishError(f"{props['name']}: BMC refused power limit {want} W: {e}") from None
+
+
+def _read_limit(props: dict[str, Any], system) -> int | None:
+    if props.get("power_limit_w") is None:
+        return None
+    return bmcs.read_power(bmcs.chassis_power(system)).limit_w
 
 
 class RedfishMachineProvider(dynamic.ResourceProvider):
@@ -206,20 +238,30 @@ class RedfishMachineProvider(dynamic.ResourceProvider):
         return dynamic.CreateResult(id_=props["name"], outs=_power_on(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
+        limit = props.get("power_limit_observed")
         try:
-            state = str(_connect(props).power_state.value)
-        except RedfishError as e:
+            system = _connect(props)
+            state = str(system.power_state.value)
+            limit = _read_limit(props, system)
+        except (RedfishError, sushy_exc.SushyError) as e:
             state = f"unreachable: {e}"
-        return dynamic.ReadResult(id_=id_, outs={**props, "power_state": state})
+        outs = {**props, "power_state": state, "power_limit_observed": limit}
+        return dynamic.ReadResult(id_=id_, outs=outs)
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         changed = [k for k in news if k not in READ_ONLY and olds.get(k) != news.get(k)]
         if olds.get("power_state") != "On":
             changed.append("power_state")
+        want = news.get("power_limit_w")
+        if want is not None and olds.get("power_limit_observed") != want:
+            changed.append("power_limit_observed")  # set behind Pulumi's back
         return dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
-        return dynamic.UpdateResult(outs=_power_on(news))
+        outs = _power_on(news)
+        if news.get("power_limit_w") is None and olds.get("power_limit_w") is not None:
+            outs["power_limit_observed"] = _set_limit(news, _connect(news), clear=True)
+        return dynamic.UpdateResult(outs=outs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         system = _connect(props)
@@ -254,6 +296,6 @@ class RedfishMachine(dynamic.Resource):
         super().__init__(
             RedfishMachineProvider(),
             name,
-            {**props, "power_state": None, "observed": None},
+            {**props, "power_state": None, "observed": None, "power_limit_observed": None},
             opts,
         )

@@ -81,7 +81,7 @@ def _config(site: Site, machine: Machine, d: Path, hook: list[str]) -> str:
     if machine.bmc.gpu_system:
         baseboard = {"uuid": machine.bmc.gpu_system, "name": machine.bmc.gpu_system, "power_state": None}
         systems.append({**baseboard, "baseboard": host_id, "nics": [], **gpus})
-    host_w, gpu_w = power.parts(site, machine)
+    host_w, gpu_w = power.parts(site.power, machine)
     figures = {
         "host_idle_w": host_w.idle_w,
         "host_max_w": host_w.max_w,

@@ -35,6 +35,9 @@ def scratch_site(name: str, index: int, machines: int | None = None, base: Path 
         data["machines"] = [head, *workers]
     else:
         data["machines"] = data["machines"][:machines]
+    if machines is not None and "power" in data:
+        # the base's feeds name its machines: a site of other machines has none (factors stay)
+        data["power"].pop("feeds", None)
     for i, m in enumerate(data["machines"]):
         m["nics"] = [
             {**m["nics"][0], "address": f"{net}.{11 + i}", "mac": f"02:ae:00:00:{index:02x}:{11 + i:02x}"}

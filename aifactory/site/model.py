@@ -62,6 +62,7 @@ class Machine:
     gpu_count: int
     nics: tuple[Nic, ...]
     power: PowerRange | None = None  # the site file's figure; None: estimated (aifactory.site.power)
+    power_limit_w: int | None = None  # node power limit its BMC holds it to (power.limits_w)
 
     @property
     def address(self) -> str:
@@ -160,6 +161,8 @@ class PowerSettings:
     carbon_g_per_kwh: float = 0.0  # grid carbon intensity where no hourly file covers an hour
     carbon_file: Path | None = None  # hourly intensities: CSV rows "2026-11-01T00:00Z,312"
     gpu_models: dict[str, PowerRange] = field(default_factory=dict)  # per GPU, over the defaults
+    # Node power limits set through each BMC, by machine name or by pool (a machine's own wins).
+    limits_w: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aifactory.site.gpus import GPU_MODELS
-from aifactory.site.model import Feed, Machine, PowerRange, Site
+from aifactory.site.model import Feed, Machine, PowerRange, PowerSettings, Site
 
 # The host part of a server, per CPU thread on top of a fixed base: a 2-socket, 112-core server
 # (224 threads) comes to ~370 W idle and ~1.6 kW at most; a site file gives measured figures.
@@ -23,26 +23,28 @@ HOST_MAX_W, HOST_MAX_W_PER_THREAD = 300, 6
 FEED_WARNING_SHARE = 0.9  # a feed's worst case above this share of its rating is a WARNING
 
 
-def gpu_power(site: Site, model: str) -> PowerRange:
-    override = site.power.gpu_models.get(model)
+def gpu_power(settings: PowerSettings, model: str) -> PowerRange:
+    override = settings.gpu_models.get(model)
     if override:
         return override
     m = GPU_MODELS[model]
     return PowerRange(m.idle_w, m.max_w)
 
 
-def machine_power(site: Site, machine: Machine) -> PowerRange:
+def machine_power(settings: PowerSettings, machine: Machine) -> PowerRange:
     if machine.power:
         return machine.power
-    host, gpu = parts(site, machine)
+    host, gpu = parts(settings, machine)
     n = machine.gpu_count
     return PowerRange(host.idle_w + n * gpu.idle_w, host.max_w + n * gpu.max_w)
 
 
-def parts(site: Site, machine: Machine) -> tuple[PowerRange, PowerRange]:
+def parts(settings: PowerSettings, machine: Machine) -> tuple[PowerRange, PowerRange]:
     """The host's share of the machine's draw, and one GPU's (0 W without GPUs). Where the site
     file gives the whole machine's figures, the host's share is what its GPUs leave of them."""
-    gpu = gpu_power(site, machine.gpu_model) if machine.gpu_model and machine.gpu_count else PowerRange(0, 0)
+    gpu = PowerRange(0, 0)
+    if machine.gpu_model and machine.gpu_count:
+        gpu = gpu_power(settings, machine.gpu_model)
     n, whole = machine.gpu_count, machine.power
     if whole:
         host = PowerRange(max(0, whole.idle_w - n * gpu.idle_w), max(0, whole.max_w - n * gpu.max_w))
@@ -54,10 +56,16 @@ def parts(site: Site, machine: Machine) -> tuple[PowerRange, PowerRange]:
     return host, gpu
 
 
+def worst_w(settings: PowerSettings, machine: Machine) -> int:
+    """The most the machine can draw: its maximum, or the power limit its BMC holds it to."""
+    most = machine_power(settings, machine).max_w
+    return min(most, machine.power_limit_w) if machine.power_limit_w else most
+
+
 @dataclass(frozen=True)
 class FeedLoad:
     feed: Feed
-    worst_w: int  # every machine on it at its maximum
+    worst_w: int  # every machine on it at its maximum (or its power limit)
 
     @property
     def share(self) -> float:
@@ -66,9 +74,7 @@ class FeedLoad:
 
 def feed_loads(site: Site) -> list[FeedLoad]:
     by_name = {m.name: m for m in site.machines}
-    return [
-        FeedLoad(f, sum(machine_power(site, by_name[n]).max_w for n in f.machines)) for f in site.power.feeds
-    ]
+    return [FeedLoad(f, sum(worst_w(site.power, by_name[n]) for n in f.machines)) for f in site.power.feeds]
 
 
 def read_carbon_file(path: Path) -> dict[datetime, float]:

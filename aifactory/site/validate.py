@@ -8,6 +8,7 @@ any WARNING when the failure level is "warning".
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -68,7 +69,7 @@ SLURM_KEYS = {"cluster_name", "partitions", "accounting_enforce"}
 KUBE_KEYS = {"version", "service_cidr", "api_port", "pod_cidr", "node_pod_prefix", "api_address"}
 NVIDIA_KEYS = {"driver_branch", "repositories", "versions", "profiling_for_all_users"}
 REPO_KEYS = {"name", "url", "suite", "components", "key"}
-POWER_KEYS = {"feeds", "pue", "water_l_per_kwh", "carbon_g_per_kwh", "carbon_file", "gpu_models"}
+POWER_KEYS = {"feeds", "pue", "water_l_per_kwh", "carbon_g_per_kwh", "carbon_file", "gpu_models", "limits_w"}
 FEED_KEYS = {"name", "kw", "machines"}
 
 
@@ -228,9 +229,11 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
     ssh_user = c.field(raw, "ssh_user", str, "", required=False) or "root"
     validation = _check_validation(c, raw.get("validation"))
     nvidia = _check_nvidia(c, raw.get("nvidia"), path.resolve().parent, machines, emulated)
-    power = _check_power(c, raw.get("power"), path.resolve().parent, machines)
+    power_settings = _check_power(c, raw.get("power"), path.resolve().parent, machines)
     if name is None or networks is None or machines is None:
         return None
+    if machines is not None:
+        machines = _with_power_limits(c, power_settings, machines)
     site = Site(
         name=name,
         emulated=emulated,
@@ -243,7 +246,7 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
         ssh_user=ssh_user,
         validation=validation,
         nvidia=nvidia,
-        power=power,
+        power=power_settings,
     )
     _check_feed_loads(c, site)
     return site
@@ -355,6 +358,15 @@ def _check_power(c: _Checker, raw: Any, base: Path, machines: list[Machine] | No
         elif (pr := _check_power_range(c, r, p)) is not None:
             models[model] = pr
     known = {m.name for m in machines or []}
+    limits: dict[str, int] = {}
+    for key, watts in (c.field(raw, "limits_w", dict, "power", required=False) or {}).items():
+        p = _join("power.limits_w", key)
+        if key not in known and key not in POOLS:
+            c.add(ERROR, p, f"{key!r} is neither a machine nor a pool ({', '.join(POOLS)})")
+        elif isinstance(watts, bool) or not isinstance(watts, int) or watts <= 0:
+            c.add(ERROR, p, f"must be a positive number of watts, got {watts!r}")
+        else:
+            limits[key] = watts
     feeds: list[Feed] = []
     for i, f in enumerate(c.field(raw, "feeds", list, "power", required=False) or []):
         p = _join("power.feeds", i)
@@ -390,7 +402,28 @@ def _check_power(c: _Checker, raw: Any, base: Path, machines: list[Machine] | No
         carbon_g_per_kwh=float(carbon or 0),
         carbon_file=carbon_file,
         gpu_models=models,
+        limits_w=limits,
     )
+
+
+def _with_power_limits(c: _Checker, settings: PowerSettings, machines: list[Machine]) -> list[Machine]:
+    """Each machine with the node power limit that applies to it (its own, else its pool's), which
+    must lie within what the machine can be held to: its idle..maximum draw."""
+    out = []
+    for m in machines:
+        key = m.name if m.name in settings.limits_w else m.pool
+        watts = settings.limits_w.get(key) if key else None
+        if watts is not None:
+            span = power.machine_power(settings, m)
+            if not span.idle_w <= watts <= span.max_w:
+                c.add(
+                    ERROR,
+                    _join("power.limits_w", key),
+                    f"{watts} W for {m.name} is outside what it can be held to: "
+                    f"{span.idle_w}..{span.max_w} W",
+                )
+        out.append(dataclasses.replace(m, power_limit_w=watts))
+    return out
 
 
 def _check_feed_loads(c: _Checker, site: Site) -> None:
@@ -399,7 +432,7 @@ def _check_feed_loads(c: _Checker, site: Site) -> None:
         if load.share <= power.FEED_WARNING_SHARE:
             continue
         f = load.feed
-        worst = ", ".join(f"{m} {power.machine_power(site, site.machine(m)).max_w} W" for m in f.machines[:8])
+        worst = ", ".join(f"{m} {power.worst_w(site.power, site.machine(m))} W" for m in f.machines[:8])
         if len(f.machines) > 8:
             worst += f" and {len(f.machines) - 8} more"
         level, verdict = (ERROR, "cannot carry") if load.share > 1 else (WARNING, "is above 90% with")

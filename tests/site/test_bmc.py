@@ -225,7 +225,7 @@ def test_power_reading_follows_the_hosts_cpu_time_and_held_gpus_under_the_limit(
     caps it and is read back; a limit outside idle..maximum is refused."""
     site, _, _ = bmcs
     gpu = site.machine("gpu-01")
-    figures = power.machine_power(site, gpu)  # 32 threads, 8 x h100: 742 W idle, 6092 W at most
+    figures = power.machine_power(site.power, gpu)  # 32 threads, 8 x h100: 742 W idle, 6092 W at most
     login = lambda m: (USER, PASSWORD)  # noqa: E731
     bmc.set_power(gpu, USER, PASSWORD, "On")
     assert bmc.wait_for_power(gpu, USER, PASSWORD, "On", timeout=20)
@@ -240,7 +240,7 @@ def test_power_reading_follows_the_hosts_cpu_time_and_held_gpus_under_the_limit(
         env={"PATH": os.environ["PATH"], "SLURM_JOB_GPUS": "0,1"},
     )
     try:
-        host, gpu_w = power.parts(site, gpu)
+        host, gpu_w = power.parts(site.power, gpu)
         two_gpus = 2 * (gpu_w.max_w - gpu_w.idle_w)
         busy = _settled(gpu, lambda w: w > first.consumed_w + two_gpus + 0.2 * (host.max_w - host.idle_w))
         assert first.consumed_w + two_gpus < busy <= figures.max_w, (first, busy)

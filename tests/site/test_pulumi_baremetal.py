@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from aifactory import credentials, deploy, paths, toolchain
+from aifactory import bmcs, credentials, deploy, paths, toolchain
 from aifactory.site.validate import load_site
 from sandbox import bmc, hosts, localsite
 from tests.conftest import REPO
@@ -159,6 +159,38 @@ def test_inventory_mismatch_fails_naming_machine_then_converges(bm, capfd):
     finally:
         site_file.write_text(original)
     assert pulumi_run(bm, "up", "--refresh") == 0
+    assert pulumi_run(bm, "preview", "--expect-no-changes") == 0
+
+
+def test_node_power_limit_is_set_read_back_and_its_drift_repaired(bm, capfd):
+    """power.limits_w in the site file: `pulumi up` holds the machine to it through its BMC (the
+    reported draw stays under it); a limit changed behind Pulumi's back shows on refresh and `up`
+    sets it again; taken out of the site file, `up` clears it."""
+    site, _, _ = bm
+    m = site.machine("gpu-01")
+    login = credentials.load(m.bmc.credentials)
+    reading = lambda: bmcs.power_reading(m, lambda _: (login.username, login.password))  # noqa: E731
+    site_file = site.path
+    original = site_file.read_text()
+    data = yaml.safe_load(original)
+    data.setdefault("power", {})["limits_w"] = {"gpu-01": 3000}
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        assert pulumi_run(bm, "up") == 0
+        r = reading()
+        assert r.limit_w == 3000 and 0 < r.consumed_w <= 3000, r
+        assert pulumi_run(bm, "preview", "--expect-no-changes") == 0
+        bmcs.set_power_limit(m, 2500, lambda _: (login.username, login.password))
+        capfd.readouterr()
+        assert pulumi_run(bm, "refresh") == 0
+        assert "updated" in capfd.readouterr().out  # the limit changed behind Pulumi's back
+        assert pulumi_run(bm, "preview", "--expect-no-changes") != 0
+        assert pulumi_run(bm, "up") == 0
+        assert reading().limit_w == 3000
+    finally:
+        site_file.write_text(original)
+    assert pulumi_run(bm, "up") == 0
+    assert reading().limit_w is None
     assert pulumi_run(bm, "preview", "--expect-no-changes") == 0
 
 

@@ -28,17 +28,18 @@ def findings(path, where="power"):
 def test_estimates_come_from_cpus_and_gpu_model_and_yield_to_the_site_file(write_site):
     site = load_site(LOCAL)
     gpu01 = site.machine("gpu-01")  # 64 threads, 8 x h100 (70 W idle, 700 W at most each)
-    assert power.machine_power(site, gpu01) == power.PowerRange(150 + 64 + 8 * 70, 300 + 6 * 64 + 8 * 700)
+    want = power.PowerRange(150 + 64 + 8 * 70, 300 + 6 * 64 + 8 * 700)
+    assert power.machine_power(site.power, gpu01) == want
     head = site.machine("head-01")  # 16 threads, no GPU
-    assert power.machine_power(site, head) == power.PowerRange(166, 396)
+    assert power.machine_power(site.power, head) == power.PowerRange(166, 396)
     p = site_with_power(
         write_site,
         {"gpu_models": {"h100": {"idle_w": 60, "max_w": 350}}},  # PCIe cards
         machine_power={"idle_w": 900, "max_w": 10200},
     )
     site = load_site(p)
-    assert power.machine_power(site, site.machine("gpu-01")) == power.PowerRange(900, 10200)
-    assert power.machine_power(site, site.machine("gpu-02")).max_w == 300 + 6 * 64 + 8 * 350
+    assert power.machine_power(site.power, site.machine("gpu-01")) == power.PowerRange(900, 10200)
+    assert power.machine_power(site.power, site.machine("gpu-02")).max_w == 300 + 6 * 64 + 8 * 350
 
 
 def test_a_feed_that_cannot_carry_its_machines_is_an_error_naming_the_feed_and_machines(write_site):
@@ -120,3 +121,18 @@ def test_hourly_carbon_file(tmp_path):
     f.write_text("2026-11-01T00:00Z,312\n2026-11-01T01:00Z,lots\n")
     with pytest.raises(ValueError, match=r"carbon.csv:2: not 'timestamp,gCO2e per kWh'"):
         power.read_carbon_file(f)
+
+
+def test_power_limits_by_pool_or_machine_lower_a_feeds_worst_case(write_site):
+    feeds = [{"name": "feed-a", "kw": 12, "machines": ["gpu-01", "gpu-02"]}]  # 12.57 kW at most
+    p = site_with_power(write_site, {"feeds": feeds, "limits_w": {"slurm": 5000, "gpu-02": 4000}})
+    assert findings(p, "power.feeds[") == []  # held to 9 kW
+    site = load_site(p)
+    assert [m.power_limit_w for m in site.machines] == [None, 5000, 4000, 5000, 5000, None, None]
+    assert power.feed_loads(site)[0].worst_w == 9000
+    bad = site_with_power(write_site, {"limits_w": {"gpu-01": 500, "gpu-9": 3000, "slurm": "lots"}})
+    assert findings(bad) == [
+        (ERROR, "power.limits_w.gpu-9", "'gpu-9' is neither a machine nor a pool (slurm, kubernetes)"),
+        (ERROR, "power.limits_w.slurm", "must be a positive number of watts, got 'lots'"),
+        (ERROR, "power.limits_w.gpu-01", "500 W for gpu-01 is outside what it can be held to: 774..6284 W"),
+    ]
