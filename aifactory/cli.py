@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--gpus", type=int, default=8, help="GPUs per server (default: 8)")
     gen.add_argument("--model", default="h100", help="GPU model (default: h100)")
+    gen.add_argument(
+        "--machines-per-bmc",
+        type=int,
+        default=1,
+        help="GPU servers that share one BMC endpoint, each its own system (default: 1); an emulated "
+        "site runs one BMC process per endpoint",
+    )
     up = site_sub.add_parser(
         "up",
         help="emulate the site's hardware: Redfish BMCs and powered-off Debian hosts (idempotent)",
@@ -387,7 +394,13 @@ def _site_generate(args) -> int:
 
     try:
         data = generate(
-            args.name, args.machines, args.control_planes, args.kubernetes_share, args.gpus, args.model
+            args.name,
+            args.machines,
+            args.control_planes,
+            args.kubernetes_share,
+            args.gpus,
+            args.model,
+            machines_per_bmc=args.machines_per_bmc,
         )
     except ValueError as e:
         print(f"site generate: {e}", file=sys.stderr)

@@ -1,9 +1,11 @@
 """Benchmark of the Pulumi program. Prints figures and ratios; asserts nothing.
 
-  .venv/bin/python bench/pulumi.py [--machines 64] [--local]
+  .venv/bin/python bench/pulumi.py [--machines 64] [--machines-per-bmc 16] [--local]
 
-- a site of N machines with BMCs emulated and no hosts (`site up --bmc-only`, stack with
-  configure=false and waitForSsh=false): `pulumi up` from nothing and a no-change `pulumi preview`;
+- a generated site of N GPU servers (plus head and control plane) with BMCs emulated and no hosts
+  (`site up --bmc-only`; --machines-per-bmc servers share one BMC process, each its own system;
+  stack with configure=false and waitForSsh=false): `pulumi up` from nothing and a no-change
+  `pulumi preview`;
 - the engine's floor: the same resource tree whose provider does nothing (bench/floor), and the
   ratio of our no-change preview to it;
 - with --local, the seven-machine local-site shape deployed in full (power-on, Ansible, Kubernetes).
@@ -26,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from aifactory import deploy, toolchain  # noqa: E402
+from aifactory.site.generate import generate, write  # noqa: E402
 from aifactory.site.validate import load_site  # noqa: E402
 from sandbox import localsite  # noqa: E402
 from sandbox.scratch import write_scratch_site  # noqa: E402
@@ -90,7 +93,8 @@ def floor_preview(machines: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--machines", type=int, default=64)
+    ap.add_argument("--machines", type=int, default=64, help="GPU servers of the BMC-only site")
+    ap.add_argument("--machines-per-bmc", type=int, default=16, help="servers per emulated BMC process")
     ap.add_argument("--local", action="store_true", help="also deploy the seven-machine site in full")
     args = ap.parse_args()
     figures: dict[str, object] = {}
@@ -98,14 +102,15 @@ def main() -> int:
         tmp = Path(t)
         os.environ["PULUMI_BACKEND_URL"] = f"file://{tmp / 'state'}"
         (tmp / "state").mkdir()
-        big = load_site(write_scratch_site(tmp, "benchbmc", 5, args.machines))
+        data = generate("benchbmc", args.machines, machines_per_bmc=args.machines_per_bmc)
+        big = write(data, tmp / "benchbmc.yaml")
         assert localsite.up(big, progress=quiet, bmc_only=True) == 0
         try:
             tpl = stack_template(tmp, big.path, configure="false", waitForSsh="false", bmcTimeout="30")
             ours = pulumi_times("benchbmc", tpl)
         finally:
             localsite.down(big, progress=quiet)
-        floor = floor_preview(args.machines)
+        floor = floor_preview(len(big.machines))
         figures[f"bmc_only_{args.machines}_machines"] = ours
         figures["floor_no_change_preview_s"] = round(floor, 1)
         figures["preview_to_floor_ratio"] = round(ours["no_change_preview_s"] / floor, 2)

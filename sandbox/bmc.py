@@ -1,7 +1,8 @@
-"""The emulated BMCs of a site: one Redfish BMC (sushy-emulator, `sandbox.bmc_server`) per machine.
+"""The emulated BMCs of a site: one Redfish BMC (sushy-emulator, `sandbox.bmc_server`) per BMC
+endpoint of the site file: per machine, or per group of machines that share one (`endpoint_groups`).
 
 Each listens on the loopback host:port of `machine.bmc.endpoint` and keeps its files in
-`<state_dir>/bmc/<machine>/`: config.py (the emulator's --config), htpasswd, state/ (its SQLite
+`<state_dir>/bmc/<its first machine>/`: config.py (the emulator's --config), htpasswd, state/ (its SQLite
 store, one per BMC so systems never leak between sites or runs), bmc.log and bmc.pid.
 See `sandbox.redfish_driver` for what the BMC reports and how power changes reach the host.
 """
@@ -63,8 +64,8 @@ def _cpu_topology(machine: Machine) -> dict[str, int]:
     return {"cpu_sockets": sockets, "cpu_cores": cores, "cpu_threads": threads}
 
 
-def _config(site: Site, machine: Machine, d: Path, hook: list[str]) -> str:
-    host, port = _listen(machine)
+def _systems(site: Site, machine: Machine) -> list[dict]:
+    """The machine's Redfish Systems: its host, and its GPU baseboard where the site names one."""
     host_id = _system_uuid(site, machine)
     gpus = {"gpu_model": machine.gpu_model, "gpu_count": machine.gpu_count}
     system = {
@@ -77,10 +78,14 @@ def _config(site: Site, machine: Machine, d: Path, hook: list[str]) -> str:
         # An HGX server lists its GPUs under the baseboard's System, not the host's.
         **({"gpu_model": None, "gpu_count": 0} if machine.bmc.gpu_system else gpus),
     }
-    systems = [system]
-    if machine.bmc.gpu_system:
-        baseboard = {"uuid": machine.bmc.gpu_system, "name": machine.bmc.gpu_system, "power_state": None}
-        systems.append({**baseboard, "baseboard": host_id, "nics": [], **gpus})
+    if not machine.bmc.gpu_system:
+        return [system]
+    baseboard = {"uuid": machine.bmc.gpu_system, "name": machine.bmc.gpu_system, "power_state": None}
+    return [system, {**baseboard, "baseboard": host_id, "nics": [], **gpus}]
+
+
+def _power_settings(site: Site, machine: Machine) -> dict:
+    """What the machine's power meter reads: its figures, and its host's cgroup (processes, CPU time)."""
     host_w, gpu_w = power.parts(site.power, machine)
     figures = {
         "host_idle_w": host_w.idle_w,
@@ -89,18 +94,40 @@ def _config(site: Site, machine: Machine, d: Path, hook: list[str]) -> str:
         "gpu_max_w": gpu_w.max_w,
         "gpu_count": machine.gpu_count,
     }
+    return {"figures": figures, "cgroup": str(hosts.cpu_cgroup(site, machine.name))}
+
+
+def _config(site: Site, machines: list[Machine], d: Path, hook: list[str]) -> str:
+    """One emulator for the machines behind one endpoint: each its Systems and a Chassis of its own
+    (Id: the machine's name), in which its host System resides."""
+    host, port = _listen(machines[0])
+    systems = [s for m in machines for s in _systems(site, m)]
+    chassis = [
+        {"Id": name, "Name": name, "UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"chassis/{uid}"))}
+        for name, uid in ((s["name"], s["uuid"]) for s in systems)
+    ]
     settings = {
         "SUSHY_EMULATOR_LISTEN_IP": host,
         "SUSHY_EMULATOR_LISTEN_PORT": port,
         "SUSHY_EMULATOR_FAKE_DRIVER": True,
         "SUSHY_EMULATOR_FAKE_SYSTEMS": systems,
+        "SUSHY_EMULATOR_CHASSIS": chassis,
         "SUSHY_EMULATOR_STATE_DIR": str(d / "state"),
         "SUSHY_EMULATOR_AUTH_FILE": str(d / "htpasswd"),
         "SUSHY_AIFACTORY_POWER_HOOK": list(hook),
-        # what the power meter reads: the host's cgroup (its processes, their CPU time)
-        "SUSHY_AIFACTORY_POWER": {"figures": figures, "cgroup": str(hosts.cpu_cgroup(site, machine.name))},
+        "SUSHY_AIFACTORY_POWER": {m.name: _power_settings(site, m) for m in machines},
     }
     return "".join(f"{key} = {value!r}\n" for key, value in settings.items())
+
+
+def endpoint_groups(site: Site) -> list[list[Machine]]:
+    """Machines by BMC endpoint, in site order: one emulator process each. Machines share an
+    endpoint (each its own system_id) where one BMC manages several nodes; generated scale sites do
+    it so that hundreds of machines need tens of processes, not hundreds."""
+    groups: dict[str, list[Machine]] = {}
+    for m in site.machines:
+        groups.setdefault(m.bmc.endpoint.rstrip("/"), []).append(m)
+    return list(groups.values())
 
 
 def _answers(endpoint: str, timeout: float = 2) -> bool:
@@ -124,13 +151,16 @@ def start_bmcs(
         raise BmcError(f"site {site.name!r} is not emulated: its BMCs are real")
     # A running BMC is left alone (answering or still starting: the wait below tells). Check every
     # endpoint before starting any, so a conflict leaves nothing half started.
-    to_start = [m for m in site.machines if not daemons.pid_of(bmc_dir(state_dir, m.name) / "bmc.pid")]
-    for machine in to_start:
-        host, port = _listen(machine)
+    groups = endpoint_groups(site)
+    to_start = [g for g in groups if not daemons.pid_of(bmc_dir(state_dir, g[0].name) / "bmc.pid")]
+    for group in to_start:
+        host, port = _listen(group[0])
         if _port_taken(host, port):
-            raise BmcError(f"BMC of {machine.name}: {host}:{port} is taken by a process that is not its BMC")
-    for machine in to_start:
-        d = bmc_dir(state_dir, machine.name)
+            raise BmcError(f"BMC of {group[0].name}: {host}:{port} is taken by a process that is not its BMC")
+        if len(group) > 1 and any(m.bmc.gpu_system for m in group):
+            raise BmcError(f"BMC of {group[0].name}: a shared BMC emulates no GPU baseboards")
+    for group in to_start:
+        d = bmc_dir(state_dir, group[0].name)
         d.mkdir(parents=True, exist_ok=True)
         # The emulator accepts only bcrypt. Cost 4 (the minimum): it checks the hash on every request,
         # and the default cost would add ~0.3 s to each on a loaded machine; this is a loopback test BMC.
@@ -138,12 +168,12 @@ def start_bmcs(
         htpasswd = d / "htpasswd"
         htpasswd.touch(mode=0o600)
         htpasswd.write_text(f"{username}:{digest}\n")
-        (d / "config.py").write_text(_config(site, machine, d, hook))
+        (d / "config.py").write_text(_config(site, group, d, hook))
         argv = [sys.executable, "-m", "sandbox.bmc_server", "--config", str(d / "config.py")]
         daemons.start(argv, d / "bmc.pid", d / "bmc.log")
 
     deadline = time.monotonic() + timeout
-    pending = list(site.machines)
+    pending = [g[0] for g in groups]
     while pending:
         for machine in list(pending):
             d = bmc_dir(state_dir, machine.name)

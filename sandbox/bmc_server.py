@@ -56,7 +56,7 @@ def main() -> int:
 def power_resource(identity):
     """The server's power reading and limit (PATCH PowerControl[0].PowerLimit.LimitInWatts)."""
     app = emulator.app
-    app.chassis.uuid(identity)  # NotFound for a chassis this BMC does not have
+    identity = app.chassis.name(identity)  # named after its machine; links give its UUID
     if flask.request.method == "PATCH":
         controls = (flask.request.json or {}).get("PowerControl") or [{}]
         limit = (controls[0].get("PowerLimit") or {}) if isinstance(controls[0], dict) else {}
@@ -65,7 +65,7 @@ def power_resource(identity):
         watts = limit["LimitInWatts"]
         if watts is not None and (isinstance(watts, bool) or not isinstance(watts, int | float)):
             raise error.BadRequest(f"LimitInWatts must be a number of watts or null, got {watts!r}")
-        app.systems.set_power_limit(None if watts is None else round(watts))
+        app.systems.set_power_limit(identity, None if watts is None else round(watts))
         app.logger.info("power limit of chassis %s set to %s W", identity, watts)
         return "", 204
     return json.dumps(app.systems.power_resource(identity))

@@ -24,7 +24,8 @@
   logged there as an error. A BMC that starts with its system stored On runs the "on" hook again
   (PowerRestorePolicy LastState).
 
-- Power readings and a power limit: the Chassis gets the Redfish `Power` resource (PowerControl:
+- Power readings and a power limit: each machine has a Chassis of its own (Id: its name, linked from
+  its System), with the Redfish `Power` resource (PowerControl:
   PowerConsumedWatts from `sandbox.power_meter`, PowerCapacityWatts, PowerLimit.LimitInWatts,
   which a PATCH sets within the machine's idle..maximum range and which is stored with the system,
   so it outlives a BMC restart as a real BMC's does). `power_resource` renders it.
@@ -111,9 +112,15 @@ def chassis_template(stock: str) -> str:
     return _patched(stock, "chassis.json", _STOCK_THERMAL, _POWER_LINK + _STOCK_THERMAL)
 
 
+_STOCK_CHASSIS_LINK = '"/redfish/v1/Chassis/%s"|format(chassis_)'
+_OWN_CHASSIS_LINK = '"/redfish/v1/Chassis/%s"|format(name)'
+
+
 def system_template(stock: str) -> str:
-    """sushy-tools' system.json with the ProcessorSummary of `AifactoryDriver.get_total_cpus`."""
-    return _patched(stock, "system.json", _STOCK_COUNT, _COUNTS)
+    """sushy-tools' system.json with the ProcessorSummary of `AifactoryDriver.get_total_cpus`, and
+    a link to the System's own Chassis (named after it), not the BMC's first."""
+    with_counts = _patched(stock, "system.json", _STOCK_COUNT, _COUNTS)
+    return _patched(with_counts, "system.json", _STOCK_CHASSIS_LINK, _OWN_CHASSIS_LINK)
 
 
 class AifactoryDriver(fakedriver.FakeDriver):
@@ -142,20 +149,19 @@ class AifactoryDriver(fakedriver.FakeDriver):
             elif stored.get("power_state") == "On":
                 self._hook_queue.put((stored["uuid"], stored["name"], "on"))
         threading.Thread(target=self._run_hooks, name="power-hook", daemon=True).start()
-        power = self._config.get("SUSHY_AIFACTORY_POWER") or {}
-        self.meter = power_meter.PowerMeter(
-            power_meter.Figures(**power["figures"]) if power else power_meter.Figures(0, 0, 0, 0, 0),
-            Path(power["cgroup"]) if power.get("cgroup") else None,
-        )
-        self._host = next(
-            s["uuid"] for s in self._config["SUSHY_EMULATOR_FAKE_SYSTEMS"] if not s.get("baseboard")
-        )
+        # one power meter per host System, by name: the Chassis of the same name reports it
+        self.meters = {
+            name: power_meter.PowerMeter(
+                power_meter.Figures(**p["figures"]), Path(p["cgroup"]) if p.get("cgroup") else None
+            )
+            for name, p in (self._config.get("SUSHY_AIFACTORY_POWER") or {}).items()
+        }
 
     def power_resource(self, chassis: str) -> dict:
         """The Chassis' Redfish Power resource (Power.v1_7_0: one PowerControl for the server)."""
-        system = self._get(self._host)
-        f, limit = self.meter.figures, system.get("power_limit_w")
-        watts = self.meter.draw_w(system["power_state"] == "On", limit)
+        meter, system = self._metered(chassis)
+        f, limit = meter.figures, system.get("power_limit_w")
+        watts = meter.draw_w(system["power_state"] == "On", limit)
         control = {
             "@odata.id": f"/redfish/v1/Chassis/{chassis}/Power#/PowerControl/0",
             "MemberId": "0",
@@ -174,13 +180,20 @@ class AifactoryDriver(fakedriver.FakeDriver):
             "PowerControl": [control],
         }
 
-    def set_power_limit(self, watts: int | None) -> None:
+    def set_power_limit(self, chassis: str, watts: int | None) -> None:
         """A node power limit in watts (None: none), within what the server can be held to."""
-        f = self.meter.figures
+        meter, system = self._metered(chassis)
+        f = meter.figures
         if watts is not None and not f.idle_w <= watts <= f.max_w:
             raise error.BadRequest(f"LimitInWatts {watts} is outside {f.idle_w}..{f.max_w}")
         with self._power_lock:
-            self._update(self._get(self._host), power_limit_w=watts)
+            self._update(self._get(system["uuid"]), power_limit_w=watts)
+
+    def _metered(self, chassis: str) -> tuple[power_meter.PowerMeter, dict]:
+        """The meter and stored System of the server in the Chassis (named after it)."""
+        if chassis not in self.meters:
+            raise error.NotFound(f"chassis {chassis} has no power meter (a GPU baseboard's, or none)")
+        return self.meters[chassis], self._get(self._by_name.get(chassis, chassis))
 
     def get_total_memory(self, identity):
         return self._get(identity).get("memory_gib")

@@ -3,7 +3,10 @@
 One head, one or three Kubernetes control-plane machines and N GPU servers split between the Slurm
 and Kubernetes pools, on a management network just large enough (inside the guarded test range for
 an emulated site), with a pod range that gives every machine its subnet. Emulated BMCs listen on
-consecutive loopback ports; `site up --bmc-only` serves them without hosts.
+consecutive loopback ports; `site up --bmc-only` serves them without hosts. With machines_per_bmc
+above 1, GPU servers share a BMC endpoint in groups (each names its own system), so that a site of
+hundreds of servers runs tens of emulator processes. Power feeds take eight GPU servers each, rated
+for their worst case at 85%; the head and control plane share a feed of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from aifactory.site import power
 from aifactory.site.gpus import GPU_MODELS
 from aifactory.site.model import Site
 from aifactory.toolchain import K8S_VERSION
@@ -33,6 +37,7 @@ def generate(
     gpus: int = 8,
     model: str = "h100",
     bmc_port: int = 20101,  # clear of the local site's (8101...) and the scratch sites' (8201...)
+    machines_per_bmc: int = 1,
 ) -> dict[str, Any]:
     """The site file as data: `machines` GPU servers, `kubernetes_share` of them in the Kubernetes
     pool (the rest in Slurm's), plus the head and the control plane."""
@@ -42,6 +47,8 @@ def generate(
         raise ValueError("control_planes must be 1 or 3")
     if not 0 < kubernetes_share < 1:
         raise ValueError("kubernetes_share must be between 0 and 1 (both pools need machines)")
+    if machines_per_bmc < 1:
+        raise ValueError("machines_per_bmc must be at least 1")
     if model not in GPU_MODELS:
         raise ValueError(f"unknown GPU model {model!r}; known: {', '.join(sorted(GPU_MODELS))}")
     total = 1 + control_planes + machines
@@ -63,12 +70,17 @@ def generate(
     to_kubernetes = max(1, min(machines - 1, round(machines * kubernetes_share)))
     credentials = f"{name}-bmc"
 
-    def machine(i: int, host: str, roles: list[str], cpus: int, memory: int, **more: Any) -> dict[str, Any]:
+    def machine(
+        i: int, host: str, roles: list[str], cpus: int, memory: int, bmc: int | None = None, **more: Any
+    ) -> dict[str, Any]:
+        endpoint = {"endpoint": f"http://127.0.0.1:{bmc_port + (i if bmc is None else bmc)}"}
+        if bmc is not None and machines_per_bmc > 1:
+            endpoint["system_id"] = host
         return {
             "name": host,
             "roles": roles,
             **({"pool": more.pop("pool")} if "pool" in more else {}),
-            "bmc": {"endpoint": f"http://127.0.0.1:{bmc_port + i}", "credentials": credentials},
+            "bmc": {**endpoint, "credentials": credentials},
             "cpus": cpus,
             "memory_gib": memory,
             **more,
@@ -91,8 +103,9 @@ def generate(
                 first + n,
                 f"gpu-{n + 1:04d}",
                 ["gpu"],
-                112,
+                GPU_SERVER_THREADS,
                 2048,
+                bmc=first + n // machines_per_bmc,
                 pool=pool,
                 gpus={"model": model, "count": gpus},
             )
@@ -106,8 +119,35 @@ def generate(
         ],
         "slurm": {"cluster_name": name, "partitions": [{"name": "gpu", "pool": "slurm"}]},
         "kubernetes": kubernetes,
+        "power": _power(out, model, gpus),
         "machines": out,
     }
+
+
+GPU_SERVER_THREADS = 112
+SERVERS_PER_FEED = 8
+
+
+def _power(machines: list[dict[str, Any]], model: str, gpus: int) -> dict[str, Any]:
+    """Feeds of eight GPU servers (and one for the rest), each rated for its worst case at 85%."""
+    threads = power.HOST_MAX_W + power.HOST_MAX_W_PER_THREAD * GPU_SERVER_THREADS
+    server_w = threads + gpus * GPU_MODELS[model].max_w
+    servers = [m["name"] for m in machines if "gpu" in m["roles"]]
+    others = [m for m in machines if "gpu" not in m["roles"]]
+    others_w = sum(power.HOST_MAX_W + power.HOST_MAX_W_PER_THREAD * m["cpus"] for m in others)
+    feeds = [
+        {"name": "services", "kw": math.ceil(others_w / 0.85 / 1000), "machines": [m["name"] for m in others]}
+    ]
+    for k in range(0, len(servers), SERVERS_PER_FEED):
+        group = servers[k : k + SERVERS_PER_FEED]
+        feeds.append(
+            {
+                "name": f"feed-{k // SERVERS_PER_FEED + 1:03d}",
+                "kw": math.ceil(len(group) * server_w / 0.85 / 1000),
+                "machines": group,
+            }
+        )
+    return {"pue": 1.2, "water_l_per_kwh": 0.5, "carbon_g_per_kwh": 270, "feeds": feeds}
 
 
 def write(data: dict[str, Any], out: Path) -> Site:

@@ -12,6 +12,9 @@ import pytest
 import requests
 import sushy
 
+from aifactory.bmcs import PowerReading, power_reading, set_power_limit, system
+from aifactory.site import power
+from aifactory.site.generate import generate, write
 from aifactory.site.validate import ERROR, WARNING, check, load_site
 from infra import redfish
 from infra.machine import Timeouts, redfish_props
@@ -202,3 +205,34 @@ def test_the_provider_sees_a_power_limit_to_set_or_repair(old, new, changes):
     olds = {"name": "gpu-01", "power_state": "On", **old}
     news = {"name": "gpu-01", "power_state": None, "power_limit_observed": None, **new}
     assert redfish.RedfishMachineProvider().diff("gpu-01", olds, news).changes is changes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_servers_sharing_a_bmc_each_have_their_system_chassis_power_and_limit(tmp_path):
+    """A generated site with two GPU servers per BMC endpoint: one emulator process per endpoint,
+    each server its own System (system_id), its own Chassis and power limit."""
+    data = generate("shared", 4, machines_per_bmc=2)
+    ports = {e: _free_port() for e in dict.fromkeys(m["bmc"]["endpoint"] for m in data["machines"])}
+    for m in data["machines"]:
+        m["bmc"]["endpoint"] = f"http://127.0.0.1:{ports[m['bmc']['endpoint']]}"
+    site = write(data, tmp_path / "shared.yaml")
+    assert [len(g) for g in bmc.endpoint_groups(site)] == [1, 1, 2, 2]
+    state = tmp_path / "state"
+    bmc.start_bmcs(site, state, "admin", "bmc-secret", hook=[])
+    try:
+        assert len(bmc.running_pids(state)) == 4
+        login = lambda m: ("admin", "bmc-secret")  # noqa: E731
+        a, b = site.machine("gpu-0001"), site.machine("gpu-0002")
+        assert a.bmc.endpoint == b.bmc.endpoint
+        for m in (a, b):
+            assert system(m, *login(m)).name == m.name
+        set_power_limit(b, 3000, login)
+        assert power_reading(a, login) == PowerReading(0, power.machine_power(site.power, a).max_w, None)
+        assert power_reading(b, login).limit_w == 3000
+    finally:
+        bmc.stop_bmcs(state)

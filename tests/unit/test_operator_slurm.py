@@ -371,3 +371,19 @@ def test_coalescing_keeps_a_delete_and_a_recreate_in_order():
     t = parse("a", {"displayName": "A", "gpuQuota": {"h100": 1}})
     out = slurm.coalesce([slurm.delete_plan("a"), slurm.plan(slurm.desired(t), slurm.Observed("a"))])
     assert out[0].startswith("remove user") and out[-1].startswith("add account a ")
+
+
+def test_a_large_batch_names_at_most_so_many_accounts_per_command(monkeypatch):
+    monkeypatch.setattr(slurm, "NAMES_PER_COMMAND", 2)
+    out = slurm.coalesce([slurm.delete_plan(n) for n in "abcde"])
+    assert out == [
+        "remove user where account=a,b",
+        "remove user where account=c,d",
+        "remove user where account=e",
+        "remove account where name=a,b",
+        "remove account where name=c,d",
+        "remove account where name=e",
+        "remove qos where name=tenant-a,tenant-b",
+        "remove qos where name=tenant-c,tenant-d",
+        "remove qos where name=tenant-e",
+    ]
