@@ -212,7 +212,7 @@ def _power_on(props: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _set_limit(props: dict[str, Any], system, clear: bool) -> int | None:
+def _set_limit(props: dict[str, Any], system, clear: bool) -> float | None:
     """Hold the machine to `power_limit_w` (or clear the limit Pulumi had set); the BMC's figure."""
     want = props.get("power_limit_w")
     if want is None and not clear:
@@ -227,7 +227,7 @@ def _set_limit(props: dict[str, Any], system, clear: bool) -> int | None:
         raise RedfishError(f"{props['name']}: BMC refused power limit {want} W: {e}") from None
 
 
-def _read_limit(props: dict[str, Any], system) -> int | None:
+def _read_limit(props: dict[str, Any], system) -> float | None:
     if props.get("power_limit_w") is None:
         return None
     return bmcs.read_power(bmcs.chassis_power(system)).limit_w
