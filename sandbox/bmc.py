@@ -1,7 +1,8 @@
 """The emulated BMCs of a site: one Redfish BMC (sushy-emulator, `sandbox.bmc_server`) per BMC
 endpoint of the site file: per machine, or per group of machines that share one (`endpoint_groups`).
 
-Each listens on the loopback host:port of `machine.bmc.endpoint` and keeps its files in
+Each listens on the host:port of `machine.bmc.endpoint` (loopback, or the site bridge's address,
+where the hosts reach their BMCs as a real head does over its out-of-band network), and keeps its files in
 `<state_dir>/bmc/<its first machine>/`: config.py (the emulator's --config), htpasswd, state/ (its SQLite
 store, one per BMC so systems never leak between sites or runs), bmc.log and bmc.pid.
 See `sandbox.redfish_driver` for what the BMC reports and how power changes reach the host.
@@ -37,14 +38,18 @@ def bmc_dir(state_dir: Path, machine_name: str) -> Path:
     return Path(state_dir) / "bmc" / machine_name
 
 
-def _listen(machine: Machine) -> tuple[str, int]:
+def _listen(site: Site, machine: Machine) -> tuple[str, int]:
     url = urlsplit(machine.bmc.endpoint)
     try:
-        loopback = ipaddress.ip_address(url.hostname or "").is_loopback
+        address = ipaddress.ip_address(url.hostname or "")
     except ValueError:
-        loopback = False
-    if url.scheme != "http" or not loopback or not url.port:
-        raise BmcError(f"{machine.name}: an emulated BMC needs http://<loopback IP>:<port>: {url.geturl()}")
+        address = None
+    local = address is not None and (address.is_loopback or address == site.management.gateway)
+    if url.scheme != "http" or not local or not url.port:
+        raise BmcError(
+            f"{machine.name}: an emulated BMC needs http://<loopback IP or the bridge's address>:<port>: "
+            f"{url.geturl()}"
+        )
     return url.hostname, url.port  # type: ignore[return-value]
 
 
@@ -100,7 +105,7 @@ def _power_settings(site: Site, machine: Machine) -> dict:
 def _config(site: Site, machines: list[Machine], d: Path, hook: list[str]) -> str:
     """One emulator for the machines behind one endpoint: each its Systems and a Chassis of its own
     (Id: the machine's name), in which its host System resides."""
-    host, port = _listen(machines[0])
+    host, port = _listen(site, machines[0])
     systems = [s for m in machines for s in _systems(site, m)]
     chassis = [
         {"Id": name, "Name": name, "UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"chassis/{uid}"))}
@@ -154,7 +159,7 @@ def start_bmcs(
     groups = endpoint_groups(site)
     to_start = [g for g in groups if not daemons.pid_of(bmc_dir(state_dir, g[0].name) / "bmc.pid")]
     for group in to_start:
-        host, port = _listen(group[0])
+        host, port = _listen(site, group[0])
         if _port_taken(host, port):
             raise BmcError(f"BMC of {group[0].name}: {host}:{port} is taken by a process that is not its BMC")
         if len(group) > 1 and any(m.bmc.gpu_system for m in group):

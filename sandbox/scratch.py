@@ -2,7 +2,7 @@
 
 Tests and benchmarks bring these up and down freely without touching a developer's running local
 site. Scratch site `index` k uses bridge aftest<k>, 198.19.<k>.0/24 (inside the guarded range) and
-BMC ports 8201 + 100*k onwards.
+BMC ports 8201 + 100*k onwards on its bridge address.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def scratch_site(name: str, index: int, machines: int | None = None, base: Path 
         m["nics"] = [
             {**m["nics"][0], "address": f"{net}.{11 + i}", "mac": f"02:ae:00:00:{index:02x}:{11 + i:02x}"}
         ]
-        m["bmc"] = {**m["bmc"], "endpoint": f"http://127.0.0.1:{8201 + 100 * index + i}"}
+        m["bmc"] = {**m["bmc"], "endpoint": f"http://{net}.1:{8201 + 100 * index + i}"}
     return data
 
 

@@ -558,7 +558,8 @@ def _check_machine(
     if mem is not None and mem < 1:
         c.add(ERROR, _join(p, "memory_gib"), f"must be at least 1, got {mem}")
     gpu_model, gpu_count = _check_gpus(c, m.get("gpus"), _join(p, "gpus"), "gpu" in roles)
-    bmc = _check_bmc(c, m.get("bmc"), _join(p, "bmc"), emulated, base, gpu_count)
+    gateway = networks[0].gateway if networks else None
+    bmc = _check_bmc(c, m.get("bmc"), _join(p, "bmc"), emulated, base, gpu_count, gateway)
     nics = _check_nics(c, m.get("nics"), _join(p, "nics"), networks)
     power = _check_power_range(c, m["power"], _join(p, "power")) if "power" in m else None
     if None in (name, cpus, mem, bmc, nics) or not roles or not set(roles) <= set(ROLES):
@@ -598,7 +599,15 @@ def _check_gpus(c: _Checker, raw: Any, p: str, is_gpu: bool) -> tuple[str | None
     return model, count or 0
 
 
-def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool, base: Path, gpu_count: int) -> Bmc | None:
+def _check_bmc(
+    c: _Checker,
+    raw: Any,
+    p: str,
+    emulated: bool,
+    base: Path,
+    gpu_count: int,
+    gateway: ipaddress.IPv4Address | None,
+) -> Bmc | None:
     if not isinstance(raw, dict):
         c.add(ERROR, p, "needs a mapping {endpoint, credentials}")
         return None
@@ -638,12 +647,16 @@ def _check_bmc(c: _Checker, raw: Any, p: str, emulated: bool, base: Path, gpu_co
             f"{endpoint!r} is not a Redfish service root URL (http(s)://host[:port])",
         )
         return None
-    if (
-        endpoint
-        and emulated
-        and not re.match(r"^https?://(127\.\d+\.\d+\.\d+|localhost)(:\d+)?/?$", endpoint)
-    ):
-        c.add(ERROR, _join(p, "endpoint"), "an emulated site's BMCs must listen on loopback")
+    # Emulated BMCs run on this machine: on loopback, or on the bridge's address (the management
+    # gateway), where the hosts reach them as a real head reaches its BMCs (the power exporter).
+    local = r"127\.\d+\.\d+\.\d+|localhost" + (f"|{re.escape(str(gateway))}" if gateway else "")
+    if endpoint and emulated and not re.match(rf"^https?://({local})(:\d+)?/?$", endpoint):
+        c.add(
+            ERROR,
+            _join(p, "endpoint"),
+            "an emulated site's BMCs listen on loopback or on the management network's gateway "
+            f"({gateway or 'none given'}), the bridge address of the machine that runs them",
+        )
     if endpoint and not emulated and endpoint.startswith("http://"):
         c.add(WARNING, _join(p, "endpoint"), "plain http to a real BMC sends its credentials unencrypted")
     if verify is False and not emulated:

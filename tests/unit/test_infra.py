@@ -57,7 +57,7 @@ def test_every_machine_gets_a_bmc_resource_under_its_pool():
         assert pool_urn.endswith("aifactory:infra:Site$aifactory:infra:NodePool::local-kubernetes")
         assert password_secret is True
         inputs = dict(_by_type("pulumi-python:dynamic:Resource"))["gpu-05-bmc"]
-        assert inputs["endpoint"] == "http://127.0.0.1:8106" and inputs["gpu_count"] == 8
+        assert inputs["endpoint"] == "http://198.18.0.1:8106" and inputs["gpu_count"] == 8
         assert inputs["address"] == "198.18.0.16"
         assert len(_by_type("aifactory:infra:BareMetalMachine")) == len(SITE.machines)
 

@@ -194,3 +194,18 @@ def test_pod_cidr_overlapping_services_or_too_small(write_site):
     p = mutate(write_site, lambda d: d["kubernetes"].update(pod_cidr="10.244.0.0/20"))
     found = [m for m in messages(p) if m[1] == "kubernetes.pod_cidr"]
     assert found and "has 16 node subnets of /24; gpu-05 (198.18.0.16) needs number 16" in found[0][2]
+
+
+@pytest.mark.parametrize(
+    "endpoint, ok",
+    [
+        ("http://127.0.0.1:8101", True),
+        ("http://198.18.0.1:8101", True),  # the bridge: the management gateway
+        ("http://198.18.0.12:8101", False),  # a host's address: the BMC runs on this machine
+        ("http://10.1.0.17", False),
+    ],
+)
+def test_emulated_bmcs_listen_on_loopback_or_the_bridge(write_site, endpoint, ok):
+    p = mutate(write_site, lambda d: d["machines"][1]["bmc"].update(endpoint=endpoint))
+    found = [m for _, path, m in messages(p) if path == "machines[1].bmc.endpoint"]
+    assert (found == []) is ok, found
