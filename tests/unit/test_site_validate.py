@@ -199,8 +199,8 @@ def test_pod_cidr_overlapping_services_or_too_small(write_site):
 @pytest.mark.parametrize(
     "endpoint, ok",
     [
-        ("http://127.0.0.1:8101", True),
-        ("http://198.18.0.1:8101", True),  # the bridge: the management gateway
+        ("http://127.0.0.1:8199", True),
+        ("http://198.18.0.1:8199", True),  # the bridge: the management gateway
         ("http://198.18.0.12:8101", False),  # a host's address: the BMC runs on this machine
         ("http://10.1.0.17", False),
     ],
