@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from aifactory import paths
 from aifactory.site.model import Site
 
 
@@ -32,6 +33,12 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
             "gpu_model": m.gpu_model,
             "gpu_count": m.gpu_count,
             "pool": m.pool,
+            # where the head's power exporter reads the machine's draw
+            "bmc_endpoint": m.bmc.endpoint,
+            "bmc_system_id": m.bmc.system_id,
+            "bmc_credentials": m.bmc.credentials,
+            "bmc_verify_tls": m.bmc.verify_tls,
+            "bmc_ca_bundle": str(m.bmc.ca_bundle) if m.bmc.ca_bundle else None,
         }
         if site.kubernetes and m.pool:
             hostvars[m.name]["k8s_pod_cidr"] = site.kubernetes.node_pod_cidr(
@@ -49,6 +56,11 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
         "ansible_user": site.ssh_user,
         "ansible_python_interpreter": "/usr/bin/python3",
     }
+    all_vars["bmc_credentials_dir"] = str(paths.credentials_dir())  # the controller's store
+    all_vars["power_feeds"] = [
+        {"name": f.name, "watts": round(f.kw * 1000), "machines": list(f.machines)} for f in site.power.feeds
+    ]
+    all_vars["monitoring_retention"] = site.monitoring.retention
     if site.bundle_url:
         all_vars["bundle_url"] = site.bundle_url
     if site.slurm:

@@ -26,6 +26,8 @@ from operators.tenants.spec import GROUP, PEERING, PEERING_PRIORITY_IN_CLUSTER, 
 NAMESPACE = "aifactory-system"
 NAME = "tenant-operator"
 METRICS_PORT = 9108
+METRICS_SERVICE = f"{NAME}-metrics"
+PROMETHEUS_USER = "aifactory:prometheus"  # the head's Prometheus (playbooks/roles/prometheus)
 SSH_DIR = "/etc/aifactory/ssh"  # where the Secret is mounted
 UID = 65532  # the image's user (aifactory/images.py: OPERATOR_UID)
 
@@ -249,6 +251,44 @@ class TenantOperator(pulumi.ComponentResource):
                 # an image the registry lacks fails the deploy (naming it) in minutes, not 10
                 custom_timeouts=pulumi.CustomTimeouts(create="4m", update="4m"),
             ),
+        )
+        # Prometheus on the head scrapes the operator through the API server's service proxy, with
+        # a client certificate (k8s_pki: CN aifactory:prometheus) allowed that and nothing else.
+        self.metrics_service = k8s.core.v1.Service(
+            f"{name}-metrics",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=METRICS_SERVICE, namespace=NAMESPACE, labels=labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                selector=labels,
+                ports=[k8s.core.v1.ServicePortArgs(name="metrics", port=METRICS_PORT, target_port="metrics")],
+            ),
+            opts=after_ns,
+        )
+        scrape = k8s.meta.v1.ObjectMetaArgs(name=f"{NAME}-scrape", namespace=NAMESPACE, labels=labels)
+        self.scrape_role = k8s.rbac.v1.Role(
+            f"{name}-scrape-role",
+            metadata=scrape,
+            rules=[
+                k8s.rbac.v1.PolicyRuleArgs(
+                    api_groups=[""],
+                    resources=["services/proxy"],
+                    resource_names=[f"{METRICS_SERVICE}:metrics"],
+                    verbs=["get"],
+                )
+            ],
+            opts=after_ns,
+        )
+        self.scrape_binding = k8s.rbac.v1.RoleBinding(
+            f"{name}-scrape-binding",
+            metadata=scrape,
+            role_ref=k8s.rbac.v1.RoleRefArgs(
+                api_group="rbac.authorization.k8s.io", kind="Role", name=f"{NAME}-scrape"
+            ),
+            subjects=[
+                k8s.rbac.v1.SubjectArgs(
+                    kind="User", name=PROMETHEUS_USER, api_group="rbac.authorization.k8s.io"
+                )
+            ],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.scrape_role]),
         )
         self.register_outputs(
             {"namespace": NAMESPACE, "gpu_models": models, "deployment": self.deployment.metadata.name}

@@ -79,6 +79,9 @@ HOST_PACKAGES: tuple[str, ...] = (
     "conntrack",
     # the control plane's API address on sites with several control-plane machines (VRRP)
     "keepalived",
+    # monitoring: Prometheus (the head) and its node exporter (every machine)
+    "prometheus",
+    "prometheus-node-exporter",
 )
 
 # Enabled in the image: the network (each host gets a .network file for host0) and ssh.
@@ -94,6 +97,8 @@ DISABLED_UNITS: tuple[str, ...] = (
     "mariadb.service",
     "containerd.service",
     "keepalived.service",
+    "prometheus.service",
+    "prometheus-node-exporter.service",
 )
 
 # apt's periodic jobs: the hosts have no archive to fetch from (apt-daily would also wait for the

@@ -166,6 +166,13 @@ class PowerSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """`monitoring:` Prometheus on the head."""
+
+    retention: str = "30d"  # how long samples are kept (Prometheus duration: 15d, 12w, 1y)
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     emulated: bool
@@ -179,6 +186,7 @@ class Site:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     nvidia: NvidiaSettings | None = None
     power: PowerSettings = field(default_factory=PowerSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     extra: dict[str, object] = field(default_factory=dict)
 
     def machine(self, name: str) -> Machine:

@@ -30,6 +30,7 @@ from aifactory.site.model import (
     Feed,
     KubernetesSettings,
     Machine,
+    MonitoringSettings,
     Network,
     Nic,
     NvidiaSettings,
@@ -60,6 +61,7 @@ TOP_KEYS = {
     "validation",
     "nvidia",
     "power",
+    "monitoring",
 }
 MACHINE_KEYS = {"name", "roles", "pool", "bmc", "cpus", "memory_gib", "gpus", "nics", "power"}
 BMC_KEYS = {"endpoint", "credentials", "system_id", "verify_tls", "ca_bundle", "cpus_count", "gpu_system"}
@@ -230,6 +232,7 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
     validation = _check_validation(c, raw.get("validation"))
     nvidia = _check_nvidia(c, raw.get("nvidia"), path.resolve().parent, machines, emulated)
     power_settings = _check_power(c, raw.get("power"), path.resolve().parent, machines)
+    monitoring = _check_monitoring(c, raw.get("monitoring"))
     if name is None or networks is None or machines is None:
         return None
     if machines is not None:
@@ -247,6 +250,7 @@ def _check_site(c: _Checker, raw: dict[str, Any], path: Path) -> Site | None:
         validation=validation,
         nvidia=nvidia,
         power=power_settings,
+        monitoring=monitoring,
     )
     _check_feed_loads(c, site)
     return site
@@ -442,6 +446,22 @@ def _check_feed_loads(c: _Checker, site: Site) -> None:
             f"feed {f.name!r} ({f.kw:g} kW) {verdict} its machines at their maximum: "
             f"{load.worst_w / 1000:.1f} kW ({load.share:.0%}) from {worst}",
         )
+
+
+def _check_monitoring(c: _Checker, raw: Any) -> MonitoringSettings:
+    """`monitoring:` how long Prometheus on the head keeps its samples."""
+    if raw is None:
+        return MonitoringSettings()
+    raw = c.section(raw, "monitoring", {"retention"})
+    if raw is None:
+        return MonitoringSettings()
+    retention = c.field(raw, "retention", str, "monitoring", required=False)
+    if retention is None:
+        return MonitoringSettings()
+    if not re.fullmatch(r"[1-9]\d*[hdwy]", retention):
+        c.add(ERROR, "monitoring.retention", f"{retention!r} is not a duration like 15d, 12w or 1y")
+        return MonitoringSettings()
+    return MonitoringSettings(retention)
 
 
 def _check_validation(c: _Checker, raw: Any) -> ValidationSettings:

@@ -222,6 +222,20 @@ def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
         assert (
             bind and bind[0]["verbs"] == ["bind"] and bind[0]["resourceNames"] == ["edit", STRICT_MEMBER_ROLE]
         )
+        # Prometheus on the head may get the operator's metrics through the service proxy, nothing else
+        (svc,) = [i for _, i in _by_type("kubernetes:core/v1:Service")]
+        assert svc["spec"]["ports"][0]["name"] == "metrics" and svc["spec"]["selector"]
+        (scrape,) = [i for _, i in _by_type("kubernetes:rbac.authorization.k8s.io/v1:Role")]
+        assert scrape["rules"] == [
+            {
+                "apiGroups": [""],
+                "resources": ["services/proxy"],
+                "resourceNames": [f"{svc['metadata']['name']}:metrics"],
+                "verbs": ["get"],
+            }
+        ]
+        (rb,) = [i for _, i in _by_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")]
+        assert rb["subjects"][0]["kind"] == "User" and rb["subjects"][0]["name"] == "aifactory:prometheus"
 
     return op.deployment.urn.apply(check)
 
