@@ -1,17 +1,16 @@
 """Benchmark of `aifactory configure` (playbooks/site.yml). Prints figures and ratios; asserts nothing.
 
-  .venv/bin/python bench/configure.py [--index 8] [--workers 2]
+  .venv/bin/python bench/configure.py [--index 8] [--workers 2,4,6] [--quick]
 
-Two scratch sites of the local site's shape on scratch index --index (bridge aftest<index>,
-198.19.<index>.0/24, BMC ports 8201 + 100 * index onwards), one after the other:
-  - small: the head and --workers GPU workers (half slurm pool, half kubernetes pool)
-  - full:  the local site itself: the head and all six GPU workers
+Scratch sites of the local site's shape on scratch index --index (bridge aftest<index>,
+198.19.<index>.0/24, BMC ports 8201 + 100 * index onwards), one after the other: the head and each
+--workers count of GPU workers (half slurm pool, half kubernetes pool; 6 is the local site itself).
 For each: a first `configure` on freshly booted hosts, a second, idempotent one (every host answers
 that it is as the first left it: site.yml is skipped), the floor it is compared with (`ansible all
 -m setup`, one module on every host) and, unless --quick, a third that runs every task anyway
 (AIFACTORY_CONFIGURE_FULL: its change count is the playbooks' idempotence, 0 expected); then how they
-grow from small to full: the ratio of the times and the seconds each extra worker adds. Site up/down
-are not timed (bench/site.py times those).
+grow from the smallest site: the ratio of the times and the seconds each extra worker adds. Site
+up/down are not timed (bench/site.py times those).
 """
 
 from __future__ import annotations
@@ -96,27 +95,34 @@ def measure(data: dict, directory: Path, full: bool) -> dict[str, object]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=int, default=8, help="scratch index (default 8: aftest8, 198.19.8.0/24)")
-    ap.add_argument("--workers", type=int, default=2, help="GPU workers of the small site (default 2)")
+    ap.add_argument("--workers", default="2,4,6", help="GPU workers of each site (default 2,4,6)")
     ap.add_argument("--quick", action="store_true", help="skip the third run (every task, no skipping)")
     args = ap.parse_args()
+    sizes = sorted(int(n) for n in args.workers.split(","))
+    if len(sizes) < 2 or sizes[0] < 2:
+        ap.error("--workers needs two or more counts of at least 2 (both pools need a worker)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-configure-"))
     start = time.monotonic()
-    small = measure(shape("benchcfgsmall", args.index, args.workers), tmp, not args.quick)
-    full = measure(shape("benchcfgfull", args.index, None), tmp, not args.quick)
-    extra = full["gpu_workers"] - small["gpu_workers"]  # type: ignore[operator]
-    figures: dict[str, object] = {
-        "small": small,
-        "full_local_shape": full,
-        "growth": {
-            "gpu_workers": f"{small['gpu_workers']} -> {full['gpu_workers']}",
-            "first_ratio": round(full["first_s"] / small["first_s"], 2),  # type: ignore[operator]
-            "idempotent_ratio": round(full["idempotent_s"] / small["idempotent_s"], 2),  # type: ignore[operator]
-            "first_s_per_extra_worker": round((full["first_s"] - small["first_s"]) / extra, 1),  # type: ignore[operator]
+    runs = [measure(shape(f"benchcfg{n}", args.index, n), tmp, not args.quick) for n in sizes]
+    small = runs[0]
+
+    def growth(big: dict[str, object]) -> dict[str, object]:
+        extra = big["gpu_workers"] - small["gpu_workers"]  # type: ignore[operator]
+        return {
+            "gpu_workers": f"{small['gpu_workers']} -> {big['gpu_workers']}",
+            "first_ratio": round(big["first_s"] / small["first_s"], 2),  # type: ignore[operator]
+            "idempotent_ratio": round(big["idempotent_s"] / small["idempotent_s"], 2),  # type: ignore[operator]
+            "setup_floor_ratio": round(big["setup_floor_s"] / small["setup_floor_s"], 2),  # type: ignore[operator]
+            "first_s_per_extra_worker": round((big["first_s"] - small["first_s"]) / extra, 1),  # type: ignore[operator]
             "idempotent_s_per_extra_worker": round(
-                (full["idempotent_s"] - small["idempotent_s"]) / extra,  # type: ignore[operator]
-                1,
+                (big["idempotent_s"] - small["idempotent_s"]) / extra,  # type: ignore[operator]
+                2,
             ),
-        },
+        }
+
+    figures: dict[str, object] = {
+        "sites": {f"{r['gpu_workers']}_workers": r for r in runs},
+        "growth": [growth(r) for r in runs[1:]],
         "bench_wall_s": round(time.monotonic() - start),
     }
     print(json.dumps(figures, indent=2))

@@ -15,8 +15,8 @@ Layers (--layers, comma-separated, or `all`):
   (bench/kueue.py). Needs a deployed site.
 - `quick`: `aifactory validate --level quick` of one host and of all the site's hosts, and the cost
   each host adds (bench/validate.py). Needs a deployed site.
-- `configure`: `aifactory configure`, first and idempotent, of a small and the full local-site
-  shape, against the `ansible all -m setup` floor (bench/configure.py, scratch sites).
+- `configure`: `aifactory configure`, first and idempotent, at 2, 4 and 6 GPU workers (the local-site
+  shape), against the `ansible all -m setup` floor (bench/configure.py, scratch sites).
 
 Each curve prints the growth ratio against its smallest size: (t_n / t_small) / (n / small), 1.0
 for linear growth, above 1 superlinear; the sub-benchmarks print their ratios to their floors.
