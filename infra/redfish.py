@@ -252,9 +252,11 @@ class RedfishMachineProvider(dynamic.ResourceProvider):
         changed = [k for k in news if k not in READ_ONLY and olds.get(k) != news.get(k)]
         if olds.get("power_state") != "On":
             changed.append("power_state")
-        want = news.get("power_limit_w")
+        want = news.get("power_limit_w")  # Pulumi leaves out inputs that are None
         if want is not None and olds.get("power_limit_observed") != want:
             changed.append("power_limit_observed")  # set behind Pulumi's back
+        if want is None and olds.get("power_limit_w") is not None:
+            changed.append("power_limit_w")  # taken out of the site file: cleared
         return dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
