@@ -232,6 +232,8 @@ def run_operator(site, kube: kside.Kube, kubeconfig: Path, runner, names: list[s
                 raise TimeoutError("tenants not deleted after 30 min")
             time.sleep(0.5)
         figures["all_deleted_s"] = time.monotonic() - start
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        figures["peak_rss_deleting_mib"] = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
         wait_namespaces_gone(kube, names)
     finally:
         proc.terminate()
@@ -400,6 +402,7 @@ def main() -> int:
         print(f"  spec change -> quota effective, {side + ':':11} p50 {p50:.2f} s, p95 {p95:.2f} s")
     print(f"  operator memory: peak {op['peak_rss_mib']:.0f} MiB, now {op['rss_mib']:.0f} MiB")
     print(f"  all deleted (finalizers):        {op['all_deleted_s']:7.1f} s")
+    print(f"  operator memory, peak while deleting them all: {op['peak_rss_deleting_mib']:.0f} MiB")
     return 0
 
 
