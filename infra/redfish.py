@@ -19,8 +19,11 @@ ever includes it. Every error names the machine and the cause.
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pulumi
@@ -290,14 +293,28 @@ def _wait_off(system, timeout: float) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def pickler_restored() -> Iterator[None]:
+    """Around a dynamic resource's creation: pulumi 3.272's serialize_provider wraps
+    pickle._Pickler._batch_setitems anew for every dynamic resource and never unwraps it, so each
+    provider is pickled through one more wrapper than the last: O(n^2) for n machines, and a
+    RecursionError past about 600 (measured: the 512-machine bench's floor failed)."""
+    saved = pickle._Pickler._batch_setitems, pickle._Pickler.save_dict  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        pickle._Pickler._batch_setitems, pickle._Pickler.save_dict = saved  # type: ignore[attr-defined]
+
+
 class RedfishMachine(dynamic.Resource):
     power_state: pulumi.Output[str]
     observed: pulumi.Output[dict]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        super().__init__(
-            RedfishMachineProvider(),
-            name,
-            {**props, "power_state": None, "observed": None, "power_limit_observed": None},
-            opts,
-        )
+        with pickler_restored():
+            super().__init__(
+                RedfishMachineProvider(),
+                name,
+                {**props, "power_state": None, "observed": None, "power_limit_observed": None},
+                opts,
+            )

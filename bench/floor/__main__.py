@@ -3,6 +3,8 @@
 import pulumi
 import pulumi.dynamic as dynamic
 
+from infra.redfish import pickler_restored  # the same SDK workaround as the site's machines
+
 
 class Noop(dynamic.ResourceProvider):
     def create(self, props):
@@ -14,7 +16,8 @@ class Noop(dynamic.ResourceProvider):
 
 class Bmc(dynamic.Resource):  # the SDK wants a subclass per dynamic resource type
     def __init__(self, name, opts):
-        super().__init__(Noop(), name, {"name": name}, opts)
+        with pickler_restored():
+            super().__init__(Noop(), name, {"name": name}, opts)
 
 
 class Machine(pulumi.ComponentResource):

@@ -1,5 +1,8 @@
 """Wiring of the Pulumi components under `pulumi.runtime.set_mocks` (no engine, no BMC)."""
 
+import tempfile
+from pathlib import Path
+
 import pulumi
 import pytest
 
@@ -315,3 +318,22 @@ def test_kueue_gets_upstreams_objects_wired_to_its_service_and_webhooks_only_for
         assert {v["name"] for v in pod["volumes"]} == {"cert", "manager-config"}
 
     return kueue.deployment.urn.apply(check)
+
+
+def test_many_machines_leave_the_pickler_as_they_found_it():
+    """pulumi 3.272 wraps pickle's _batch_setitems once more for every dynamic resource: a site of
+    1,000 machines hit a RecursionError. Each machine puts it back (infra.redfish.pickler_restored)."""
+    import pickle
+
+    from aifactory.site.generate import generate, write
+    from infra.machine import BareMetalMachine, BareMetalMachineArgs
+
+    before = pickle._Pickler._batch_setitems
+    big = generate("big", 1000)
+    machines = big["machines"]
+    for m in machines:
+        m["bmc"]["credentials"] = "local-bmc"
+    site = write(big, Path(tempfile.mkdtemp()) / "big.yaml")
+    for m in site.machines:
+        BareMetalMachine(m.name, BareMetalMachineArgs(m, *CREDS["local-bmc"]))
+    assert pickle._Pickler._batch_setitems is before
