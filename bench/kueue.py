@@ -107,6 +107,10 @@ def measure(kube: kside.Kube, tenants: int, jobs: int, report: Callable[[float],
                 kube.request("PATCH", f"{TENANTS}/{n}", force, content_type="application/merge-patch+json")
             list(pool.map(lambda n: kube.delete(f"{TENANTS}/{n}"), names))
             wait("tenants gone", lambda: not any(kube.get(f"{TENANTS}/{n}") for n in names))
+            # Kueue holds each ClusterQueue (a finalizer) until its Workloads are gone: wait, so
+            # that nothing is left for a later `pulumi destroy` to wait on once Kueue is gone.
+            queues = [kside.path(kside.KUEUE, "ClusterQueue", f"tenant-{n}") for n in names]
+            wait("ClusterQueues gone", lambda: not any(kube.get(q) for q in queues))
 
 
 def main() -> int:
