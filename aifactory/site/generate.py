@@ -130,11 +130,10 @@ SERVERS_PER_FEED = 8
 
 def _power(machines: list[dict[str, Any]], model: str, gpus: int) -> dict[str, Any]:
     """Feeds of eight GPU servers (and one for the rest), each rated for its worst case at 85%."""
-    threads = power.HOST_MAX_W + power.HOST_MAX_W_PER_THREAD * GPU_SERVER_THREADS
-    server_w = threads + gpus * GPU_MODELS[model].max_w
+    server_w = power.host_estimate(GPU_SERVER_THREADS).max_w + gpus * GPU_MODELS[model].max_w
     servers = [m["name"] for m in machines if "gpu" in m["roles"]]
     others = [m for m in machines if "gpu" not in m["roles"]]
-    others_w = sum(power.HOST_MAX_W + power.HOST_MAX_W_PER_THREAD * m["cpus"] for m in others)
+    others_w = sum(power.host_estimate(m["cpus"]).max_w for m in others)
     feeds = [
         {"name": "services", "kw": math.ceil(others_w / 0.85 / 1000), "machines": [m["name"] for m in others]}
     ]

@@ -49,11 +49,15 @@ def parts(settings: PowerSettings, machine: Machine) -> tuple[PowerRange, PowerR
     if whole:
         host = PowerRange(max(0, whole.idle_w - n * gpu.idle_w), max(0, whole.max_w - n * gpu.max_w))
     else:
-        threads = machine.cpus
-        host = PowerRange(
-            HOST_IDLE_W + HOST_IDLE_W_PER_THREAD * threads, HOST_MAX_W + HOST_MAX_W_PER_THREAD * threads
-        )
+        host = host_estimate(machine.cpus)
     return host, gpu
+
+
+def host_estimate(threads: int) -> PowerRange:
+    """A server's host part (CPUs, memory, fans, NICs) from its CPU threads, without its GPUs."""
+    return PowerRange(
+        HOST_IDLE_W + HOST_IDLE_W_PER_THREAD * threads, HOST_MAX_W + HOST_MAX_W_PER_THREAD * threads
+    )
 
 
 def worst_w(settings: PowerSettings, machine: Machine) -> int:
