@@ -116,13 +116,13 @@ def cgroup_dirs(site: Site, name: str | None = None) -> list[Path]:
     return [root / rel for root in cgroup_roots()]
 
 
-def cpu_cgroup(site: Site, name: str, mounts: str | None = None) -> Path:
+def cpu_cgroup(site: Site, name: str) -> Path:
     """The host's cgroup that accounts its CPU time (cgroup2, or the v1 cpuacct hierarchy)."""
-    rel = Path("aifactory") / site.name / name
-    if cgroup_layout(mounts) == UNIFIED:
-        return CGROUP_FS / rel
-    (root,) = [p for p, _ in _cgroup_mounts(mounts) if "cpuacct" in p.name.split(",")]
-    return root / rel
+    dirs = cgroup_dirs(site, name)
+    if len(dirs) == 1:  # unified: the one tree
+        return dirs[0]
+    (cpu,) = [d for d in dirs if "cpuacct" in d.relative_to(CGROUP_FS).parts[0].split(",")]
+    return cpu
 
 
 def make_cgroup(path: Path) -> None:
