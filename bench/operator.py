@@ -88,6 +88,13 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
+def memory_mib(pid: int, key: str) -> float:
+    """A process's VmHWM (peak) or VmRSS (now), MiB."""
+    found = re.search(rf"{key}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+    assert found, f"/proc/{pid}/status has no {key}"
+    return int(found.group(1)) / 1024
+
+
 def is_ready(t: dict) -> bool:
     conds = (t.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
@@ -217,9 +224,8 @@ def run_operator(site, kube: kside.Kube, kubeconfig: Path, runner, names: list[s
         slurm_lat = [slurm_done[n] - changed[n] for n in names if n in slurm_done]
         figures["k8s_p50_s"], figures["k8s_p95_s"] = pct(k8s_lat, 50), pct(k8s_lat, 95)
         figures["slurm_p50_s"], figures["slurm_p95_s"] = pct(slurm_lat, 50), pct(slurm_lat, 95)
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        figures["peak_rss_mib"] = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
-        figures["rss_mib"] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+        figures["peak_rss_mib"] = memory_mib(proc.pid, "VmHWM")
+        figures["rss_mib"] = memory_mib(proc.pid, "VmRSS")
 
         # Clean up through the operator (finalizers), timed for information.
         start = time.monotonic()
@@ -232,8 +238,7 @@ def run_operator(site, kube: kside.Kube, kubeconfig: Path, runner, names: list[s
                 raise TimeoutError("tenants not deleted after 30 min")
             time.sleep(0.5)
         figures["all_deleted_s"] = time.monotonic() - start
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        figures["peak_rss_deleting_mib"] = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+        figures["peak_rss_deleting_mib"] = memory_mib(proc.pid, "VmHWM")
         wait_namespaces_gone(kube, names)
     finally:
         proc.terminate()

@@ -5,7 +5,6 @@ The figures a BMC gives, the comparison and its messages; the site file's checks
 provider against a real emulated BMC (sushy-emulator on a free loopback port) with a GPU baseboard.
 """
 
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -14,11 +13,11 @@ import sushy
 
 from aifactory.bmcs import PowerReading, power_reading, set_power_limit, system
 from aifactory.site import power
-from aifactory.site.generate import generate, write
 from aifactory.site.validate import ERROR, WARNING, check, load_site
 from infra import redfish
 from infra.machine import Timeouts, redfish_props
 from sandbox import bmc
+from tests.unit.emulated_bmcs import free_port, generated_site
 
 pytestmark = pytest.mark.unit
 
@@ -142,10 +141,7 @@ def test_a_baseboard_for_a_machine_without_gpus_is_unused(write_site):
 @pytest.fixture
 def hgx_bmc(tmp_path, write_site):
     """hgx-001 behind a real emulated BMC: host system System_0, its GPUs under HGX_Baseboard_0."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    site = load_site(write_site(SITE.replace("PORT", str(port)).replace(" BMC", HGX)))
+    site = load_site(write_site(SITE.replace("PORT", str(free_port())).replace(" BMC", HGX)))
     state = tmp_path / "state"
     bmc.start_bmcs(site, state, "admin", "bmc-secret", hook=[])
     try:
@@ -207,20 +203,10 @@ def test_the_provider_sees_a_power_limit_to_set_or_repair(old, new, changes):
     assert redfish.RedfishMachineProvider().diff("gpu-01", olds, news).changes is changes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_servers_sharing_a_bmc_each_have_their_system_chassis_power_and_limit(tmp_path):
     """A generated site with two GPU servers per BMC endpoint: one emulator process per endpoint,
     each server its own System (system_id), its own Chassis and power limit."""
-    data = generate("shared", 4, machines_per_bmc=2)
-    ports = {e: _free_port() for e in dict.fromkeys(m["bmc"]["endpoint"] for m in data["machines"])}
-    for m in data["machines"]:
-        m["bmc"]["endpoint"] = f"http://127.0.0.1:{ports[m['bmc']['endpoint']]}"
-    site = write(data, tmp_path / "shared.yaml")
+    site = generated_site(tmp_path, "shared", 4, machines_per_bmc=2)
     assert [len(g) for g in bmc.endpoint_groups(site)] == [1, 1, 2, 2]
     state = tmp_path / "state"
     bmc.start_bmcs(site, state, "admin", "bmc-secret", hook=[])

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -12,9 +11,9 @@ import urllib.request
 import pytest
 
 from aifactory.site import power
-from aifactory.site.generate import generate, write
 from sandbox import bmc
 from tests.conftest import REPO
+from tests.unit.emulated_bmcs import free_port, generated_site
 
 pytestmark = pytest.mark.unit
 
@@ -29,20 +28,10 @@ def load_exporter():
     return module
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def site_bmcs(tmp_path):
     """A generated site (head, control plane, two GPU servers sharing a BMC) on free ports."""
-    data = generate("pexp", 2, machines_per_bmc=2)
-    ports = {e: _free_port() for e in dict.fromkeys(m["bmc"]["endpoint"] for m in data["machines"])}
-    for m in data["machines"]:
-        m["bmc"]["endpoint"] = f"http://127.0.0.1:{ports[m['bmc']['endpoint']]}"
-    site = write(data, tmp_path / "pexp.yaml")
+    site = generated_site(tmp_path, "pexp", 2, machines_per_bmc=2)
     state = tmp_path / "state"
     bmc.start_bmcs(site, state, USER, PASSWORD, hook=[])
     try:
@@ -82,7 +71,7 @@ def test_every_bmcs_draw_feed_sums_energy_and_a_bmc_that_is_down(site_bmcs):
     bmc.set_power(gpu, USER, PASSWORD, "On")  # no hook: On at once; the others stay Off
     assert bmc.wait_for_power(gpu, USER, PASSWORD, "On", timeout=10)
     exporter = mod.Exporter(config_of(site))
-    port = _free_port()
+    port = free_port()
     server = mod.serve(exporter, "127.0.0.1", port)
     try:
         exporter.poll()
@@ -118,7 +107,7 @@ def test_the_exporter_runs_as_a_program_with_its_config(site_bmcs, tmp_path):
     site, _ = site_bmcs
     config = tmp_path / "power-exporter.json"
     config.write_text(json.dumps(config_of(site)))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--config", str(config), "--listen", f"127.0.0.1:{port}"]
     )
