@@ -35,6 +35,7 @@ Progress = Callable[[str], None]
 # The playbook whose idempotent runs are skipped when every host is converged, the one that asks.
 SKIPPABLE = "site.yml"
 CONVERGED = "converged.yml"
+RECORD = "record.yml"
 FULL_ENV = "AIFACTORY_CONFIGURE_FULL"
 
 
@@ -240,7 +241,8 @@ def run_playbook(
     if full is None:
         full = os.environ.get(FULL_ENV, "") not in ("", "0")
     start = time.monotonic()
-    digest = inputs_digest(inventory_for(site), extravars, site.name)
+    given = dict(extravars)
+    digest = inputs_digest(inventory_for(site), given, site.name)
     extravars["configuration_fingerprint_inputs"] = digest
     data_dir = paths.site_state_dir(site.name) / "ansible"
     unverified_file = data_dir / "unverified.json"
@@ -272,6 +274,13 @@ def run_playbook(
         for path in missing:
             progress(f"  controller: {path} missing")
     result = _runner(site, playbook, limit, check, extravars, progress)
+    if not check:
+        # A first run creates the secrets the digest covers: record the digest with them, or the
+        # next run would find other inputs than the record's and run in full once more.
+        after = inputs_digest(inventory_for(site), given, site.name)
+        if after != digest:
+            extravars["configuration_fingerprint_inputs"] = after
+            _runner(site, RECORD, limit, False, extravars, lambda _: None)
     result.seconds = time.monotonic() - start
     if not check and not limit:  # what a skipped run reports again
         unverified_file.parent.mkdir(parents=True, exist_ok=True)

@@ -157,3 +157,28 @@ def test_a_missing_kubeconfig_on_the_controller_runs_site_yml(runs, tmp_path):
     (tmp_path / "state" / "sites" / "citest" / "kubeconfig").unlink()
     configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
     assert [c[0] for c in runs[1:]] == ["converged.yml", "site.yml"]
+
+
+def test_a_run_that_creates_secrets_records_the_digest_with_them(runs, tmp_path, monkeypatch):
+    runs[0]["gpu-01"] = ["no record of an earlier run"]
+    secrets = tmp_path / "state" / "sites" / "citest" / "secrets"
+    real_runner = configure._runner
+
+    def first_run(site, playbook, *args, **kwargs):
+        if playbook == "site.yml":  # the munge role writes the controller's key
+            secrets.mkdir(parents=True, exist_ok=True)
+            (secrets / "munge.key").write_bytes(b"\x00key")
+        return real_runner(site, playbook, *args, **kwargs)
+
+    monkeypatch.setattr(configure, "_runner", first_run)
+    configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
+    assert [c[0] for c in runs[1:]] == ["converged.yml", "site.yml", "record.yml"]
+    before, after = (runs[i][3]["configuration_fingerprint_inputs"] for i in (2, 3))
+    assert before != after and runs[3][2] is False
+    # The probe of the next run carries the recorded digest; a run that created nothing records once.
+    runs[0]["gpu-01"] = []
+    configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
+    assert runs[4][0] == "converged.yml" and runs[4][3]["configuration_fingerprint_inputs"] == after
+    runs[0]["gpu-01"] = ["files: /etc/slurm/slurm.conf"]
+    configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
+    assert [c[0] for c in runs[5:]] == ["converged.yml", "site.yml"]
