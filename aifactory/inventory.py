@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from aifactory import paths
+from aifactory.site import power
 from aifactory.site.model import Site
 
 
@@ -39,6 +40,9 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
             "bmc_credentials": m.bmc.credentials,
             "bmc_verify_tls": m.bmc.verify_tls,
             "bmc_ca_bundle": str(m.bmc.ca_bundle) if m.bmc.ca_bundle else None,
+            # the power governor's bounds: it never caps below idle, and gives back the site's limit
+            "power_idle_w": power.machine_power(site.power, m).idle_w,
+            "power_limit_w": m.power_limit_w,
         }
         if site.kubernetes and m.pool:
             hostvars[m.name]["k8s_pod_cidr"] = site.kubernetes.node_pod_cidr(
@@ -58,8 +62,15 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
     }
     all_vars["bmc_credentials_dir"] = str(paths.credentials_dir())  # the controller's store
     all_vars["power_feeds"] = [
-        {"name": f.name, "watts": round(f.kw * 1000), "machines": list(f.machines)} for f in site.power.feeds
+        {
+            "name": f.name,
+            "watts": round(f.kw * 1000),
+            "budget_watts": round(f.budget_w),
+            "machines": list(f.machines),
+        }
+        for f in site.power.feeds
     ]
+    all_vars["power_hold"] = {"at": site.power.hold.at, "release": site.power.hold.release}
     all_vars["monitoring_retention"] = site.monitoring.retention
     if site.bundle_url:
         all_vars["bundle_url"] = site.bundle_url

@@ -148,6 +148,22 @@ class Feed:
     name: str
     kw: float
     machines: tuple[str, ...]
+    # The draw the site holds it to at run time (the power governor, `power.hold`): its rating
+    # unless lowered, e.g. while the grid operator asks for less.
+    budget_kw: float | None = None
+
+    @property
+    def budget_w(self) -> float:
+        return 1000 * (self.kw if self.budget_kw is None else self.budget_kw)
+
+
+@dataclass(frozen=True)
+class HoldSettings:
+    """`power.hold`: shares of a feed's budget. Above `at`, the power governor lowers node power
+    limits on the feed; once the draw is under `release`, it gives them back (hysteresis)."""
+
+    at: float = 0.9
+    release: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,7 @@ class PowerSettings:
     gpu_models: dict[str, PowerRange] = field(default_factory=dict)  # per GPU, over the defaults
     # Node power limits set through each BMC, by machine name or by pool (a machine's own wins).
     limits_w: dict[str, int] = field(default_factory=dict)
+    hold: HoldSettings = field(default_factory=HoldSettings)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from aifactory.site.model import (
     AptRepository,
     Bmc,
     Feed,
+    HoldSettings,
     KubernetesSettings,
     Machine,
     MonitoringSettings,
@@ -71,8 +72,11 @@ SLURM_KEYS = {"cluster_name", "partitions", "accounting_enforce"}
 KUBE_KEYS = {"version", "service_cidr", "api_port", "pod_cidr", "node_pod_prefix", "api_address"}
 NVIDIA_KEYS = {"driver_branch", "repositories", "versions", "profiling_for_all_users"}
 REPO_KEYS = {"name", "url", "suite", "components", "key"}
-POWER_KEYS = {"feeds", "pue", "water_l_per_kwh", "carbon_g_per_kwh", "carbon_file", "gpu_models", "limits_w"}
-FEED_KEYS = {"name", "kw", "machines"}
+POWER_KEYS = {
+    "feeds", "pue", "water_l_per_kwh", "carbon_g_per_kwh", "carbon_file", "gpu_models", "limits_w", "hold"
+}  # fmt: skip
+FEED_KEYS = {"name", "kw", "budget_kw", "machines"}
+HOLD_KEYS = {"at", "release"}
 
 
 @dataclass(frozen=True)
@@ -379,7 +383,15 @@ def _check_power(c: _Checker, raw: Any, base: Path, machines: list[Machine] | No
             continue
         c.keys(f, FEED_KEYS, p)
         fname, kw = c.field(f, "name", str, p), c.field(f, "kw", (int, float), p)
+        budget = c.field(f, "budget_kw", (int, float), p, required=False)
         on = c.field(f, "machines", list, p) or []
+        if budget is not None and kw is not None and not 0 < budget <= kw:
+            c.add(
+                ERROR,
+                _join(p, "budget_kw"),
+                f"must be above 0 and at most the rating ({kw} kW), got {budget}",
+            )
+            budget = None
         if fname is not None and not NAME_RE.match(fname):
             c.add(ERROR, _join(p, "name"), f"{fname!r} is not a DNS label (it names metrics and alerts)")
         if kw is not None and kw <= 0:
@@ -390,7 +402,7 @@ def _check_power(c: _Checker, raw: Any, base: Path, machines: list[Machine] | No
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
                 c.add(ERROR, _join(_join(p, "machines"), j), f"no machine {m!r}{extra}")
         if fname and kw and kw > 0:
-            feeds.append(Feed(fname, float(kw), tuple(str(m) for m in on if m in known)))
+            feeds.append(Feed(fname, float(kw), tuple(str(m) for m in on if m in known), budget))
     names = [f.name for f in feeds]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         c.add(ERROR, "power.feeds", f"feed {dup!r} is declared twice")
@@ -407,7 +419,24 @@ def _check_power(c: _Checker, raw: Any, base: Path, machines: list[Machine] | No
         carbon_file=carbon_file,
         gpu_models=models,
         limits_w=limits,
+        hold=_check_hold(c, raw.get("hold")),
     )
+
+
+def _check_hold(c: _Checker, raw: Any) -> HoldSettings:
+    """`power.hold: {at, release}`: shares of each feed's budget, 0 < release < at <= 1."""
+    if raw is None or (raw := c.section(raw, "power.hold", HOLD_KEYS)) is None:
+        return HoldSettings()
+    at = _number(c, raw, "at", "power.hold", 0.0, "a share of the budget")
+    release = _number(c, raw, "release", "power.hold", 0.0, "a share of the budget")
+    hold = HoldSettings(
+        HoldSettings.at if at is None else float(at),
+        HoldSettings.release if release is None else float(release),
+    )
+    if not 0 < hold.release < hold.at <= 1:
+        c.add(ERROR, "power.hold", f"needs 0 < release < at <= 1, got at {hold.at}, release {hold.release}")
+        return HoldSettings()
+    return hold
 
 
 def _with_power_limits(c: _Checker, settings: PowerSettings, machines: list[Machine]) -> list[Machine]:

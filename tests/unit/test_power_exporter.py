@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -126,3 +127,74 @@ def test_the_exporter_runs_as_a_program_with_its_config(site_bmcs, tmp_path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+class StandInBmc:
+    """A BMC as the governor sees it: its last reading, and the limits it was given."""
+
+    def __init__(self, machine: str, draw: float, idle_w: float = 1000, site_limit_w: int | None = None):
+        self.machine, self.idle_w, self.site_limit_w, self.up = machine, idle_w, site_limit_w, 1
+        self.reading = {"PowerConsumedWatts": draw, "PowerLimit": {"LimitInWatts": site_limit_w}}
+        self.limits: list[int | None] = []
+
+    def set_limit(self, watts: int | None) -> None:
+        self.limits.append(watts)
+        self.reading["PowerLimit"]["LimitInWatts"] = watts
+        if watts is not None:
+            self.reading["PowerConsumedWatts"] = min(self.reading["PowerConsumedWatts"], watts)
+
+
+def test_the_governor_lowers_limits_over_the_hold_share_and_gives_them_back_under_release():
+    mod = load_exporter()
+    busy, calm, idle = StandInBmc("gpu-01", 5000), StandInBmc("gpu-02", 2000), StandInBmc("gpu-03", 1000)
+    bmcs = {b.machine: b for b in (busy, calm, idle)}
+    feed = {"name": "feed-b", "watts": 25000, "budget_watts": 8000, "machines": list(bmcs)}
+    lines: list[str] = []
+    gov = mod.Governor([feed], {"at": 0.9, "release": 0.8}, bmcs, lines.append)
+    gov.step()  # 8,000 W: over 90% of 8,000 W; aim at 85% = 6,800 W, 1,200 W off 5,000 W above idle
+    assert busy.limits == [4040] and calm.limits == [1760] and idle.limits == []  # each gives 24%
+    assert gov.lowered == {"feed-b": {"gpu-01": 4040, "gpu-02": 1760}}
+    assert "feed-b: draw 8000 W over 90% of its budget 8000 W: lowering gpu-01 to 4040 W" in lines[0]
+    gov.step()  # 6,800 W: between release and hold, nothing changes
+    assert busy.limits == [4040] and gov.actions == {("feed-b", "lowered"): 2}
+    busy.reading["PowerConsumedWatts"] = 3000  # the work winds down: 5,760 W < 6,400 W
+    gov.step()
+    assert busy.limits == [4040, None] and calm.limits == [1760, None] and gov.lowered["feed-b"] == {}
+    assert gov.actions[("feed-b", "released")] == 2 and "giving back" in lines[-1]
+
+
+def test_the_governor_never_goes_below_idle_or_above_the_site_limit_and_adopts_its_own_limits():
+    mod = load_exporter()
+    capped = StandInBmc("gpu-01", 3000, idle_w=1000, site_limit_w=2500)
+    capped.reading["PowerConsumedWatts"] = 2500
+    left = StandInBmc("gpu-02", 1500, idle_w=1000)
+    left.reading["PowerLimit"]["LimitInWatts"] = 1500  # lowered by an earlier run of the exporter
+    bmcs = {b.machine: b for b in (capped, left)}
+    gov = mod.Governor(
+        [{"name": "f", "watts": 10000, "budget_watts": 2000, "machines": list(bmcs)}], {}, bmcs, print
+    )
+    gov.step()  # 4,000 W against 1,800 W: every machine down to its idle figure
+    assert capped.limits == [1000] and left.limits == [1000]
+    capped.reading["PowerConsumedWatts"] = left.reading["PowerConsumedWatts"] = 700  # off-peak: released
+    gov.step()
+    assert capped.limits[-1] == 2500 and left.limits[-1] is None  # the site's limit, or none
+
+
+def test_the_exporter_sets_and_clears_a_node_limit_through_the_emulated_bmc(site_bmcs):
+    site, _ = site_bmcs
+    mod = load_exporter()
+    gpu = site.machine("gpu-0001")
+    bmc.set_power(gpu, USER, PASSWORD, "On")
+    assert bmc.wait_for_power(gpu, USER, PASSWORD, "On", timeout=10)
+    exporter = mod.Exporter(config_of(site), log=lambda _: None)
+    exporter.poll()
+    (one,) = [b for b in exporter.bmcs if b.machine == "gpu-0001"]
+    span = power.machine_power(site.power, gpu)
+    one.set_limit(span.idle_w + 100)  # the real PATCH, as the governor sends it
+    exporter.poll()
+    assert one.reading["PowerLimit"]["LimitInWatts"] == span.idle_w + 100
+    with pytest.raises(urllib.error.HTTPError):
+        one.set_limit(span.idle_w - 1)  # the emulated BMC refuses a limit under idle, as ours never sends
+    one.set_limit(None)
+    exporter.poll()
+    assert one.reading["PowerLimit"]["LimitInWatts"] is None

@@ -102,6 +102,14 @@ def test_the_machine_in_a_feed_must_exist_and_unfed_machines_are_named(write_sit
             "power.feeds",
             "feed 'a' is declared twice",
         ),
+        (
+            {"feeds": [{"name": "a", "kw": 9, "budget_kw": 12, "machines": []}]},
+            "power.feeds[0].budget_kw",
+            "must be above 0 and at most the rating (9 kW), got 12",
+        ),
+        ({"hold": {"at": 0.8, "release": 0.9}}, "power.hold", "needs 0 < release < at <= 1"),
+        ({"hold": {"at": 1.5}}, "power.hold", "needs 0 < release < at <= 1, got at 1.5"),
+        ({"hold": {"share": 0.5}}, "power.hold.share", "unknown key 'share'"),
     ],
 )
 def test_bad_power_settings_are_errors(write_site, section, path, message):
@@ -136,3 +144,21 @@ def test_power_limits_by_pool_or_machine_lower_a_feeds_worst_case(write_site):
         (ERROR, "power.limits_w.slurm", "must be a positive number of watts, got 'lots'"),
         (ERROR, "power.limits_w.gpu-01", "500 W for gpu-01 is outside what it can be held to: 774..6284 W"),
     ]
+
+
+def test_a_feeds_run_time_budget_and_the_hold_shares_reach_the_inventory(write_site):
+    from aifactory import inventory
+    from aifactory.site.validate import load_site
+
+    path = site_with_power(
+        write_site,
+        {
+            "feeds": [{"name": "a", "kw": 30, "budget_kw": 12.5, "machines": []}],
+            "hold": {"at": 0.95, "release": 0.7},
+        },
+    )
+    site = load_site(path)
+    assert site.power.feeds[0].budget_w == 12500 and site.power.hold.at == 0.95
+    rendered = inventory.render(site)["all"]["vars"]
+    assert rendered["power_feeds"][0] == {"name": "a", "watts": 30000, "budget_watts": 12500, "machines": []}
+    assert rendered["power_hold"] == {"at": 0.95, "release": 0.7}

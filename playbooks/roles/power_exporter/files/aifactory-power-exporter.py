@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""aifactory's Redfish power exporter: every BMC's power reading as Prometheus metrics.
+"""aifactory's Redfish power exporter and power governor: every BMC's power reading as Prometheus
+metrics, and each feed held under its budget by lowering node power limits.
 
   aifactory-power-exporter --config /etc/aifactory/power-exporter.json [--listen 0.0.0.0:9561]
 
@@ -13,11 +14,23 @@ its Power resource is found: System -> Links.Chassis[0] -> Power) for PowerContr
   aifactory_bmc_up{machine}                     1 if the last reading succeeded
   aifactory_feed_power_watts{feed}              the sum of its machines' draws
   aifactory_feed_rating_watts{feed}             what the feed may carry (the site file's kW)
+  aifactory_feed_budget_watts{feed}             what the site holds it to at run time
+  aifactory_feed_holding{feed}                  1 while the governor holds the feed's limits down
+  aifactory_power_governor_actions_total{feed,action}  limits lowered / released / failed to set
   aifactory_power_exporter_poll_seconds         how long the last round of readings took
 
+The governor, after every round: a feed drawing more than `hold.at` of its budget has its machines'
+node power limits lowered (Redfish PowerLimit) so that it draws the midpoint of `hold.at` and
+`hold.release`; each machine gives up the same share of what it draws above its idle figure, so
+busy machines give most, and none is limited below idle or above its own limit from the site file.
+A feed still over `hold.at` is lowered again the next round. Once the feed draws less than
+`hold.release` of its budget, every limit the governor lowered goes back to the site file's (or
+none). Every action is logged (the journal) and counted.
+
 The config (written by the power_exporter role, mode 0600: it holds BMC passwords):
-  {"interval": 10, "feeds": [{"name", "watts", "machines"}],
-   "bmcs": [{"machine", "endpoint", "system_id", "username", "password", "verify"}]}
+  {"interval": 10, "hold": {"at": 0.9, "release": 0.8},
+   "feeds": [{"name", "watts", "budget_watts", "machines"}],
+   "bmcs": [{"machine", "endpoint", "system_id", "username", "password", "verify", "idle_w", "limit_w"}]}
 `verify`: true (the system's CAs), false, or the path of the CA bundle that signed the BMC.
 Python's standard library only: it runs on the head as shipped by Debian.
 """
@@ -53,6 +66,8 @@ class Bmc:
             self._ssl = ssl._create_unverified_context()
         else:
             self._ssl = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+        self.idle_w = float(spec.get("idle_w") or 0)
+        self.site_limit_w = spec.get("limit_w")  # the limit the site file sets, None: none
         self._power_path: str | None = None
         self.reading: dict | None = None  # PowerControl[0] of the last successful read
         self.up = 0
@@ -63,6 +78,16 @@ class Bmc:
         req = urllib.request.Request(self.endpoint + path, headers={"Authorization": self._auth})
         with urllib.request.urlopen(req, timeout=TIMEOUT_S, context=self._ssl) as r:
             return json.load(r)
+
+    def set_limit(self, watts: int | None) -> None:
+        """PATCH the node power limit (None clears it); raises what the BMC answered."""
+        if self._power_path is None:
+            raise RuntimeError("no power reading yet")
+        body = json.dumps({"PowerControl": [{"PowerLimit": {"LimitInWatts": watts}}]}).encode()
+        headers = {"Authorization": self._auth, "Content-Type": "application/json"}
+        req = urllib.request.Request(self.endpoint + self._power_path, body, headers, method="PATCH")
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S, context=self._ssl):
+            pass
 
     def _find_power(self) -> str:
         if self.system_id:
@@ -91,11 +116,83 @@ class Bmc:
         self.reading, self.up = control, 1
 
 
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+class Governor:
+    """Holds each feed under `hold.at` of its budget (see the module's docstring)."""
+
+    def __init__(self, feeds: list[dict], hold: dict, bmcs: dict[str, Bmc], log=log):
+        self.feeds, self.bmcs, self.log = feeds, bmcs, log
+        self.at, self.release = float(hold.get("at", 0.9)), float(hold.get("release", 0.8))
+        self.lowered: dict[str, dict[str, int]] = {f["name"]: {} for f in feeds}  # feed -> machine -> W
+        self.actions: dict[tuple[str, str], int] = {}
+
+    def _set(self, feed: str, action: str, bmc: Bmc, watts: int | None) -> bool:
+        try:
+            bmc.set_limit(watts)
+        except Exception as e:
+            self._count(feed, "failed")
+            self.log(f"{feed}: {bmc.machine}: setting the power limit to {watts} W failed: {e}")
+            return False
+        self._count(feed, action)
+        return True
+
+    def _count(self, feed: str, action: str) -> None:
+        self.actions[(feed, action)] = self.actions.get((feed, action), 0) + 1
+
+    def step(self) -> None:
+        for feed in self.feeds:
+            budget = float(feed.get("budget_watts") or feed["watts"])
+            on = [self.bmcs[m] for m in feed["machines"] if m in self.bmcs and self.bmcs[m].up]
+            draws = {b.machine: float(b.reading.get("PowerConsumedWatts") or 0) for b in on}
+            draw, lowered = sum(draws.values()), self.lowered[feed["name"]]
+            for b in on:  # a limit not the site file's is ours, set before this process restarted
+                limit = (b.reading.get("PowerLimit") or {}).get("LimitInWatts")
+                if limit is not None and limit != b.site_limit_w and b.machine not in lowered:
+                    lowered[b.machine] = int(limit)
+            if draw > self.at * budget:
+                self._lower(feed["name"], on, draws, draw - (self.at + self.release) / 2 * budget, budget)
+            elif lowered and draw < self.release * budget:
+                self.log(
+                    f"{feed['name']}: draw {draw:.0f} W under {self.release:.0%} of its budget "
+                    f"{budget:.0f} W: giving back the limits of {', '.join(sorted(lowered))}"
+                )
+                for machine in sorted(lowered):
+                    bmc = self.bmcs[machine]
+                    if self._set(feed["name"], "released", bmc, bmc.site_limit_w):
+                        del lowered[machine]
+
+    def _lower(self, feed: str, on: list[Bmc], draws: dict[str, float], cut: float, budget: float) -> None:
+        headroom = {b.machine: max(0.0, draws[b.machine] - b.idle_w) for b in on}
+        total = sum(headroom.values())
+        if total <= 0:
+            self.log(f"{feed}: draw {sum(draws.values()):.0f} W over budget but every machine is at idle")
+            return
+        share = min(1.0, cut / total)
+        planned = []
+        for b in on:
+            watts = max(int(b.idle_w), int(draws[b.machine] - headroom[b.machine] * share))
+            if b.site_limit_w:
+                watts = min(watts, int(b.site_limit_w))
+            if headroom[b.machine] > 0 and watts < self.lowered[feed].get(b.machine, 1 << 30):
+                planned.append((b, watts))
+        self.log(
+            f"{feed}: draw {sum(draws.values()):.0f} W over {self.at:.0%} of its budget {budget:.0f} W: "
+            "lowering " + ", ".join(f"{b.machine} to {w} W" for b, w in planned)
+        )
+        for b, watts in planned:
+            if self._set(feed, "lowered", b, watts):
+                self.lowered[feed][b.machine] = watts
+
+
 class Exporter:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, log=log):
         self.interval = float(config.get("interval", 10))
         self.feeds = config.get("feeds", [])
         self.bmcs = [Bmc(b) for b in config["bmcs"]]
+        self.governor = Governor(self.feeds, config.get("hold") or {}, {b.machine: b for b in self.bmcs}, log)
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(self.bmcs))))
         self.poll_seconds = 0.0
 
@@ -103,6 +200,7 @@ class Exporter:
         start = time.monotonic()
         list(self._pool.map(lambda b: b.poll(self.interval), self.bmcs))
         self.poll_seconds = time.monotonic() - start
+        self.governor.step()
 
     def run(self) -> None:
         while True:
@@ -132,6 +230,12 @@ class Exporter:
              [(f'feed="{f["name"]}"', sum(draw.get(m, 0) for m in f["machines"])) for f in self.feeds]),
             ("aifactory_feed_rating_watts", "gauge", "What the feed may carry.",
              [(f'feed="{f["name"]}"', f["watts"]) for f in self.feeds]),
+            ("aifactory_feed_budget_watts", "gauge", "What the site holds the feed to at run time.",
+             [(f'feed="{f["name"]}"', f.get("budget_watts") or f["watts"]) for f in self.feeds]),
+            ("aifactory_feed_holding", "gauge", "1 while the power governor holds the feed's limits down.",
+             [(f'feed="{f["name"]}"', int(bool(self.governor.lowered[f["name"]]))) for f in self.feeds]),
+            ("aifactory_power_governor_actions_total", "counter", "Power limits lowered, released, failed.",
+             [(f'feed="{f}",action="{a}"', n) for (f, a), n in sorted(self.governor.actions.items())]),
             ("aifactory_power_exporter_poll_seconds", "gauge", "Duration of the last round of readings.",
              [("", self.poll_seconds)]),
         ]  # fmt: skip
