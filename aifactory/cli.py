@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(ts, "the rows")
     _operator_parser(sub)
     _tenants_parser(sub)
+    _energy_parser(sub)
     return parser
 
 
@@ -297,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             return _operator(args)
         if args.command == "tenants":
             return _tenants(args)
+        if args.command == "energy":
+            return _energy(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -668,6 +671,61 @@ def _tenants(args) -> int:
     if args.out:
         args.out.write_text(text)
         print(f"tenants report: {len(usages)} tenant(s), {args.format} -> {args.out}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return EXIT_OK
+
+
+def _energy_parser(sub) -> None:
+    en = sub.add_parser(
+        "energy",
+        help="the site's energy: kWh, CO2e and water per tenant, each feed against its budget",
+        description="Energy reports from the BMCs' power readings (Prometheus on the head) and the GPUs "
+        "each Slurm job and pod held.",
+    )
+    en_sub = en.add_subparsers(dest="energy_command", required=True, metavar="ACTION")
+    rep = en_sub.add_parser(
+        "report",
+        help="per tenant: IT and facility kWh, kgCO2e, litres of water; the overhead; each feed's draw",
+        description=(
+            "Each machine's energy over the period (its BMC's readings, as Prometheus keeps them) is shared "
+            "by the GPUs the tenants' Slurm jobs and pods held on it; a held GPU's idle power is its "
+            "holder's. What no tenant held is the site's overhead, a row of its own. Facility energy is IT "
+            "energy x PUE, CO2e each hour's energy at that hour's grid intensity, water IT energy x the "
+            "site's litres per kWh (site file, power:). Each feed: its peak and mean draw against its "
+            "budget. `--format html` adds plots. Exit 2 on a bad period, 1 when a source cannot be read."
+        ),
+    )
+    _site_arg(rep)
+    rep.add_argument(
+        "--period",
+        help="2026-12 (a month), 2026-12-05 (a day) or START/END in ISO 8601 (default: this month so far)",
+    )
+    rep.add_argument("--format", choices=["table", "json", "csv", "html"], default="table")
+    rep.add_argument("--out", type=Path, help="write the report to this file (default: standard output)")
+
+
+def _energy(args) -> int:
+    import datetime as dt
+
+    from aifactory.energy import report, sources
+    from operators.tenants.slurm import SlurmError
+
+    site = load_site_or_exit(args.site)
+    try:
+        start, end = report.period_bounds(args.period, dt.datetime.now(dt.UTC))
+    except ValueError as e:
+        print(f"energy report: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        samples, feeds, holdings = sources.gather(site, start, end)
+    except (sources.SourceError, SlurmError, OSError) as e:
+        print(f"energy report: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    text = report.render(report.build(site, start, end, samples, feeds, holdings), site, args.format)
+    if args.out:
+        args.out.write_text(text)
+        print(f"energy report: {args.format} -> {args.out}")
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     return EXIT_OK

@@ -471,6 +471,7 @@ class GpuPod:
     gpus: int
     finished: bool
     run: Run | None  # None until it has started
+    node: str | None = None  # where it runs (energy attribution), None until scheduled
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -512,7 +513,8 @@ def gpu_pods(kube: Kube, namespaces: list[str]) -> list[GpuPod]:
                         model = res[len(GPU) :].lstrip("-") or node_model(pod["spec"].get("nodeName"))
                         uid = f"{pod['metadata']['uid']}/{c['name']}"
                         run = Run(model, int(qty), start, end, uid) if start is not None else None
-                        out.append(GpuPod(ns, model, int(qty), finished, run))
+                        node = pod["spec"].get("nodeName")
+                        out.append(GpuPod(ns, model, int(qty), finished, run, node))
     return out
 
 

@@ -403,7 +403,7 @@ class SshRunner:
     are capped below that.
     """
 
-    def __init__(self, config: Path, host: str, max_sessions: int = 6):
+    def __init__(self, config: Path | None, host: str, max_sessions: int = 6):
         self.config, self.host = config, host
         self._slots = threading.BoundedSemaphore(max_sessions)
 
@@ -411,7 +411,12 @@ class SshRunner:
         with self._slots:
             try:
                 p = subprocess.run(
-                    ["ssh", "-F", str(self.config), self.host, "bash -c " + shlex.quote(script)],
+                    [
+                        "ssh",
+                        *(["-F", str(self.config)] if self.config else []),
+                        self.host,
+                        "bash -c " + shlex.quote(script),
+                    ],
                     input=stdin,
                     capture_output=True,
                     text=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import re
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +37,7 @@ from operators.tenants import budget, capacity, install, slurm
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.spec import FORCE_DELETE_ANNOTATION, GROUP, TENANT_LABEL, VERSION
 from sandbox import ssh
+from tests.screenshot import colours_seen
 from tests.site.conftest import say, toolbox_pod, wait_until
 
 pytestmark = pytest.mark.site
@@ -473,22 +476,7 @@ def check_usage_report(site: Site, t: str, period: str, slurm_h: float, pods_h: 
     (row,) = csv.DictReader(io.StringIO(report("csv")))
     assert abs(float(row["gpu_hours"]) - slurm_h - pods_h) < 0.001 and float(row["budget_used_pct"]) >= 100
     report("html")
-    shot = tmp / "report.png"
-    subprocess.run(
-        [
-            "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            f"--screenshot={shot}", "--window-size=1000,900", f"file://{tmp / 'report.html'}",
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )  # fmt: skip
-    from PIL import Image
-
-    counts = {rgb: n for n, rgb in Image.open(shot).convert("RGB").getcolors(1 << 24) or []}
-    seen = {
-        name: counts.get(Image.new("RGB", (1, 1), c).getpixel((0, 0)), 0) for name, c in PLOT_COLOURS.items()
-    }
+    seen = colours_seen(tmp / "report.html", PLOT_COLOURS)
     assert all(n > 30 for n in seen.values()), f"plot colours in the screenshot: {seen}"
 
 
@@ -576,6 +564,113 @@ def test_a_spent_budget_holds_both_schedulers_survives_a_sigkill_and_renews_once
         if operator.env.pop(budget.CLOCK_OFFSET_ENV, None) is not None:
             operator.stop()
             operator.start()
+
+
+# --- energy: each tenant's share of what the BMCs measured ------------------------------------
+
+
+def series_kwh(site: Site, machine: str, t0: float, t1: float, share: float) -> float:
+    """`share` of the machine's energy in [t0, t1] from Prometheus' samples of its draw, computed
+    here on its own: the trapezoids between the samples, cut at t0 and t1 by linear interpolation."""
+    url = f"http://{site.with_role('head')[0].address}:9090/api/v1/query_range?" + urllib.parse.urlencode(
+        {
+            "query": f'aifactory_node_power_watts{{machine="{machine}"}}',
+            "start": t0 - 60,
+            "end": t1 + 60,
+            "step": 15,
+        }
+    )
+    with urllib.request.urlopen(url, timeout=30) as r:
+        ((series),) = json.load(r)["data"]["result"]
+    pts = [(float(t), float(w)) for t, w in series["values"]]
+    joules = 0.0
+    for (ta, wa), (tb, wb) in itertools.pairwise(pts):
+        a, b = max(ta, t0), min(tb, t1)
+        if a < b:
+            wa_, wb_ = (wa + (wb - wa) * (x - ta) / (tb - ta) for x in (a, b))
+            joules += (b - a) * (wa_ + wb_) / 2
+    return share * joules / 3.6e6
+
+
+def test_the_energy_report_gives_each_tenant_its_gpus_share_of_the_measured_energy(
+    operator, kube, head, request, configured_site, tmp_path
+):
+    """One tenant's 2-GPU Slurm job and another's 1-GPU Kueue Job, 90 s each: `aifactory energy
+    report` gives each within 5% of its node's energy over its run time (Prometheus' samples, sacct's
+    start and end, the pod's) times its share of the node's 8 GPUs, CO2e and water from the site
+    file's factors, and the rest of the site as overhead; its HTML renders with its plots."""
+    a, b = name("energy-a"), name("energy-b")
+    create(kube, a, gpuQuota={"h100": 2})
+    create(kube, b, gpuQuota={"h100": 1})
+    try:
+        wait_ready(kube, a)
+        wait_ready(kube, b)
+        wait_for("the LocalQueue", lambda: kube.get(f"{KUEUE_API}/namespaces/{b}/localqueues/default"))
+        job = head(f"sbatch --parsable -A {a} --gres=gpu:2 -o /dev/null --wrap 'sleep 90'").strip()
+        pod_job = queued_job(kube, b, "energy", 1, seconds=90)
+        wait_for("the Slurm job done", lambda: job not in job_states(head, a), timeout=240)
+        wait_for(
+            "the pod done", lambda: (kube.get(pod_job) or {}).get("status", {}).get("succeeded") == 1, 240
+        )
+        start, end, node = head(f"SLURM_TIME_FORMAT=%s sacct -X -n -P -j {job} -o Start,End,NodeList").split(
+            "|"
+        )
+        (pod,) = kube.list(f"/api/v1/namespaces/{b}/pods", "job-name=energy")
+        finished = pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+        pod_t = (epoch(pod["status"]["startTime"]), epoch(finished))
+        slurm_t = (float(start), float(end))
+        want_a = series_kwh(configured_site, node.strip(), *slurm_t, 2 / 8)
+        want_b = series_kwh(configured_site, pod["spec"]["nodeName"], *pod_t, 1 / 8)
+        time.sleep(20)  # Prometheus' scrape after the last end
+        t0, t1 = min(slurm_t[0], pod_t[0]) - 30, max(slurm_t[1], pod_t[1]) + 15
+        period = "/".join(
+            dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in (t0, t1)
+        )
+
+        def energy(fmt: str) -> Path:
+            out = tmp_path / f"energy.{fmt}"
+            argv = ["energy", "report", "--site", str(configured_site.path), "--period", period]
+            r = subprocess.run(
+                [sys.executable, "-m", "aifactory.cli", *argv, "--format", fmt, "--out", str(out)],
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert r.returncode == 0, r.stderr
+            return out
+
+        doc = json.loads(energy("json").read_text())
+        got_a, got_b = doc["tenants"][a], doc["tenants"][b]
+        say(
+            request,
+            f"energy: {a} {got_a['itKWh']:.5f} kWh (independently {want_a:.5f}), "
+            f"{b} {got_b['itKWh']:.5f} kWh ({want_b:.5f}), overhead {doc['overhead']['itKWh']:.4f} kWh",
+        )
+        assert got_a["itKWh"] == pytest.approx(want_a, rel=0.05) and got_a["bySchedulerKWh"].keys() == {
+            "slurm"
+        }
+        assert got_b["itKWh"] == pytest.approx(want_b, rel=0.05) and got_b["bySchedulerKWh"].keys() == {
+            "kubernetes"
+        }
+        factors = configured_site.power
+        for got in (got_a, got_b):
+            assert got["facilityKWh"] == pytest.approx(got["itKWh"] * factors.pue, rel=1e-3)
+            assert got["co2eKg"] == pytest.approx(got["itKWh"] * factors.carbon_g_per_kwh / 1000, rel=1e-3)
+            assert got["waterL"] == pytest.approx(got["itKWh"] * factors.water_l_per_kwh, rel=1e-2)
+        assert doc["overhead"]["itKWh"] > 0 and set(doc["overhead"]["byMachineKWh"]) >= {"head-01"}
+        assert sum(t["itKWh"] for t in doc["tenants"].values()) + doc["overhead"]["itKWh"] == pytest.approx(
+            doc["itKWh"], rel=1e-3
+        )
+        seen = colours_seen(energy("html"), ENERGY_COLOURS, size="1000,2200")
+        assert all(n > 30 for n in seen.values()), f"plot colours in the screenshot: {seen}"
+    finally:
+        for t in (a, b):
+            force_delete(kube, t)
+        for t in (a, b):
+            wait_for(f"{t} deleted", lambda t=t: kube.get(f"{TENANTS}/{t}") is None, timeout=120)
+
+
+ENERGY_COLOURS = {"feed draw": "#1f5fbf", "budget": "#c0102a", "overhead": "#999999"}
 
 
 def test_delete_of_an_idle_tenant_needs_no_force(operator, kube, head):

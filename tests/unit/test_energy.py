@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aifactory.energy import EnergyMeter, Holding, attribute
+from aifactory.energy.attribution import EnergyMeter, Holding, attribute
 from aifactory.site.model import PowerSettings
 
 pytestmark = pytest.mark.unit
