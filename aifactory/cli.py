@@ -636,7 +636,9 @@ def _tenants_parser(sub) -> None:
         description=(
             "One row per tenant and GPU model for a period: GPU-hours on Slurm (from sacct) and on "
             "Kubernetes (pods' run times), the budget and the share of it used, the peak of GPUs held at "
-            "once and the over-shoots of the entitlement. The current period by default; a closed one by "
+            "once and the over-shoots of the entitlement; for monthly periods the tenant's energy (IT kWh, "
+            "kgCO2e, litres of water: the operator's status.energy). The current period by default; a "
+            "closed one by "
             "name (2026-11, 2026-Q4, 2026 or total, as the tenant's budget period runs). `--format html` "
             "adds a plot per tenant: GPU-hours per hour (current period) or day on each scheduler, and the "
             "running total against the budget. Exit 2 when no tenant has figures for the period."

@@ -2,7 +2,9 @@
 
 Read from the Tenants' status, where the operator's ledger keeps them (operators/tenants/budget.py):
 the current period from `status.budget` and `status.ledger` (GPU-seconds per hour), a closed one
-from `status.budgetHistory` (per day). Per tenant and model: Slurm and Kubernetes GPU-hours; per
+from `status.budgetHistory` (per day). Energy (IT kWh, kgCO2e, litres of water) for monthly periods
+from `status.energy` / `status.energyHistory` (operators/tenants/energy.py); blank where a period
+is not a month or the operator had no Prometheus. Per tenant and model: Slurm and Kubernetes GPU-hours; per
 tenant: the budget and the share of it used, the peak of GPUs held at once, the over-shoots of
 its entitlement. Formats: a table, JSON, CSV (one row per tenant and model), and HTML with a plot
 per tenant (GPU-hours per hour or day on each scheduler, and the running total against the budget).
@@ -41,6 +43,7 @@ class TenantUsage:
     bucket: str  # "hour" (the current period) or "day" (a closed one)
     # (bucket start, Slurm GPU-hours, Kubernetes GPU-hours), in time order
     series: list[tuple[dt.datetime, float, float]] = field(default_factory=list)
+    energy: dict[str, Any] | None = None  # the period's status.energy figures, when it is a month
 
     @property
     def used_hours(self) -> float:
@@ -102,10 +105,20 @@ def collect(tenants: Iterable[Mapping[str, Any]], period: str | None = None) -> 
             )
         else:
             continue
+        usage.energy = _energy(status, usage.period)
         out.append(usage)
     if not out:
         raise NoUsage(f"no tenant has GPU-hours recorded for period {period or '(current)'}")
     return sorted(out, key=lambda u: u.tenant)
+
+
+def _energy(status: Mapping[str, Any], period: str) -> dict[str, Any] | None:
+    """The operator's energy figures of a monthly period (its name is the month's, 2026-12)."""
+    now = status.get("energy") or {}
+    if now.get("period") == period:
+        return dict(now)
+    old = (status.get("energyHistory") or {}).get(period)
+    return dict(old) if old else None
 
 
 def rows(usages: list[TenantUsage]) -> list[dict[str, Any]]:
@@ -113,7 +126,9 @@ def rows(usages: list[TenantUsage]) -> list[dict[str, Any]]:
     out = []
     for u in usages:
         pct = u.budget_percent
-        for model in sorted(set(u.slurm) | set(u.kubernetes)) or ["-"]:
+        models = sorted(set(u.slurm) | set(u.kubernetes)) or ["-"]
+        first = models[0]
+        for model in models:
             s, k = u.slurm.get(model, 0.0), u.kubernetes.get(model, 0.0)
             out.append(
                 {
@@ -127,9 +142,17 @@ def rows(usages: list[TenantUsage]) -> list[dict[str, Any]]:
                     "budget_used_pct": "" if pct is None else round(pct, 1),
                     "peak_gpus": u.peak_gpus,
                     "overshoots": u.overshoots,
+                    # the tenant's energy, on its first row (it is not split by GPU model)
+                    **{
+                        col: (u.energy or {}).get(key, "") if model == first else ""
+                        for col, key in ENERGY_COLUMNS.items()
+                    },
                 }
             )
     return out
+
+
+ENERGY_COLUMNS = {"it_kwh": "itKWh", "co2e_kg": "co2eKg", "water_l": "waterL"}
 
 
 def as_json(usages: list[TenantUsage]) -> str:
@@ -146,6 +169,7 @@ def as_json(usages: list[TenantUsage]) -> str:
             "budgetUsedPercent": None if u.budget_percent is None else round(u.budget_percent, 1),
             "peakGPUs": u.peak_gpus,
             "overshoots": u.overshoots,
+            "energy": u.energy,
             "series": {
                 "bucket": u.bucket,
                 "points": [
@@ -239,7 +263,9 @@ _HTML = """<!doctype html>
 </table>
 <p>Budget: {% if u.budget_hours %}{{ u.budget_hours }} GPU-h,
 <span class="{{ 'over' if u.budget_percent >= 100 else '' }}">{{ '%.1f' % u.budget_percent }}% used</span>
-{% else %}none{% endif %}. Peak: {{ u.peak_gpus }} GPUs at once. Over-shoots: {{ u.overshoots }}.</p>
+{% else %}none{% endif %}. Peak: {{ u.peak_gpus }} GPUs at once. Over-shoots: {{ u.overshoots }}.
+{% if u.energy %}Energy: {{ u.energy.itKWh }} kWh IT, {{ u.energy.facilityKWh }} kWh facility,
+{{ u.energy.co2eKg }} kgCO2e, {{ u.energy.waterL }} l of water.{% endif %}</p>
 <img alt="GPU-hours of {{ u.tenant }} over {{ u.period }}" src="data:image/png;base64,{{ plots[u.tenant] }}">
 </section>
 {% endfor %}

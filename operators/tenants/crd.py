@@ -240,6 +240,23 @@ def schema(known_models: list[str]) -> dict[str, Any]:
                 "description": "the operator's GPU-second ledger for this period (pods by uid)",
                 "x-kubernetes-preserve-unknown-fields": True,
             },
+            "energy": {
+                "type": "object",
+                "description": "this month's energy: IT and facility kWh, kgCO2e, litres of water",
+                "properties": {
+                    "period": {"type": "string"},
+                    "itKWh": {"type": "number"},
+                    "facilityKWh": {"type": "number"},
+                    "co2eKg": {"type": "number"},
+                    "waterL": {"type": "number"},
+                    "updated": {"type": "string"},
+                },
+            },
+            "energyHistory": {
+                "type": "object",
+                "description": "closed months' energy, as status.energy had it at the month's end",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
             "kopf": {
                 "type": "object",
                 "description": "the operator's bookkeeping: handler progress, the spec last handled",
@@ -298,6 +315,7 @@ def crd(known_models: list[str]) -> dict[str, Any]:
                         _condition_column("Slurm", "SlurmSynced"),
                         _condition_column("Overcommit", "Overcommitted"),
                         {"name": "Budget %", "type": "number", "jsonPath": ".status.budget.percentUsed"},
+                        {"name": "kWh", "type": "number", "jsonPath": ".status.energy.itKWh"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                 }

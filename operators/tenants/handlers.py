@@ -42,7 +42,7 @@ import kopf
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from operators.tenants import budget, capacity, config, metrics, slurm
+from operators.tenants import budget, capacity, config, energy, metrics, slurm
 from operators.tenants import kubernetes_side as kside
 from operators.tenants.entitlement import Holdings
 from operators.tenants.spec import (
@@ -142,6 +142,10 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.serve(cfg.metrics_port, _state.ledger)
     # Complete before any handler runs: kopf starts watching after the startup handlers.
     reread_ledger()
+    if (es := energy.settings()) is not None:
+        energy.start(es, kube, cfg.runner, lambda: dt.datetime.fromtimestamp(budget.clock(), dt.UTC))
+    else:
+        log.info("no Prometheus (AIFACTORY_PROMETHEUS_URL): no energy figures in the tenants' status")
     log.info(
         "tenant operator started: capacity %s, policy %s, drift every %ss, kueue %s",
         cfg.capacity,

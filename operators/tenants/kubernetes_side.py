@@ -486,10 +486,11 @@ def _finished_at(pod: dict[str, Any]) -> float | None:
     return max((e for e in ends if e is not None), default=None)
 
 
-def gpu_pods(kube: Kube, namespaces: list[str]) -> list[GpuPod]:
-    """The pods that ask for GPUs, finished or not: the model from a per-model resource name, else
-    from the node's `aifactory.io/gpu-model` label (pods not yet on a node, and nodes without it,
-    count as UNKNOWN_MODEL); a pod runs from its start to its containers' last finish."""
+def gpu_pods(kube: Kube, namespaces: list[str] | None) -> list[GpuPod]:
+    """The pods that ask for GPUs, finished or not, in the namespaces (None: all, in one call): the
+    model from a per-model resource name, else from the node's `aifactory.io/gpu-model` label (pods
+    not yet on a node, and nodes without it, count as UNKNOWN_MODEL); a pod runs from its start to
+    its containers' last finish."""
     models: dict[str, str] = {}
 
     def node_model(node: str | None) -> str:
@@ -500,21 +501,25 @@ def gpu_pods(kube: Kube, namespaces: list[str]) -> list[GpuPod]:
             models[node] = labels.get(MODEL_LABEL, UNKNOWN_MODEL)
         return models[node]
 
+    if namespaces is None:
+        pods = kube.list(path("v1", "Pod"))
+    else:
+        pods = [pod for ns in namespaces for pod in kube.list(path("v1", "Pod", namespace=ns))]
     out = []
-    for ns in namespaces:
-        for pod in kube.list(path("v1", "Pod", namespace=ns)):
-            status = pod.get("status") or {}
-            finished = status.get("phase") in ("Succeeded", "Failed")
-            start = _epoch(status.get("startTime"))
-            end = _finished_at(pod) if finished else None
-            for c in pod["spec"].get("containers", []):
-                for res, qty in (c.get("resources", {}).get("limits") or {}).items():
-                    if res.startswith(GPU) and int(qty):
-                        model = res[len(GPU) :].lstrip("-") or node_model(pod["spec"].get("nodeName"))
-                        uid = f"{pod['metadata']['uid']}/{c['name']}"
-                        run = Run(model, int(qty), start, end, uid) if start is not None else None
-                        node = pod["spec"].get("nodeName")
-                        out.append(GpuPod(ns, model, int(qty), finished, run, node))
+    for pod in pods:
+        ns = pod["metadata"]["namespace"]
+        status = pod.get("status") or {}
+        finished = status.get("phase") in ("Succeeded", "Failed")
+        start = _epoch(status.get("startTime"))
+        end = _finished_at(pod) if finished else None
+        for c in pod["spec"].get("containers", []):
+            for res, qty in (c.get("resources", {}).get("limits") or {}).items():
+                if res.startswith(GPU) and int(qty):
+                    model = res[len(GPU) :].lstrip("-") or node_model(pod["spec"].get("nodeName"))
+                    uid = f"{pod['metadata']['uid']}/{c['name']}"
+                    run = Run(model, int(qty), start, end, uid) if start is not None else None
+                    node = pod["spec"].get("nodeName")
+                    out.append(GpuPod(ns, model, int(qty), finished, run, node))
     return out
 
 

@@ -63,6 +63,7 @@ class Operator:
     def __init__(self, site: Site, kubeconfig: Path, log: Path):
         self.port = free_port()
         self.env = install.operator_env(site.path, kubeconfig, drift_interval=5, metrics_port=self.port)
+        self.env["AIFACTORY_ENERGY_INTERVAL"] = "10"
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -598,7 +599,8 @@ def test_the_energy_report_gives_each_tenant_its_gpus_share_of_the_measured_ener
     """One tenant's 2-GPU Slurm job and another's 1-GPU Kueue Job, 90 s each: `aifactory energy
     report` gives each within 5% of its node's energy over its run time (Prometheus' samples, sacct's
     start and end, the pod's) times its share of the node's 8 GPUs, CO2e and water from the site
-    file's factors, and the rest of the site as overhead; its HTML renders with its plots."""
+    file's factors, and the rest of the site as overhead; its HTML renders with its plots; each
+    Tenant's status shows the same kWh for this month."""
     a, b = name("energy-a"), name("energy-b")
     create(kube, a, gpuQuota={"h100": 2})
     create(kube, b, gpuQuota={"h100": 1})
@@ -660,6 +662,21 @@ def test_the_energy_report_gives_each_tenant_its_gpus_share_of_the_measured_ener
         assert doc["overhead"]["itKWh"] > 0 and set(doc["overhead"]["byMachineKWh"]) >= {"head-01"}
         assert sum(t["itKWh"] for t in doc["tenants"].values()) + doc["overhead"]["itKWh"] == pytest.approx(
             doc["itKWh"], rel=1e-3
+        )
+
+        # The Tenants' status: this month's figures, the same attribution (the operator's pass).
+        def status_kwh(t: str) -> float:
+            return float(
+                ((kube.get(f"{TENANTS}/{t}") or {}).get("status") or {}).get("energy", {}).get("itKWh", 0)
+            )
+
+        wait_for(
+            "this month's kWh in both tenants' status",
+            lambda: all(
+                abs(status_kwh(t) - got["itKWh"]) <= 0.05 * got["itKWh"]
+                for t, got in ((a, got_a), (b, got_b))
+            ),
+            timeout=90,
         )
         seen = colours_seen(energy("html"), ENERGY_COLOURS, size="1000,2200")
         assert all(n > 30 for n in seen.values()), f"plot colours in the screenshot: {seen}"

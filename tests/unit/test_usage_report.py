@@ -75,3 +75,22 @@ def test_json_csv_and_html_carry_the_same_figures():
     assert {r["model"]: r["gpu_hours"] for r in table} == {"a100": "0.5", "h100": "4.0"}
     html = usage_report.render(usages, "html")
     assert "56.2% used" in html and html.count('src="data:image/png;base64,iVBOR') == 1
+
+
+def test_energy_columns_come_from_this_months_figures_or_the_closed_months_history():
+    now = {"period": "2026-12", "itKWh": 1.5, "facilityKWh": 1.8, "co2eKg": 0.4, "waterL": 0.75}
+    a = tenant("a")
+    a["status"]["energy"] = now
+    a["status"]["energyHistory"] = {"2026-11": {**now, "period": "2026-11", "itKWh": 9.0}}
+    a["status"]["budgetHistory"] = {"2026-11": {"slurm": {"h100": 1.0}, "kubernetes": {}, "daily": {}}}
+    a100, h100 = usage_report.rows(usage_report.collect([a]))
+    assert (a100["it_kwh"], a100["co2e_kg"], a100["water_l"]) == (1.5, 0.4, 0.75)  # once per tenant
+    assert (h100["it_kwh"], h100["co2e_kg"]) == ("", "")
+    (closed,) = usage_report.rows(usage_report.collect([a], "2026-11"))
+    assert closed["it_kwh"] == 9.0
+    b = tenant("b")  # the operator had no Prometheus: no figures, blank columns
+    (row, _) = usage_report.rows(usage_report.collect([b]))
+    assert (
+        row["it_kwh"] == ""
+        and json.loads(usage_report.as_json(usage_report.collect([b])))["tenants"][0]["energy"] is None
+    )

@@ -1,0 +1,154 @@
+"""This month's energy in each Tenant's status (`status.energy`): IT and facility kWh, kgCO2e and
+litres of water, the same attribution as `aifactory energy report` (aifactory/energy). A closed
+month's last figures move to `status.energyHistory`, where `aifactory tenants report` finds them.
+
+One pass every AIFACTORY_ENERGY_INTERVAL seconds for all tenants at once: the BMCs' readings since
+the first of the month from Prometheus (one range query), every job allocation from sacct (one
+call), every GPU pod (one list), then a status merge-patch per tenant whose figures moved. A source
+that cannot be read skips the pass; the last figures stay, with their time. CO2e uses the site's
+constant intensity (the hourly file stays with `aifactory energy report`, where the site file is).
+
+AIFACTORY_PROMETHEUS_URL    Prometheus on the head (http://<head>:9090); unset: no energy figures
+AIFACTORY_NODE_GPUS         `gpu-01=8,...`: each machine's GPUs (the share a held GPU is)
+AIFACTORY_ENERGY_FACTORS    `pue=1.2,water_l_per_kwh=0.5,carbon_g_per_kwh=270`
+AIFACTORY_ENERGY_INTERVAL   seconds between passes (default 300)
+With AIFACTORY_SITE all of them come from the site file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aifactory.energy import sources
+from aifactory.energy.attribution import TenantEnergy, attribute
+from aifactory.site.model import PowerSettings
+from operators.tenants import kubernetes_side as kside
+from operators.tenants import slurm
+from operators.tenants.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("aifactory.tenants.energy")
+DEFAULT_INTERVAL_S = 300.0
+HISTORY_MONTHS = 13  # closed months kept in status.energyHistory, as budgetHistory keeps periods
+MOVED_KWH = 0.0001  # figures that moved less (0.1 Wh) are not written again
+
+
+@dataclass(frozen=True)
+class EnergySettings:
+    prometheus: str
+    node_gpus: dict[str, int]
+    power: PowerSettings
+    interval: float = DEFAULT_INTERVAL_S
+
+
+def _pairs(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+
+
+def settings() -> EnergySettings | None:
+    interval = float(os.environ.get("AIFACTORY_ENERGY_INTERVAL", DEFAULT_INTERVAL_S))
+    if site_file := os.environ.get("AIFACTORY_SITE"):
+        from aifactory.site.validate import load_site
+
+        site = load_site(Path(site_file))
+        gpus = {m.name: m.gpu_count for m in site.machines if m.gpu_count}
+        return EnergySettings(sources.prometheus_url(site), gpus, site.power, interval)
+    url = os.environ.get("AIFACTORY_PROMETHEUS_URL")
+    if not url:
+        return None
+    gpus = {k: int(v) for k, v in _pairs(os.environ.get("AIFACTORY_NODE_GPUS", "")).items()}
+    factors = _pairs(os.environ.get("AIFACTORY_ENERGY_FACTORS", ""))
+    power = PowerSettings(
+        pue=float(factors.get("pue", 1.0)),
+        water_l_per_kwh=float(factors.get("water_l_per_kwh", 0.0)),
+        carbon_g_per_kwh=float(factors.get("carbon_g_per_kwh", 0.0)),
+    )
+    return EnergySettings(url, gpus, power, interval)
+
+
+def env_for(prometheus: str, node_gpus: Mapping[str, int], power: PowerSettings) -> dict[str, str]:
+    """The environment that gives an in-cluster operator these settings (infra/tenant_operator.py)."""
+    return {
+        "AIFACTORY_PROMETHEUS_URL": prometheus,
+        "AIFACTORY_NODE_GPUS": ",".join(f"{m}={n}" for m, n in sorted(node_gpus.items())),
+        "AIFACTORY_ENERGY_FACTORS": (
+            f"pue={power.pue},water_l_per_kwh={power.water_l_per_kwh},carbon_g_per_kwh={power.carbon_g_per_kwh}"
+        ),
+    }
+
+
+def month(now: dt.datetime) -> tuple[str, dt.datetime]:
+    return now.strftime("%Y-%m"), now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def status_of(period: str, e: TenantEnergy, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "period": period,
+        "itKWh": round(e.it_kwh, 4),
+        "facilityKWh": round(e.facility_kwh, 4),
+        "co2eKg": round(e.co2e_kg, 4),
+        "waterL": round(e.water_l, 2),
+        "updated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def moved(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    if not old or old.get("period") != new["period"]:
+        return True
+    return abs(float(old.get("itKWh", 0)) - new["itKWh"]) >= MOVED_KWH
+
+
+def one_pass(es: EnergySettings, kube: kside.Kube, runner: slurm.Runner, now: dt.datetime) -> int:
+    """Compute this month's figures of every tenant and write those that moved; how many were written."""
+    period, start = month(now)
+    t0, t1 = start.timestamp(), now.timestamp()
+    tenants = kube.list(f"/apis/{GROUP}/{VERSION}/{PLURAL}")
+    samples = sources.power_samples(es.prometheus, t0, t1)
+    holdings = sources.slurm_holdings(runner, t0, t1)
+    holdings += sources.pod_holdings(kube, sources.tenant_namespaces(tenants), t1)
+    a = attribute(samples, es.node_gpus, holdings, t0, t1, es.power)
+    written = 0
+    for t in tenants:
+        name, status = t["metadata"]["name"], t.get("status") or {}
+        new, old = status_of(period, a.tenants.get(name, TenantEnergy()), now), status.get("energy")
+        if moved(old, new):
+            body: dict[str, Any] = {"status": {"energy": new}}
+            if old and old.get("period") and old["period"] != period:  # a month closed: kept for reports
+                history = {**(status.get("energyHistory") or {}), old["period"]: old}
+                for gone in sorted(history)[:-HISTORY_MONTHS]:
+                    history[gone] = None  # merge patch: removed
+                body["status"]["energyHistory"] = history
+            path = f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}/status"
+            try:
+                kube.request("PATCH", path, body, content_type="application/merge-patch+json")
+                written += 1
+            except kside.ApiError as e:
+                if e.status != 404:  # a tenant deleted meanwhile has no figures to keep
+                    raise
+    return written
+
+
+def start(
+    es: EnergySettings, kube: kside.Kube, runner: slurm.Runner, clock: Callable[[], dt.datetime]
+) -> threading.Thread:
+    """The passes, in a thread of their own: a slow Prometheus or head never holds a handler."""
+
+    def loop() -> None:
+        while True:
+            try:
+                n = one_pass(es, kube, runner, clock())
+                log.info("energy: this month's figures written for %d tenant(s)", n)
+            except (sources.SourceError, slurm.SlurmError, kside.ApiError, OSError) as e:
+                log.warning("energy: pass skipped, the last figures stay: %s", e)
+            time.sleep(es.interval)
+
+    thread = threading.Thread(target=loop, name="energy", daemon=True)
+    thread.start()
+    return thread

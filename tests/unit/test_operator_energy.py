@@ -1,0 +1,94 @@
+"""This month's energy in each Tenant's status (operators/tenants/energy.py): its settings, and one
+pass over stand-ins for the API server, the head and Prometheus."""
+
+import datetime as dt
+
+import pytest
+
+from aifactory.energy import sources
+from aifactory.site.model import PowerSettings
+from operators.tenants import energy
+from operators.tenants.slurm import Result
+
+pytestmark = pytest.mark.unit
+
+NOW = dt.datetime(2026, 12, 5, 12, tzinfo=dt.UTC)
+MONTH = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
+
+
+def test_settings_travel_through_the_environment_of_the_in_cluster_operator(monkeypatch):
+    power = PowerSettings(pue=1.2, water_l_per_kwh=0.5, carbon_g_per_kwh=270)
+    env = energy.env_for("http://198.18.0.11:9090", {"gpu-01": 8, "gpu-02": 4}, power)
+    monkeypatch.delenv("AIFACTORY_SITE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AIFACTORY_ENERGY_INTERVAL", "30")
+    es = energy.settings()
+    assert es == energy.EnergySettings("http://198.18.0.11:9090", {"gpu-01": 8, "gpu-02": 4}, power, 30.0)
+    monkeypatch.delenv("AIFACTORY_PROMETHEUS_URL")
+    assert energy.settings() is None  # no Prometheus: no figures, said once at startup
+
+
+class StandInKube:
+    def __init__(self, tenants):
+        self.tenants, self.patches = tenants, []
+
+    def list(self, path, selector=None):
+        return self.tenants if path.endswith("/tenants") else []  # no pods
+
+    def request(self, method, path, body=None, query=None, content_type=""):
+        self.patches.append((method, path, body, content_type))
+        return {}
+
+
+class StandInHead:
+    def run(self, script, stdin="", timeout=60):
+        assert "sacct" in script
+        return Result(0, f"7|team-a|gpu-01|gres/gpu=2|{int(MONTH)}|{int(MONTH) + 3600}\n", "")
+
+
+def test_a_pass_writes_this_months_figures_of_the_tenants_whose_figures_moved(monkeypatch):
+    flat = [(MONTH + t, 1600.0) for t in range(0, 7201, 15)]
+    monkeypatch.setattr(sources, "power_samples", lambda url, t0, t1: {"gpu-01": flat})
+    kept = {"period": "2026-12", "itKWh": 0.0}
+    kube = StandInKube(
+        [
+            {"metadata": {"name": "team-a"}, "spec": {}},
+            {"metadata": {"name": "team-b"}, "spec": {}, "status": {"energy": kept}},  # nothing new
+            {"metadata": {"name": "team-c"}, "spec": {}, "status": {"energy": {**kept, "period": "2026-11"}}},
+        ]
+    )
+    es = energy.EnergySettings(
+        "http://prometheus", {"gpu-01": 8}, PowerSettings(pue=1.5, carbon_g_per_kwh=200)
+    )
+    assert energy.one_pass(es, kube, StandInHead(), NOW) == 2
+    (a_method, a_path, a_body, a_type), (_, c_path, c_body, _) = kube.patches
+    assert (
+        a_method == "PATCH"
+        and a_path.endswith("/tenants/team-a/status")
+        and a_type == "application/merge-patch+json"
+    )
+    # 1.6 kW for the hour team-a held 2 of 8 GPUs: 0.4 kWh; x1.5 facility; 200 g per kWh
+    assert a_body["status"]["energy"] == {
+        "period": "2026-12",
+        "itKWh": 0.4,
+        "facilityKWh": 0.6,
+        "co2eKg": 0.08,
+        "waterL": 0.0,
+        "updated": "2026-12-05T12:00:00Z",
+    }
+    assert c_path.endswith("/team-c/status") and c_body["status"]["energy"]["itKWh"] == 0.0  # a new month
+
+
+def test_a_closed_months_figures_move_to_the_history(monkeypatch):
+    monkeypatch.setattr(sources, "power_samples", lambda url, t0, t1: {})
+    november = {"period": "2026-11", "itKWh": 12.5, "updated": "2026-11-30T23:59:00Z"}
+    old = {f"2025-{m:02d}": {"period": f"2025-{m:02d}"} for m in range(1, 13)} | {"2024-12": {}}  # 13 kept
+    kube = StandInKube(
+        [{"metadata": {"name": "team-a"}, "spec": {}, "status": {"energy": november, "energyHistory": old}}]
+    )
+    energy.one_pass(energy.EnergySettings("http://prometheus", {}, PowerSettings()), kube, StandInHead(), NOW)
+    ((_, _, body, _),) = kube.patches
+    history = body["status"]["energyHistory"]
+    assert history["2026-11"] == november and history["2024-12"] is None  # the oldest goes
+    assert len([v for v in history.values() if v is not None]) == energy.HISTORY_MONTHS
