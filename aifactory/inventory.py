@@ -43,6 +43,7 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
             # the power governor's bounds: it never caps below idle, and gives back the site's limit
             "power_idle_w": power.machine_power(site.power, m).idle_w,
             "power_limit_w": m.power_limit_w,
+            "gpu_power_limit_w": m.gpu_power_limit_w,  # nvidia_gpu sets it with nvidia-smi -pl
         }
         if site.kubernetes and m.pool:
             hostvars[m.name]["k8s_pod_cidr"] = site.kubernetes.node_pod_cidr(

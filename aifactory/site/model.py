@@ -63,6 +63,7 @@ class Machine:
     nics: tuple[Nic, ...]
     power: PowerRange | None = None  # the site file's figure; None: estimated (aifactory.site.power)
     power_limit_w: int | None = None  # node power limit its BMC holds it to (power.limits_w)
+    gpu_power_limit_w: int | None = None  # per GPU, set with nvidia-smi (power.gpu_limits_w)
 
     @property
     def address(self) -> str:
@@ -179,6 +180,8 @@ class PowerSettings:
     gpu_models: dict[str, PowerRange] = field(default_factory=dict)  # per GPU, over the defaults
     # Node power limits set through each BMC, by machine name or by pool (a machine's own wins).
     limits_w: dict[str, int] = field(default_factory=dict)
+    # GPU power limits (nvidia-smi -pl) per GPU, by machine name or by pool (a machine's own wins).
+    gpu_limits_w: dict[str, int] = field(default_factory=dict)
     hold: HoldSettings = field(default_factory=HoldSettings)
 
 

@@ -61,8 +61,12 @@ def host_estimate(threads: int) -> PowerRange:
 
 
 def worst_w(settings: PowerSettings, machine: Machine) -> int:
-    """The most the machine can draw: its maximum, or the power limit its BMC holds it to."""
+    """The most the machine can draw: its maximum (its GPUs at their power limit where one is
+    set), or the node power limit its BMC holds it to."""
     most = machine_power(settings, machine).max_w
+    if machine.gpu_power_limit_w and machine.gpu_model:  # the GPUs held below their maximum
+        gpu = gpu_power(settings, machine.gpu_model).max_w
+        most -= machine.gpu_count * max(0, gpu - machine.gpu_power_limit_w)
     return min(most, machine.power_limit_w) if machine.power_limit_w else most
 
 

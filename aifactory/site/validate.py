@@ -73,7 +73,8 @@ KUBE_KEYS = {"version", "service_cidr", "api_port", "pod_cidr", "node_pod_prefix
 NVIDIA_KEYS = {"driver_branch", "repositories", "versions", "profiling_for_all_users"}
 REPO_KEYS = {"name", "url", "suite", "components", "key"}
 POWER_KEYS = {
-    "feeds", "pue", "water_l_per_kwh", "carbon_g_per_kwh", "carbon_file", "gpu_models", "limits_w", "hold"
+    "feeds", "pue", "water_l_per_kwh", "carbon_g_per_kwh", "carbon_file", "gpu_models",
+    "limits_w", "gpu_limits_w", "hold"
 }  # fmt: skip
 FEED_KEYS = {"name", "kw", "budget_kw", "machines"}
 HOLD_KEYS = {"at", "release"}
@@ -366,15 +367,7 @@ def _check_power(c: _Checker, raw: Any, base: Path, machines: list[Machine] | No
         elif (pr := _check_power_range(c, r, p)) is not None:
             models[model] = pr
     known = {m.name for m in machines or []}
-    limits: dict[str, int] = {}
-    for key, watts in (c.field(raw, "limits_w", dict, "power", required=False) or {}).items():
-        p = _join("power.limits_w", key)
-        if key not in known and key not in POOLS:
-            c.add(ERROR, p, f"{key!r} is neither a machine nor a pool ({', '.join(POOLS)})")
-        elif isinstance(watts, bool) or not isinstance(watts, int) or watts <= 0:
-            c.add(ERROR, p, f"must be a positive number of watts, got {watts!r}")
-        else:
-            limits[key] = watts
+    limits, gpu_limits = (_limits_by_key(c, raw, key, known) for key in ("limits_w", "gpu_limits_w"))
     feeds: list[Feed] = []
     for i, f in enumerate(c.field(raw, "feeds", list, "power", required=False) or []):
         p = _join("power.feeds", i)
@@ -419,8 +412,23 @@ def _check_power(c: _Checker, raw: Any, base: Path, machines: list[Machine] | No
         carbon_file=carbon_file,
         gpu_models=models,
         limits_w=limits,
+        gpu_limits_w=gpu_limits,
         hold=_check_hold(c, raw.get("hold")),
     )
+
+
+def _limits_by_key(c: _Checker, raw: dict[str, Any], field: str, known: set[str]) -> dict[str, int]:
+    """`power.<field>: {machine or pool: watts}`: positive whole watts, keyed by what exists."""
+    limits: dict[str, int] = {}
+    for key, watts in (c.field(raw, field, dict, "power", required=False) or {}).items():
+        p = _join(f"power.{field}", key)
+        if key not in known and key not in POOLS:
+            c.add(ERROR, p, f"{key!r} is neither a machine nor a pool ({', '.join(POOLS)})")
+        elif isinstance(watts, bool) or not isinstance(watts, int) or watts <= 0:
+            c.add(ERROR, p, f"must be a positive number of watts, got {watts!r}")
+        else:
+            limits[key] = watts
+    return limits
 
 
 def _check_hold(c: _Checker, raw: Any) -> HoldSettings:
@@ -455,7 +463,22 @@ def _with_power_limits(c: _Checker, settings: PowerSettings, machines: list[Mach
                     f"{watts} W for {m.name} is outside what it can be held to: "
                     f"{span.idle_w}..{span.max_w} W",
                 )
-        out.append(dataclasses.replace(m, power_limit_w=watts))
+        gkey = m.name if m.name in settings.gpu_limits_w else m.pool
+        gpu_watts = settings.gpu_limits_w.get(gkey) if gkey else None
+        if gpu_watts is not None and (not m.gpu_model or not m.gpu_count):
+            if gkey == m.name:
+                c.add(ERROR, _join("power.gpu_limits_w", gkey), f"{m.name} has no GPUs to limit")
+            gpu_watts = None
+        elif gpu_watts is not None and m.gpu_model in GPU_MODELS:
+            low, high = GPU_MODELS[m.gpu_model].limit_min_w, power.gpu_power(settings, m.gpu_model).max_w
+            if not low <= gpu_watts <= high:
+                c.add(
+                    ERROR,
+                    _join("power.gpu_limits_w", gkey),
+                    f"{gpu_watts} W per {m.gpu_model} GPU of {m.name} is outside what the driver accepts: "
+                    f"{low}..{high} W",
+                )
+        out.append(dataclasses.replace(m, power_limit_w=watts, gpu_power_limit_w=gpu_watts))
     return out
 
 

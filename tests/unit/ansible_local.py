@@ -8,9 +8,12 @@ from pathlib import Path
 import ansible_runner
 
 
-def run_local(data_dir: Path, playbook: Path, inventory: dict | None = None, **kwargs):
-    """ansible-runner on this machine with this interpreter, its venv's ansible first on PATH: on
-    localhost, or on every host of `inventory` (connected locally)."""
+def run_local(
+    data_dir: Path, playbook: Path, inventory: dict | None = None, path_first: Path | None = None, **kwargs
+):
+    """ansible-runner on this machine with this interpreter, its venv's ansible first on PATH
+    (after `path_first`, stand-in commands): on localhost, or on every host of `inventory`
+    (connected locally)."""
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     if inventory:
         for host in inventory["all"]["hosts"].values():
@@ -19,7 +22,11 @@ def run_local(data_dir: Path, playbook: Path, inventory: dict | None = None, **k
         private_data_dir=str(data_dir),
         playbook=str(playbook),
         inventory=inventory or {"all": {"hosts": {"localhost": local}}},
-        envvars={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
+        envvars={
+            "PATH": (f"{path_first}:" if path_first else "")
+            + str(Path(sys.executable).parent)
+            + ":/usr/bin:/bin"
+        },
         quiet=True,
         **kwargs,
     )
