@@ -181,6 +181,9 @@ def test_a_feed_over_its_lowered_budget_has_its_node_limits_lowered_until_it_dra
         assert limit is not None and limit < power.machine_power(site.power, site.machine("gpu-04")).max_w
         got = exporter_metrics(site)
         assert got[f'aifactory_power_governor_actions_total{{feed="{feed.name}",action="lowered"}}'] >= 1
+        # the exporter's job state: the job's 4 GPUs held, as squeue says
+        assert got["aifactory_slurm_up"] == 1 and got['aifactory_slurm_jobs{state="RUNNING"}'] >= 1
+        assert sum(v for k, v in got.items() if k.startswith("aifactory_slurm_gpus_allocated")) >= 4
         assert "lowering gpu-04 to" in head.check_output(
             "journalctl -u aifactory-power-exporter --no-pager -n 50"
         )

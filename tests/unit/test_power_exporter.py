@@ -44,6 +44,7 @@ def site_bmcs(tmp_path):
 def config_of(site) -> dict:
     return {
         "interval": 1,
+        "squeue": None,
         "feeds": [
             {"name": f.name, "watts": f.kw * 1000, "machines": list(f.machines)} for f in site.power.feeds
         ],
@@ -198,3 +199,25 @@ def test_the_exporter_sets_and_clears_a_node_limit_through_the_emulated_bmc(site
     one.set_limit(None)
     exporter.poll()
     assert one.reading["PowerLimit"]["LimitInWatts"] is None
+
+
+def test_slurm_job_state_per_state_and_gpus_per_account_from_squeue(tmp_path):
+    mod = load_exporter()
+    squeue = tmp_path / "squeue"  # what `squeue -h -o '%T|%a|%D|%b'` prints
+    squeue.write_text(
+        "#!/bin/sh\nprintf 'RUNNING|team-a|2|gres/gpu:h100:4\\nRUNNING|team-a|1|gres/gpu:2\\n"
+        "PENDING|team-b|1|gres/gpu:8\\nRUNNING|team-b|1|N/A\\n'\n"
+    )
+    squeue.chmod(0o755)
+    exporter = mod.Exporter({"interval": 1, "bmcs": [], "squeue": [str(squeue)]}, log=lambda _: None)
+    exporter.poll()
+    got = samples(exporter.metrics())
+    assert (
+        got['aifactory_slurm_jobs{state="RUNNING"}'] == 3
+        and got['aifactory_slurm_jobs{state="PENDING"}'] == 1
+    )
+    assert got['aifactory_slurm_gpus_allocated{account="team-a"}'] == 2 * 4 + 2
+    assert got['aifactory_slurm_gpus_allocated{account="team-b"}'] == 0
+    squeue.write_text("#!/bin/sh\necho 'slurmctld down' >&2; exit 1\n")
+    exporter.poll()
+    assert "\naifactory_slurm_up 0\n" in exporter.metrics()

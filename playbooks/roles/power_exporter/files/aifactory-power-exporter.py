@@ -18,6 +18,9 @@ its Power resource is found: System -> Links.Chassis[0] -> Power) for PowerContr
   aifactory_feed_holding{feed}                  1 while the governor holds the feed's limits down
   aifactory_power_governor_actions_total{feed,action}  limits lowered / released / failed to set
   aifactory_power_exporter_poll_seconds         how long the last round of readings took
+  aifactory_slurm_up                            1 if the last squeue answered (hosts with Slurm)
+  aifactory_slurm_jobs{state}                   Slurm jobs per state (squeue)
+  aifactory_slurm_gpus_allocated{account}       GPUs held by running jobs, per account (tenant)
 
 The governor, after every round: a feed drawing more than `hold.at` of its budget has its machines'
 node power limits lowered (Redfish PowerLimit) so that it draws the midpoint of `hold.at` and
@@ -28,10 +31,11 @@ A feed still over `hold.at` is lowered again the next round. Once the feed draws
 none). Every action is logged (the journal) and counted.
 
 The config (written by the power_exporter role, mode 0600: it holds BMC passwords):
-  {"interval": 10, "hold": {"at": 0.9, "release": 0.8},
+  {"interval": 10, "hold": {"at": 0.9, "release": 0.8}, "squeue": "auto",
    "feeds": [{"name", "watts", "budget_watts", "machines"}],
    "bmcs": [{"machine", "endpoint", "system_id", "username", "password", "verify", "idle_w", "limit_w"}]}
 `verify`: true (the system's CAs), false, or the path of the CA bundle that signed the BMC.
+`squeue`: the command (a list), "auto" (squeue where this host has it) or null (no job state).
 Python's standard library only: it runs on the head as shipped by Debian.
 """
 
@@ -40,7 +44,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
+import shutil
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -114,6 +121,50 @@ class Bmc:
                 self.energy_j += (now - self._last[0]) * (self._last[1] + watts) / 2
             self._last = (now, watts)
         self.reading, self.up = control, 1
+
+
+class SlurmJobs:
+    """Job state from squeue, one call per round: jobs per state, GPUs held per account."""
+
+    FORMAT = "%T|%a|%D|%b"  # state, account, nodes, TRES per node (gres/gpu:h100:2)
+    GPUS = re.compile(r"gpu(?::[A-Za-z0-9_.-]+)?[:=](\d+)")
+
+    def __init__(self, command: list[str]):
+        self.command = command
+        self.up = 0
+        self.states: dict[str, int] = {}
+        self.gpus: dict[str, int] = {}
+
+    def poll(self) -> None:
+        try:
+            out = subprocess.run(
+                [*self.command, "-h", "-o", self.FORMAT],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            self.up = 0
+            print(f"squeue: {e}", file=sys.stderr, flush=True)
+            return
+        states, gpus = {"RUNNING": 0, "PENDING": 0}, {}
+        for line in out.splitlines():
+            f = line.strip().split("|")
+            if len(f) < 4:
+                continue
+            states[f[0]] = states.get(f[0], 0) + 1
+            if f[0] == "RUNNING":
+                per_node = sum(int(n) for n in self.GPUS.findall(f[3]))
+                gpus[f[1]] = gpus.get(f[1], 0) + per_node * (int(f[2]) if f[2].isdigit() else 1)
+        self.states, self.gpus, self.up = states, gpus, 1
+
+
+def slurm_jobs(setting) -> SlurmJobs | None:
+    if setting == "auto":
+        found = shutil.which("squeue")
+        return SlurmJobs([found]) if found else None
+    return SlurmJobs(list(setting)) if setting else None
 
 
 def log(message: str) -> None:
@@ -193,6 +244,7 @@ class Exporter:
         self.feeds = config.get("feeds", [])
         self.bmcs = [Bmc(b) for b in config["bmcs"]]
         self.governor = Governor(self.feeds, config.get("hold") or {}, {b.machine: b for b in self.bmcs}, log)
+        self.slurm = slurm_jobs(config.get("squeue", "auto"))
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(self.bmcs))))
         self.poll_seconds = 0.0
 
@@ -201,6 +253,8 @@ class Exporter:
         list(self._pool.map(lambda b: b.poll(self.interval), self.bmcs))
         self.poll_seconds = time.monotonic() - start
         self.governor.step()
+        if self.slurm is not None:
+            self.slurm.poll()
 
     def run(self) -> None:
         while True:
@@ -239,10 +293,22 @@ class Exporter:
             ("aifactory_power_exporter_poll_seconds", "gauge", "Duration of the last round of readings.",
              [("", self.poll_seconds)]),
         ]  # fmt: skip
+        if self.slurm is not None:
+            families += [
+                ("aifactory_slurm_up", "gauge", "1 if the last squeue answered.", [("", self.slurm.up)]),
+                ("aifactory_slurm_jobs", "gauge", "Slurm jobs per state.",
+                 [(f'state="{k}"', n) for k, n in sorted(self.slurm.states.items())]),
+                ("aifactory_slurm_gpus_allocated", "gauge", "GPUs held by running jobs, per account.",
+                 [(f'account="{k}"', n) for k, n in sorted(self.slurm.gpus.items())]),
+            ]  # fmt: skip
         out = []
         for name, kind, help_, samples in families:
             out.append(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n")
-            out.extend(f"{name}{{{labels}}} {value:g}\n" for labels, value in samples if value is not None)
+            out.extend(
+                f"{name}{{{labels}}} {value:g}\n" if labels else f"{name} {value:g}\n"
+                for labels, value in samples
+                if value is not None
+            )
         return "".join(out)
 
 
