@@ -13,7 +13,6 @@ per tenant (GPU-hours per hour or day on each scheduler, and the running total a
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
 import io
 import json
@@ -21,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aifactory.report import table
+from aifactory.report import HTML_STYLE, csv_text, table
 from operators.tenants.budget import UsageLedger
 
 SLURM_COLOR, KUBERNETES_COLOR, BUDGET_COLOR = "#1f5fbf", "#e07b00", "#c0102a"
@@ -188,12 +187,7 @@ def as_json(usages: list[TenantUsage]) -> str:
 
 
 def as_csv(usages: list[TenantUsage]) -> str:
-    data = rows(usages)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(data[0]))
-    writer.writeheader()
-    writer.writerows(data)
-    return buf.getvalue()
+    return csv_text(rows(usages))
 
 
 def plot(u: TenantUsage) -> bytes:
@@ -239,15 +233,12 @@ def plot(u: TenantUsage) -> bytes:
         plt.close(fig)
 
 
-_HTML = """<!doctype html>
+_HTML = (
+    """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>GPU usage {{ period }}</title>
-<style>
- body { font-family: sans-serif; margin: 2em; color: #222; }
- table { border-collapse: collapse; margin: .5em 0 1.5em; }
- th, td { border: 1px solid #bbb; padding: .25em .6em; text-align: right; }
- th:first-child, td:first-child { text-align: left; }
- .over { color: #c0102a; font-weight: bold; }
-</style></head><body>
+"""
+    + HTML_STYLE
+    + """</head><body>
 <h1>GPU usage per tenant: {{ period }}</h1>
 <p>Generated {{ generated }} from the tenant operator's ledger
 (Slurm: sacct; Kubernetes: pods' run times).</p>
@@ -271,6 +262,7 @@ _HTML = """<!doctype html>
 {% endfor %}
 </body></html>
 """
+)
 
 
 def as_html(usages: list[TenantUsage], now: dt.datetime | None = None) -> str:

@@ -35,7 +35,7 @@ from aifactory.site.generate import generate, write  # noqa: E402
 from aifactory.site.model import Site  # noqa: E402
 from aifactory.site.validate import load_site  # noqa: E402
 from sandbox import bmc, ssh  # noqa: E402
-from tests.unit.emulated_bmcs import generated_site  # noqa: E402
+from tests.unit.emulated_bmcs import exporter_bmcs, generated_site  # noqa: E402
 
 EXPORTER = REPO / "playbooks" / "roles" / "power_exporter" / "files" / "aifactory-power-exporter.py"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -72,17 +72,7 @@ def emulated_collector(count: int, window: float) -> dict:
             config = {
                 "interval": 10,
                 "feeds": [{"name": "all", "watts": 10**7, "machines": [m.name for m in machines]}],
-                "bmcs": [
-                    {
-                        "machine": m.name,
-                        "endpoint": m.bmc.endpoint,
-                        "system_id": m.bmc.system_id,
-                        "username": USER,
-                        "password": PASSWORD,
-                        "verify": True,
-                    }
-                    for m in machines
-                ],
+                "bmcs": exporter_bmcs(machines, USER, PASSWORD),
             }
             path = Path(tmp) / "power-exporter.json"
             path.write_text(json.dumps(config))

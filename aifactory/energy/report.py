@@ -11,7 +11,6 @@ per hour per tenant and overhead; each tenant's share).
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
 import io
 import json
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aifactory.energy.attribution import Attribution, Holding, TenantEnergy, attribute
-from aifactory.report import table
+from aifactory.report import HTML_STYLE, csv_text, table
 from aifactory.site import power
 from aifactory.site.model import Feed, Site
 
@@ -166,12 +165,7 @@ def as_json(r: EnergyReport) -> str:
 
 
 def as_csv(r: EnergyReport) -> str:
-    data = rows(r)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(data[0]))
-    writer.writeheader()
-    writer.writerows(data)
-    return buf.getvalue()
+    return csv_text(rows(r))
 
 
 def as_table(r: EnergyReport) -> str:
@@ -278,15 +272,12 @@ def plotted(r: EnergyReport) -> tuple[list[tuple[str, dict[float, float]]], int]
     return series, bucket
 
 
-_HTML = """<!doctype html>
+_HTML = (
+    """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Energy {{ site }}: {{ start }} .. {{ end }}</title>
-<style>
- body { font-family: sans-serif; margin: 2em; color: #222; }
- table { border-collapse: collapse; margin: .5em 0 1.5em; }
- th, td { border: 1px solid #bbb; padding: .25em .6em; text-align: right; }
- th:first-child, td:first-child { text-align: left; }
- .over { color: #c0102a; font-weight: bold; }
-</style></head><body>
+"""
+    + HTML_STYLE
+    + """</head><body>
 <h1>Energy of site {{ site }}</h1>
 <p>{{ start }} .. {{ end }}: {{ '%.3f' % total }} kWh IT, from the BMCs' power readings (Prometheus)
 shared by the GPUs each Slurm job and pod held ({{ holdings }} holdings). PUE {{ pue }},
@@ -309,6 +300,7 @@ shared by the GPUs each Slurm job and pod held ({{ holdings }} holdings). PUE {{
 <img alt="draw of each feed against its budget" src="data:image/png;base64,{{ plots.feeds }}">
 </body></html>
 """
+)
 
 
 def as_html(r: EnergyReport, site: Site) -> str:

@@ -455,21 +455,25 @@ def epoch(stamp: str) -> float:
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def cli_report(argv: list[str], fmt: str, out: Path) -> Path:
+    """`aifactory <argv> --format fmt --out out`, as an operator runs it; the file it wrote."""
+    r = subprocess.run(
+        [sys.executable, "-m", "aifactory.cli", *argv, "--format", fmt, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def check_usage_report(site: Site, t: str, period: str, slurm_h: float, pods_h: float, tmp: Path) -> None:
     """`aifactory tenants report` for the closed period: its JSON and CSV give sacct's and the pod's
     GPU-hours, and its HTML, rendered by headless Chromium, shows the plot in both schedulers' colours."""
 
     def report(fmt: str) -> str:
-        out = tmp / f"report.{fmt}"
         argv = ["tenants", "report", "--site", str(site.path), "--tenant", t, "--period", period]
-        r = subprocess.run(
-            [sys.executable, "-m", "aifactory.cli", *argv, "--format", fmt, "--out", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert r.returncode == 0, r.stderr
-        return out.read_text()
+        return cli_report(argv, fmt, tmp / f"report.{fmt}").read_text()
 
     (doc,) = json.loads(report("json"))["tenants"]
     assert abs(doc["models"]["h100"]["slurm"] - slurm_h) < 0.0001, doc
@@ -630,16 +634,8 @@ def test_the_energy_report_gives_each_tenant_its_gpus_share_of_the_measured_ener
         )
 
         def energy(fmt: str) -> Path:
-            out = tmp_path / f"energy.{fmt}"
             argv = ["energy", "report", "--site", str(configured_site.path), "--period", period]
-            r = subprocess.run(
-                [sys.executable, "-m", "aifactory.cli", *argv, "--format", fmt, "--out", str(out)],
-                capture_output=True,
-                text=True,
-                timeout=180,
-            )
-            assert r.returncode == 0, r.stderr
-            return out
+            return cli_report(argv, fmt, tmp_path / f"energy.{fmt}")
 
         doc = json.loads(energy("json").read_text())
         got_a, got_b = doc["tenants"][a], doc["tenants"][b]

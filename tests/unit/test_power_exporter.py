@@ -14,7 +14,7 @@ import pytest
 from aifactory.site import power
 from sandbox import bmc
 from tests.conftest import REPO
-from tests.unit.emulated_bmcs import free_port, generated_site
+from tests.unit.emulated_bmcs import exporter_bmcs, free_port, generated_site
 
 pytestmark = pytest.mark.unit
 
@@ -48,17 +48,7 @@ def config_of(site) -> dict:
         "feeds": [
             {"name": f.name, "watts": f.kw * 1000, "machines": list(f.machines)} for f in site.power.feeds
         ],
-        "bmcs": [
-            {
-                "machine": m.name,
-                "endpoint": m.bmc.endpoint,
-                "system_id": m.bmc.system_id,
-                "username": USER,
-                "password": PASSWORD,
-                "verify": True,
-            }
-            for m in site.machines
-        ],
+        "bmcs": exporter_bmcs(site.machines, USER, PASSWORD),
     }
 
 
