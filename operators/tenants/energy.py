@@ -142,12 +142,14 @@ def start(
 
     def loop() -> None:
         while True:
+            time.sleep(es.interval)  # not at startup, where every tenant's reconcile goes first
             try:
                 n = one_pass(es, kube, runner, clock())
                 log.info("energy: this month's figures written for %d tenant(s)", n)
             except (sources.SourceError, slurm.SlurmError, kside.ApiError, OSError) as e:
                 log.warning("energy: pass skipped, the last figures stay: %s", e)
-            time.sleep(es.interval)
+            except Exception:  # a bug must not end the passes for good: said, and tried again
+                log.exception("energy: pass failed, the last figures stay")
 
     thread = threading.Thread(target=loop, name="energy", daemon=True)
     thread.start()
