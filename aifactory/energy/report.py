@@ -146,7 +146,7 @@ def as_json(r: EnergyReport) -> str:
                 "byMachineKWh": {k: round(v, 6) for k, v in sorted(e.by_machine.items())},
                 "facilityKWh": round(e.facility_kwh, 6),
                 "co2eKg": round(e.co2e_kg, 6),
-                "waterL": round(e.water_l, 4),
+                "waterL": round(e.water_l, 6),
             }
             for name, e in r.attribution.tenants.items()
         },
@@ -155,7 +155,7 @@ def as_json(r: EnergyReport) -> str:
             "byMachineKWh": {k: round(v, 6) for k, v in sorted(r.attribution.overhead.by_machine.items())},
             "facilityKWh": round(r.attribution.overhead.facility_kwh, 6),
             "co2eKg": round(r.attribution.overhead.co2e_kg, 6),
-            "waterL": round(r.attribution.overhead.water_l, 4),
+            "waterL": round(r.attribution.overhead.water_l, 6),
         },
         "machinesKWh": {k: round(v, 6) for k, v in sorted(r.attribution.machines_kwh.items())},
         "feeds": feed_rows(r),

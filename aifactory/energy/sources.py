@@ -47,8 +47,11 @@ def step_for(start: float, end: float) -> float:
 
 
 def query_range(url: str, query: str, label: str, start: float, end: float, timeout: float = 60) -> Samples:
-    """{the series' `label` value: [(t, value), ...]} of a range query."""
+    """{the series' `label` value: [(t, value), ...]} of a range query, on a grid of whole steps
+    that reaches to or past both ends: the energy of [start, end] is then interpolated inside the
+    samples, and two queries of adjacent intervals see the same points at their common end."""
     step = step_for(start, end)
+    start, end = math.floor(start / step) * step, math.ceil(end / step) * step
     args = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": step})
     try:
         with urllib.request.urlopen(f"{url}/api/v1/query_range?{args}", timeout=timeout) as r:

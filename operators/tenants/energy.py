@@ -2,10 +2,12 @@
 litres of water, the same attribution as `aifactory energy report` (aifactory/energy). A closed
 month's last figures move to `status.energyHistory`, where `aifactory tenants report` finds them.
 
-One pass every AIFACTORY_ENERGY_INTERVAL seconds for all tenants at once: the BMCs' readings since
-the first of the month from Prometheus (one range query), every job allocation from sacct (one
-call), every GPU pod (one list), then a status merge-patch per tenant whose figures moved. A source
-that cannot be read skips the pass; the last figures stay, with their time. CO2e uses the site's
+One pass every AIFACTORY_ENERGY_INTERVAL seconds for all tenants at once: the BMCs' readings of the
+interval since the last pass from Prometheus (one range query), the job allocations of that interval
+from sacct (one call), every GPU pod (one list); the interval's energy is added to each tenant's
+month (MonthAccount), and a status merge-patch goes to each tenant whose figures moved. A source
+that cannot be read skips the pass (the next covers the interval too); the last figures stay, with
+their time. CO2e uses the site's
 constant intensity (the hourly file stays with `aifactory energy report`, where the site file is).
 
 AIFACTORY_PROMETHEUS_URL    Prometheus on the head (http://<head>:9090); unset: no energy figures
@@ -23,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,22 +107,61 @@ def moved(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     return abs(float(old.get("itKWh", 0)) - new["itKWh"]) >= MOVED_KWH
 
 
-def one_pass(es: EnergySettings, kube: kside.Kube, runner: slurm.Runner, now: dt.datetime) -> int:
-    """Compute this month's figures of every tenant and write those that moved; how many were written."""
-    period, start = month(now)
-    t0, t1 = start.timestamp(), now.timestamp()
+# Readings reach Prometheus some seconds after the fact (the exporter's interval, then a scrape):
+# a pass accounts up to this long before now, and the next pass goes on from there.
+LAG_S = 45.0
+
+
+@dataclass
+class MonthAccount:
+    """Each tenant's energy so far this month, through `through` (epoch seconds). The first pass of
+    a month, or of a started operator, computes the month so far at one range query's resolution
+    (coarser the longer it is); every later pass adds only the interval since, at the scrape's."""
+
+    period: str = ""
+    through: float = 0.0
+    totals: dict[str, TenantEnergy] = field(default_factory=dict)
+
+    def advance(
+        self, es: EnergySettings, kube: kside.Kube, runner: slurm.Runner, now: dt.datetime, tenants: list
+    ) -> bool:
+        period, start = month(now)
+        if period != self.period:
+            self.period, self.through, self.totals = period, start.timestamp(), {}
+        t0, t1 = self.through, now.timestamp() - LAG_S
+        if t1 <= t0:
+            return False
+        samples = sources.power_samples(es.prometheus, t0, t1)
+        holdings = sources.slurm_holdings(runner, t0, t1)
+        holdings += sources.pod_holdings(kube, sources.tenant_namespaces(tenants), t1)
+        for name, e in attribute(samples, es.node_gpus, holdings, t0, t1, es.power).tenants.items():
+            total = self.totals.setdefault(name, TenantEnergy())
+            total.it_kwh += e.it_kwh
+            total.facility_kwh += e.facility_kwh
+            total.co2e_kg += e.co2e_kg
+            total.water_l += e.water_l
+        self.through = t1
+        return True
+
+
+def one_pass(
+    es: EnergySettings, kube: kside.Kube, runner: slurm.Runner, now: dt.datetime, account: MonthAccount
+) -> int:
+    """Bring this month's figures of every tenant up to date and write those that moved; how many
+    were written."""
     tenants = kube.list(f"/apis/{GROUP}/{VERSION}/{PLURAL}")
-    samples = sources.power_samples(es.prometheus, t0, t1)
-    holdings = sources.slurm_holdings(runner, t0, t1)
-    holdings += sources.pod_holdings(kube, sources.tenant_namespaces(tenants), t1)
-    a = attribute(samples, es.node_gpus, holdings, t0, t1, es.power)
+    if not account.advance(es, kube, runner, now, tenants):
+        return 0
     written = 0
     for t in tenants:
         name, status = t["metadata"]["name"], t.get("status") or {}
-        new, old = status_of(period, a.tenants.get(name, TenantEnergy()), now), status.get("energy")
+        new, old = (
+            status_of(account.period, account.totals.get(name, TenantEnergy()), now),
+            status.get("energy"),
+        )
         if moved(old, new):
             body: dict[str, Any] = {"status": {"energy": new}}
-            if old and old.get("period") and old["period"] != period:  # a month closed: kept for reports
+            if old and old.get("period") and old["period"] != account.period:  # a month closed: kept
                 history = {**(status.get("energyHistory") or {}), old["period"]: old}
                 for gone in sorted(history)[:-HISTORY_MONTHS]:
                     history[gone] = None  # merge patch: removed
@@ -140,11 +181,13 @@ def start(
 ) -> threading.Thread:
     """The passes, in a thread of their own: a slow Prometheus or head never holds a handler."""
 
+    account = MonthAccount()
+
     def loop() -> None:
         while True:
             time.sleep(es.interval)  # not at startup, where every tenant's reconcile goes first
             try:
-                n = one_pass(es, kube, runner, clock())
+                n = one_pass(es, kube, runner, clock(), account)
                 log.info("energy: this month's figures written for %d tenant(s)", n)
             except (sources.SourceError, slurm.SlurmError, kside.ApiError, OSError) as e:
                 log.warning("energy: pass skipped, the last figures stay: %s", e)

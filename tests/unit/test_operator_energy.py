@@ -61,7 +61,7 @@ def test_a_pass_writes_this_months_figures_of_the_tenants_whose_figures_moved(mo
     es = energy.EnergySettings(
         "http://prometheus", {"gpu-01": 8}, PowerSettings(pue=1.5, carbon_g_per_kwh=200)
     )
-    assert energy.one_pass(es, kube, StandInHead(), NOW) == 2
+    assert energy.one_pass(es, kube, StandInHead(), NOW, energy.MonthAccount()) == 2
     (a_method, a_path, a_body, a_type), (_, c_path, c_body, _) = kube.patches
     assert (
         a_method == "PATCH"
@@ -87,8 +87,31 @@ def test_a_closed_months_figures_move_to_the_history(monkeypatch):
     kube = StandInKube(
         [{"metadata": {"name": "team-a"}, "spec": {}, "status": {"energy": november, "energyHistory": old}}]
     )
-    energy.one_pass(energy.EnergySettings("http://prometheus", {}, PowerSettings()), kube, StandInHead(), NOW)
+    es = energy.EnergySettings("http://prometheus", {}, PowerSettings())
+    energy.one_pass(es, kube, StandInHead(), NOW, energy.MonthAccount())
     ((_, _, body, _),) = kube.patches
     history = body["status"]["energyHistory"]
     assert history["2026-11"] == november and history["2024-12"] is None  # the oldest goes
     assert len([v for v in history.values() if v is not None]) == energy.HISTORY_MONTHS
+
+
+def test_later_passes_add_only_the_interval_since_the_last_and_a_new_month_starts_from_zero(monkeypatch):
+    asked = []
+
+    def samples(url, t0, t1):
+        asked.append((t0, t1))
+        return {"gpu-01": [(MONTH + t, 1600.0) for t in range(0, 7201, 15)]}
+
+    monkeypatch.setattr(sources, "power_samples", samples)
+    es = energy.EnergySettings("http://prometheus", {"gpu-01": 8}, PowerSettings())
+    kube, account = StandInKube([{"metadata": {"name": "team-a"}, "spec": {}}]), energy.MonthAccount()
+    half = dt.datetime.fromtimestamp(MONTH + 1800 + energy.LAG_S, dt.UTC)  # the job half done
+    energy.one_pass(es, kube, StandInHead(), half, account)
+    assert account.totals["team-a"].it_kwh == pytest.approx(0.2) and account.through == MONTH + 1800
+    energy.one_pass(es, kube, StandInHead(), NOW, account)
+    assert account.totals["team-a"].it_kwh == pytest.approx(0.4)  # the same as one pass over both
+    assert asked[1][0] == MONTH + 1800  # the second asked from where the first ended
+    assert [b["status"]["energy"]["itKWh"] for _, _, b, _ in kube.patches] == [0.2, 0.4]
+    january = dt.datetime(2027, 1, 1, 0, 5, tzinfo=dt.UTC)
+    energy.one_pass(es, kube, StandInHead(), january, account)
+    assert account.period == "2027-01" and sum(e.it_kwh for e in account.totals.values()) == 0
