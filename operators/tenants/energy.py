@@ -176,24 +176,36 @@ def one_pass(
     return written
 
 
-def start(
-    es: EnergySettings, kube: kside.Kube, runner: slurm.Runner, clock: Callable[[], dt.datetime]
-) -> threading.Thread:
-    """The passes, in a thread of their own: a slow Prometheus or head never holds a handler."""
+class Passes:
+    """Runs a pass when one is due, in a thread of its own (a slow Prometheus or head never holds a
+    handler), one at a time. The tenants' drift timers ask (`due`): kopf pauses them while another
+    operator outranks this one (peering), so a paused operator writes no figures either."""
 
-    account = MonthAccount()
+    def __init__(
+        self, es: EnergySettings, kube: kside.Kube, runner: slurm.Runner, clock: Callable[[], dt.datetime]
+    ):
+        self.es, self.kube, self.runner, self.clock = es, kube, runner, clock
+        self.account = MonthAccount()
+        self._lock = threading.Lock()
+        self._running = False
+        # not at once: at startup every tenant's reconcile goes first
+        self._next = time.monotonic() + es.interval
 
-    def loop() -> None:
-        while True:
-            time.sleep(es.interval)  # not at startup, where every tenant's reconcile goes first
-            try:
-                n = one_pass(es, kube, runner, clock(), account)
-                log.info("energy: this month's figures written for %d tenant(s)", n)
-            except (sources.SourceError, slurm.SlurmError, kside.ApiError, OSError) as e:
-                log.warning("energy: pass skipped, the last figures stay: %s", e)
-            except Exception:  # a bug must not end the passes for good: said, and tried again
-                log.exception("energy: pass failed, the last figures stay")
+    def due(self) -> None:
+        with self._lock:
+            if self._running or time.monotonic() < self._next:
+                return
+            self._running, self._next = True, time.monotonic() + self.es.interval
+        threading.Thread(target=self._one, name="energy", daemon=True).start()
 
-    thread = threading.Thread(target=loop, name="energy", daemon=True)
-    thread.start()
-    return thread
+    def _one(self) -> None:
+        try:
+            n = one_pass(self.es, self.kube, self.runner, self.clock(), self.account)
+            log.info("energy: this month's figures written for %d tenant(s)", n)
+        except (sources.SourceError, slurm.SlurmError, kside.ApiError, OSError) as e:
+            log.warning("energy: pass skipped, the last figures stay: %s", e)
+        except Exception:  # a bug must not end the passes for good: said, and tried again
+            log.exception("energy: pass failed, the last figures stay")
+        finally:
+            with self._lock:
+                self._running = False

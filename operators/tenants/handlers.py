@@ -86,6 +86,7 @@ class State:
     # memory is enough; an operator that restarts starts from the full entitlement on each side
     # until the first round (one drift interval).
     holdings: dict[str, Holdings] = field(default_factory=dict)
+    energy_passes: energy.Passes | None = None  # this month's energy in the tenants' status
 
 
 _state: State | None = None
@@ -143,7 +144,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Complete before any handler runs: kopf starts watching after the startup handlers.
     reread_ledger()
     if (es := energy.settings()) is not None:
-        energy.start(es, kube, cfg.runner, lambda: dt.datetime.fromtimestamp(budget.clock(), dt.UTC))
+        _state.energy_passes = energy.Passes(
+            es, kube, cfg.runner, lambda: dt.datetime.fromtimestamp(budget.clock(), dt.UTC)
+        )
     else:
         log.info("no Prometheus (AIFACTORY_PROMETHEUS_URL): no energy figures in the tenants' status")
     log.info(
@@ -429,10 +432,12 @@ async def drift(
     body: kopf.Body,
     **kwargs: Any,
 ) -> None:
+    st = state()
+    if st.energy_passes is not None:
+        st.energy_passes.due()
     if meta.get("deletionTimestamp") or not await in_kube_pool(spec_unchanged, name, meta):
         return
     t = parse(name, dict(spec))
-    st = state()
     before = st.holdings.get(name, Holdings())
     # The pods first, so Slurm's limit this round leaves them their GPUs; Slurm's jobs are seen by
     # this round's observation (the Kubernetes side follows at once when they changed).

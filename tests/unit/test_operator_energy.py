@@ -115,3 +115,32 @@ def test_later_passes_add_only_the_interval_since_the_last_and_a_new_month_start
     january = dt.datetime(2027, 1, 1, 0, 5, tzinfo=dt.UTC)
     energy.one_pass(es, kube, StandInHead(), january, account)
     assert account.period == "2027-01" and sum(e.it_kwh for e in account.totals.values()) == 0
+
+
+def test_passes_run_when_due_one_at_a_time_in_their_own_thread(monkeypatch):
+    import threading
+    import time
+
+    release, ran = threading.Event(), []
+
+    def slow_pass(es, kube, runner, now, account):
+        ran.append(now)
+        release.wait(5)
+        return 0
+
+    monkeypatch.setattr(energy, "one_pass", slow_pass)
+    es = energy.EnergySettings("http://prometheus", {}, PowerSettings(), interval=0.2)
+    passes = energy.Passes(es, StandInKube([]), StandInHead(), lambda: NOW)
+    passes.due()
+    assert ran == []  # not before one interval: the startup reconciles go first
+    time.sleep(0.25)
+    passes.due()
+    time.sleep(0.3)
+    passes.due()  # due again, but the first is still running: no second at once
+    time.sleep(0.05)
+    assert len(ran) == 1
+    release.set()
+    time.sleep(0.05)
+    passes.due()
+    time.sleep(0.05)
+    assert len(ran) == 2
