@@ -91,6 +91,8 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
         all_vars["nvidia_driver_branch"] = site.nvidia.driver_branch
         all_vars["nvidia_profiling_for_all_users"] = site.nvidia.profiling_for_all_users
         all_vars["nvidia_package_versions"] = dict(site.nvidia.versions)
+        # dcgm-exporter where the site pins it (playbooks/roles/nvidia_gpu); Prometheus scrapes it
+        all_vars["nvidia_dcgm_exporter"] = "datacenter-gpu-manager-exporter" in site.nvidia.versions
         all_vars["nvidia_apt_repositories"] = [
             {
                 "name": r.name,

@@ -108,3 +108,44 @@ def test_the_role_renders_sources_pins_and_driver_options(tmp_path):
     assert pins.count("Package:") == 4
     # profiling counters for root only unless the site file opens them
     assert "NVreg_RestrictProfilingToAdminUsers=1" in (out / "modprobe.conf").read_text()
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_prometheus_scrapes_dcgm_exporter_where_the_site_pins_it(tmp_path, pinned):
+    """dcgm-exporter is the release paired with the site's DCGM: installed and scraped on every GPU
+    machine where nvidia.versions pins it, left out (not guessed) where it does not."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    if pinned:
+        doc["nvidia"]["versions"]["datacenter-gpu-manager-exporter"] = "1:3.3.9-3.6.1"
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    (tmp_path / "keys").mkdir()
+    for repo in doc["nvidia"]["repositories"]:
+        (tmp_path / repo["key"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / repo["key"]).write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
+    site = load_site(path)
+    rendered = inventory.render(site)
+    head = site.with_role("head")[0].name
+    role = REPO / "playbooks" / "roles" / "prometheus"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    task = {
+        "ansible.builtin.template": {
+            "src": str(role / "templates" / "prometheus.yml.j2"),
+            "dest": str(tmp_path / "prometheus.yml"),
+            "mode": "0644",
+        }
+    }
+    play = [{"hosts": head, "gather_facts": False, "vars": defaults, "tasks": [task]}]
+    (tmp_path / "render.yml").write_text(yaml.safe_dump(play))
+    r = run_local(tmp_path, tmp_path / "render.yml", inventory=rendered)
+    assert r.status == "successful", r.stdout.read()[-2000:]
+    jobs = {
+        j["job_name"]: j for j in yaml.safe_load((tmp_path / "prometheus.yml").read_text())["scrape_configs"]
+    }
+    gpu_machines = [m for m in site.machines if m.gpu_count]
+    if pinned:
+        targets = [c["targets"][0] for c in jobs["dcgm"]["static_configs"]]
+        assert targets == [f"{m.address}:9400" for m in gpu_machines] and len(targets) == 64
+        assert "datacenter-gpu-manager-exporter" in rendered["all"]["vars"]["nvidia_package_versions"]
+    else:
+        assert "dcgm" not in jobs and rendered["all"]["vars"]["nvidia_dcgm_exporter"] is False
