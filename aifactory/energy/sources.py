@@ -29,6 +29,7 @@ from operators.tenants.spec import GROUP, PLURAL, VERSION, parse
 PROMETHEUS_PORT = 9090
 MAX_POINTS = 10_000  # Prometheus answers at most 11,000 points per series
 SCRAPE_S = 15  # prometheus_scrape_interval: no finer step has more to say
+RAW_MAX_S = 6 * 3600  # periods up to this long read the samples as scraped (5,760 a machine at most)
 
 Samples = dict[str, list[tuple[float, float]]]
 
@@ -47,14 +48,22 @@ def step_for(start: float, end: float) -> float:
 
 
 def query_range(url: str, query: str, label: str, start: float, end: float, timeout: float = 60) -> Samples:
-    """{the series' `label` value: [(t, value), ...]} of a range query, on a grid of whole steps
-    that reaches to or past both ends: the energy of [start, end] is then interpolated inside the
-    samples, and two queries of adjacent intervals see the same points at their common end."""
-    step = step_for(start, end)
-    start, end = math.floor(start / step) * step, math.ceil(end / step) * step
-    args = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": step})
+    """{the series' `label` value: [(t, value), ...]} over [start, end], reaching past both ends so
+    that energy is interpolated inside the samples. Up to RAW_MAX_S, the samples as scraped (a
+    range selector); longer, a range query on a grid of whole steps (at most MAX_POINTS a series)."""
+    if end - start <= RAW_MAX_S:
+        lo, hi = start - 2 * SCRAPE_S, end + 2 * SCRAPE_S
+        path = "query"
+        args = {"query": f"{query}[{math.ceil(hi - lo)}s]", "time": hi}
+    else:
+        step = step_for(start, end)
+        path = "query_range"
+        args = {"query": query, "start": math.floor(start / step) * step, "end": math.ceil(end / step) * step}
+        args["step"] = step
     try:
-        with urllib.request.urlopen(f"{url}/api/v1/query_range?{args}", timeout=timeout) as r:
+        with urllib.request.urlopen(
+            f"{url}/api/v1/{path}?{urllib.parse.urlencode(args)}", timeout=timeout
+        ) as r:
             body = json.load(r)
     except (OSError, ValueError) as e:
         raise SourceError(f"Prometheus at {url}: {e}") from e

@@ -575,15 +575,12 @@ def test_a_spent_budget_holds_both_schedulers_survives_a_sigkill_and_renews_once
 
 
 def series_kwh(site: Site, machine: str, t0: float, t1: float, share: float) -> float:
-    """`share` of the machine's energy in [t0, t1] from Prometheus' samples of its draw, computed
-    here on its own: the trapezoids between the samples, cut at t0 and t1 by linear interpolation."""
-    url = f"http://{site.with_role('head')[0].address}:9090/api/v1/query_range?" + urllib.parse.urlencode(
-        {
-            "query": f'aifactory_node_power_watts{{machine="{machine}"}}',
-            "start": t0 - 60,
-            "end": t1 + 60,
-            "step": 15,
-        }
+    """`share` of the machine's energy in [t0, t1] from Prometheus' samples of its draw as scraped,
+    computed here on its own: the trapezoids between the samples, cut at t0 and t1 by linear
+    interpolation."""
+    query = f'aifactory_node_power_watts{{machine="{machine}"}}[{int(t1 - t0) + 120}s]'
+    url = f"http://{site.with_role('head')[0].address}:9090/api/v1/query?" + urllib.parse.urlencode(
+        {"query": query, "time": t1 + 60}
     )
     with urllib.request.urlopen(url, timeout=30) as r:
         ((series),) = json.load(r)["data"]["result"]
@@ -625,9 +622,9 @@ def test_the_energy_report_gives_each_tenant_its_gpus_share_of_the_measured_ener
         finished = pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
         pod_t = (epoch(pod["status"]["startTime"]), epoch(finished))
         slurm_t = (float(start), float(end))
+        time.sleep(20)  # Prometheus' scrape after the last end
         want_a = series_kwh(configured_site, node.strip(), *slurm_t, 2 / 8)
         want_b = series_kwh(configured_site, pod["spec"]["nodeName"], *pod_t, 1 / 8)
-        time.sleep(20)  # Prometheus' scrape after the last end
         t0, t1 = min(slurm_t[0], pod_t[0]) - 30, max(slurm_t[1], pod_t[1]) + 15
         period = "/".join(
             dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in (t0, t1)
