@@ -502,12 +502,11 @@ def gpu_pods(kube: Kube, namespaces: list[str] | None) -> list[GpuPod]:
         return models[node]
 
     if namespaces is None:
-        pods = kube.list(path("v1", "Pod"))
+        pods = [(pod["metadata"]["namespace"], pod) for pod in kube.list(path("v1", "Pod"))]
     else:
-        pods = [pod for ns in namespaces for pod in kube.list(path("v1", "Pod", namespace=ns))]
+        pods = [(ns, pod) for ns in namespaces for pod in kube.list(path("v1", "Pod", namespace=ns))]
     out = []
-    for pod in pods:
-        ns = pod["metadata"]["namespace"]
+    for ns, pod in pods:
         status = pod.get("status") or {}
         finished = status.get("phase") in ("Succeeded", "Failed")
         start = _epoch(status.get("startTime"))
