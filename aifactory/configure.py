@@ -241,8 +241,8 @@ def run_playbook(
     if full is None:
         full = os.environ.get(FULL_ENV, "") not in ("", "0")
     start = time.monotonic()
-    given = dict(extravars)
-    digest = inputs_digest(inventory_for(site), given, site.name)
+    given, inv = dict(extravars), inventory_for(site)
+    digest = inputs_digest(inv, given, site.name)
     extravars["configuration_fingerprint_inputs"] = digest
     data_dir = paths.site_state_dir(site.name) / "ansible"
     unverified_file = data_dir / "unverified.json"
@@ -277,7 +277,7 @@ def run_playbook(
     if not check:
         # A first run creates the secrets the digest covers: record the digest with them, or the
         # next run would find other inputs than the record's and run in full once more.
-        after = inputs_digest(inventory_for(site), given, site.name)
+        after = inputs_digest(inv, given, site.name)
         if after != digest:
             extravars["configuration_fingerprint_inputs"] = after
             _runner(site, RECORD, limit, False, extravars, lambda _: None)

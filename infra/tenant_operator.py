@@ -19,7 +19,6 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from aifactory.energy import sources
 from aifactory.site.model import Machine, Site
 from operators.tenants import capacity, crd, energy
 from operators.tenants.spec import GROUP, PEERING, PEERING_PRIORITY_IN_CLUSTER, STRICT_MEMBER_ROLE
@@ -170,11 +169,7 @@ class TenantOperator(pulumi.ComponentResource):
             "AIFACTORY_SLURM_SSH_CONFIG": f"{SSH_DIR}/config",
             "AIFACTORY_SLURM_HEAD": args.site.with_role("head")[0].name,
             # this month's energy in each tenant's status (operators/tenants/energy.py)
-            **energy.env_for(
-                sources.prometheus_url(args.site),
-                {m.name: m.gpu_count for m in args.site.machines if m.gpu_count},
-                args.site.power,
-            ),
+            **energy.env_for(energy.site_settings(args.site)),
         }
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",

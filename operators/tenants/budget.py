@@ -63,6 +63,15 @@ def period(kind: str, at: dt.datetime, created: dt.datetime) -> tuple[str, dt.da
     return f"{at.year:04d}-{at.month:02d}", dt.datetime(at.year, at.month, 1, tzinfo=dt.UTC)
 
 
+def closing(history: Mapping[str, Any], name: str, figures: Any) -> dict[str, Any]:
+    """A status history (closed periods by name) with `figures` kept under `name`, as a merge patch:
+    the oldest beyond HISTORY_PERIODS set to None (removed)."""
+    out = {**history, name: figures}
+    for old in sorted(out)[:-HISTORY_PERIODS]:
+        out[old] = None
+    return out
+
+
 def _add(into: dict[str, float], key: str, seconds: float) -> None:
     if seconds > 0:
         into[key] = into.get(key, 0.0) + seconds

@@ -7,8 +7,8 @@ interval since the last pass from Prometheus (one range query), the job allocati
 from sacct (one call), every GPU pod (one list); the interval's energy is added to each tenant's
 month (MonthAccount), and a status merge-patch goes to each tenant whose figures moved. A source
 that cannot be read skips the pass (the next covers the interval too); the last figures stay, with
-their time. CO2e uses the site's
-constant intensity (the hourly file stays with `aifactory energy report`, where the site file is).
+their time. CO2e uses the site's constant intensity (the hourly file stays with `aifactory energy
+report`, where the site file is).
 
 AIFACTORY_PROMETHEUS_URL    Prometheus on the head (http://<head>:9090); unset: no energy figures
 AIFACTORY_NODE_GPUS         `gpu-01=8,...`: each machine's GPUs (the share a held GPU is)
@@ -31,14 +31,13 @@ from typing import Any
 
 from aifactory.energy import sources
 from aifactory.energy.attribution import TenantEnergy, attribute
-from aifactory.site.model import PowerSettings
+from aifactory.site.model import PowerSettings, Site
+from operators.tenants import budget, slurm
 from operators.tenants import kubernetes_side as kside
-from operators.tenants import slurm
 from operators.tenants.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("aifactory.tenants.energy")
 DEFAULT_INTERVAL_S = 300.0
-HISTORY_MONTHS = 13  # closed months kept in status.energyHistory, as budgetHistory keeps periods
 MOVED_KWH = 0.0001  # figures that moved less (0.1 Wh) are not written again
 
 
@@ -54,14 +53,17 @@ def _pairs(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
 
 
+def site_settings(site: Site, interval: float = DEFAULT_INTERVAL_S) -> EnergySettings:
+    gpus = {m.name: m.gpu_count for m in site.machines if m.gpu_count}
+    return EnergySettings(sources.prometheus_url(site), gpus, site.power, interval)
+
+
 def settings() -> EnergySettings | None:
     interval = float(os.environ.get("AIFACTORY_ENERGY_INTERVAL", DEFAULT_INTERVAL_S))
     if site_file := os.environ.get("AIFACTORY_SITE"):
         from aifactory.site.validate import load_site
 
-        site = load_site(Path(site_file))
-        gpus = {m.name: m.gpu_count for m in site.machines if m.gpu_count}
-        return EnergySettings(sources.prometheus_url(site), gpus, site.power, interval)
+        return site_settings(load_site(Path(site_file)), interval)
     url = os.environ.get("AIFACTORY_PROMETHEUS_URL")
     if not url:
         return None
@@ -75,19 +77,16 @@ def settings() -> EnergySettings | None:
     return EnergySettings(url, gpus, power, interval)
 
 
-def env_for(prometheus: str, node_gpus: Mapping[str, int], power: PowerSettings) -> dict[str, str]:
+def env_for(es: EnergySettings) -> dict[str, str]:
     """The environment that gives an in-cluster operator these settings (infra/tenant_operator.py)."""
+    power = es.power
     return {
-        "AIFACTORY_PROMETHEUS_URL": prometheus,
-        "AIFACTORY_NODE_GPUS": ",".join(f"{m}={n}" for m, n in sorted(node_gpus.items())),
+        "AIFACTORY_PROMETHEUS_URL": es.prometheus,
+        "AIFACTORY_NODE_GPUS": ",".join(f"{m}={n}" for m, n in sorted(es.node_gpus.items())),
         "AIFACTORY_ENERGY_FACTORS": (
             f"pue={power.pue},water_l_per_kwh={power.water_l_per_kwh},carbon_g_per_kwh={power.carbon_g_per_kwh}"
         ),
     }
-
-
-def month(now: dt.datetime) -> tuple[str, dt.datetime]:
-    return now.strftime("%Y-%m"), now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def status_of(period: str, e: TenantEnergy, now: dt.datetime) -> dict[str, Any]:
@@ -125,7 +124,7 @@ class MonthAccount:
     def advance(
         self, es: EnergySettings, kube: kside.Kube, runner: slurm.Runner, now: dt.datetime, tenants: list
     ) -> bool:
-        period, start = month(now)
+        period, start = budget.period("Monthly", now, now)
         if period != self.period:
             self.period, self.through, self.totals = period, start.timestamp(), {}
         t0, t1 = self.through, now.timestamp() - LAG_S
@@ -162,10 +161,8 @@ def one_pass(
         if moved(old, new):
             body: dict[str, Any] = {"status": {"energy": new}}
             if old and old.get("period") and old["period"] != account.period:  # a month closed: kept
-                history = {**(status.get("energyHistory") or {}), old["period"]: old}
-                for gone in sorted(history)[:-HISTORY_MONTHS]:
-                    history[gone] = None  # merge patch: removed
-                body["status"]["energyHistory"] = history
+                history = status.get("energyHistory") or {}
+                body["status"]["energyHistory"] = budget.closing(history, old["period"], old)
             path = f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}/status"
             try:
                 kube.request("PATCH", path, body, content_type="application/merge-patch+json")

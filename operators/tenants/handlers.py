@@ -514,14 +514,11 @@ async def account_usage(
         summary |= {"limitGPUHours": verdict.limit_hours, "percentUsed": round(verdict.percent, 1)}
     patch.status["budget"] = replacing(status.get("budget"), summary)
     if closed is not None:
-        history = dict(status.get("budgetHistory") or {})
-        history[closed.period] = {
-            **closed.closed_summary(),
-            "limitGPUHours": t.budget.gpu_hours if t.budget else None,
-        }
-        for old in sorted(history)[: -budget.HISTORY_PERIODS]:
-            history[old] = None  # merge patch: removed
-        patch.status["budgetHistory"] = history
+        patch.status["budgetHistory"] = budget.closing(
+            status.get("budgetHistory") or {},
+            closed.period,
+            {**closed.closed_summary(), "limitGPUHours": t.budget.gpu_hours if t.budget else None},
+        )
         if verdict is not None:
             normal(body, reason="BudgetPeriodStarted", message=f"GPU-hour budget renewed for period {name}")
     spent = verdict is not None and verdict.spent

@@ -7,7 +7,7 @@ import pytest
 
 from aifactory.energy import sources
 from aifactory.site.model import PowerSettings
-from operators.tenants import energy
+from operators.tenants import budget, energy
 from operators.tenants.slurm import Result
 
 pytestmark = pytest.mark.unit
@@ -18,7 +18,7 @@ MONTH = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
 
 def test_settings_travel_through_the_environment_of_the_in_cluster_operator(monkeypatch):
     power = PowerSettings(pue=1.2, water_l_per_kwh=0.5, carbon_g_per_kwh=270)
-    env = energy.env_for("http://198.18.0.11:9090", {"gpu-01": 8, "gpu-02": 4}, power)
+    env = energy.env_for(energy.EnergySettings("http://198.18.0.11:9090", {"gpu-01": 8, "gpu-02": 4}, power))
     monkeypatch.delenv("AIFACTORY_SITE", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -92,7 +92,7 @@ def test_a_closed_months_figures_move_to_the_history(monkeypatch):
     ((_, _, body, _),) = kube.patches
     history = body["status"]["energyHistory"]
     assert history["2026-11"] == november and history["2024-12"] is None  # the oldest goes
-    assert len([v for v in history.values() if v is not None]) == energy.HISTORY_MONTHS
+    assert len([v for v in history.values() if v is not None]) == budget.HISTORY_PERIODS
 
 
 def test_later_passes_add_only_the_interval_since_the_last_and_a_new_month_starts_from_zero(monkeypatch):
