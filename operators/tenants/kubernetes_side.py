@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -305,6 +306,17 @@ class Kube:
         out = self.request("GET", url_path, query={"labelSelector": selector} if selector else None)
         return list((out or {}).get("items", []))
 
+    def pages(self, url_path: str, size: int = 100) -> Iterator[dict[str, Any]]:
+        """The collection's items a page at a time (limit/continue): a reader that stops early
+        reads no further, and no more than one page is held at once."""
+        query = {"limit": str(size)}
+        while True:
+            out = self.request("GET", url_path, query=query) or {}
+            yield from out.get("items", [])
+            if not (token := out.get("metadata", {}).get("continue")):
+                return
+            query = {"limit": str(size), "continue": token}
+
     def has_kueue(self) -> bool:
         return (
             self.get(
@@ -414,14 +426,17 @@ def drop_unused_flavors(kube: Kube, models: list[str]) -> list[str]:
     last tenant of a model takes its flavor along while Kueue runs to release it (Kueue's finalizer
     would otherwise hold it, and a `pulumi destroy` waiting for Kueue's CRDs, after Kueue is gone).
     A later tenant of the model makes it again."""
-    used = {
-        f["name"]
-        for cq in kube.list(path(KUEUE, "ClusterQueue"))
-        if not cq["metadata"].get("deletionTimestamp")
-        for group in cq["spec"].get("resourceGroups", [])
-        for f in group.get("flavors", [])
-    }
-    unused = [f"gpu-{m}" for m in sorted(models) if f"gpu-{m}" not in used]
+    # Read page by page and stop once every flavor is seen in use: with many tenants, each deletion
+    # would otherwise read (and hold) every ClusterQueue of the site.
+    left = {f"gpu-{m}" for m in models}
+    for cq in kube.pages(path(KUEUE, "ClusterQueue")):
+        if not cq["metadata"].get("deletionTimestamp"):
+            left -= {
+                f["name"] for group in cq["spec"].get("resourceGroups", []) for f in group.get("flavors", [])
+            }
+        if not left:
+            break
+    unused = sorted(left)
     for name in unused:
         kube.delete(path(KUEUE, "ResourceFlavor", name))
     return unused

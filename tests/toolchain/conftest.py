@@ -27,9 +27,11 @@ def built():
     return _skip_unless_built
 
 
-@pytest.fixture
-def loopback_control_plane(tmp_path):
-    """The built etcd and kube-apiserver on loopback; yields a kubeconfig path."""
+@pytest.fixture(scope="module")
+def loopback_control_plane(tmp_path_factory):
+    """The built etcd and kube-apiserver on loopback, one per test module (a start costs ~7 s);
+    yields a kubeconfig path."""
+    tmp_path = tmp_path_factory.mktemp("control-plane")
     _skip_unless_built("etcd", "kube-apiserver")
     bin_dir = paths.bin_dir()
     client, peer, secure = free_port(), free_port(), free_port()

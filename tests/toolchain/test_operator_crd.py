@@ -20,7 +20,7 @@ def tenant(name: str = "team-a", **spec) -> dict:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Tenant", "metadata": {"name": name}, "spec": body}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def kube(loopback_control_plane):
     install.install_crd(loopback_control_plane, ["h100", "a100"])
     return install.kube(loopback_control_plane)

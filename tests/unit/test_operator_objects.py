@@ -318,21 +318,38 @@ def test_a_strict_tenant_is_fenced_in_both_ways_restricted_and_its_members_canno
     assert "pod-security.kubernetes.io/enforce" not in standard["Namespace"][0]["metadata"]["labels"]
 
 
-def test_the_last_tenant_of_a_model_takes_its_flavor_along():
-    class Queues:
-        def __init__(self):
-            self.deleted: list[str] = []
+class PagedQueues(kside.Kube):
+    """ClusterQueues served a page at a time, as the apiserver does with limit/continue."""
 
-        def list(self, url_path, selector=None):
-            def cq(flavor, gone=False):
-                meta = {"deletionTimestamp": "2026-12-05T00:00:00Z"} if gone else {}
-                return {"metadata": meta, "spec": {"resourceGroups": [{"flavors": [{"name": flavor}]}]}}
+    def __init__(self, queues: list[dict]):
+        self.queues, self.reads, self.deleted = queues, [], []
 
-            return [cq("gpu-h100"), cq("gpu-a100", gone=True)]  # the leaving tenant's queue: terminating
-
-        def delete(self, url_path):
+    def request(self, method, url_path, body=None, query=None, content_type="application/json"):
+        if method == "DELETE":
             self.deleted.append(url_path.rsplit("/", 1)[1])
+            return {}
+        start, size = int((query or {}).get("continue", 0)), int((query or {})["limit"])
+        self.reads.append(start)
+        more = start + size < len(self.queues)
+        return {
+            "items": self.queues[start : start + size],
+            "metadata": {"continue": str(start + size) if more else ""},
+        }
 
-    kube = Queues()
+
+def cq(flavor: str, gone: bool = False) -> dict:
+    meta = {"deletionTimestamp": "2026-12-05T00:00:00Z"} if gone else {}
+    return {"metadata": meta, "spec": {"resourceGroups": [{"flavors": [{"name": flavor}]}]}}
+
+
+def test_the_last_tenant_of_a_model_takes_its_flavor_along():
+    # the leaving tenant's queue is terminating: it no longer counts as a use of gpu-a100
+    kube = PagedQueues([cq("gpu-h100")] * 250 + [cq("gpu-a100", gone=True)])
     assert kside.drop_unused_flavors(kube, ["a100", "h100"]) == ["gpu-a100"]
-    assert kube.deleted == ["gpu-a100"]
+    assert kube.deleted == ["gpu-a100"] and kube.reads == [0, 100, 200]
+
+
+def test_flavors_still_in_use_are_kept_and_the_reading_stops_once_all_are_seen():
+    kube = PagedQueues([cq("gpu-a100")] * 120 + [cq("gpu-h100")] * 300)
+    assert kside.drop_unused_flavors(kube, ["a100", "h100"]) == []
+    assert kube.deleted == [] and kube.reads == [0, 100]
