@@ -1,6 +1,11 @@
 """Benchmark of the tenant operator on a configured site. Prints figures and ratios; asserts nothing.
 
-  .venv/bin/python bench/operator.py --site FILE [--tenants 200] [--rounds 3]
+  .venv/bin/python bench/operator.py --site FILE [--tenants 200] [--rounds 3] [--capacity-of FILE]
+
+With --capacity-of sites/scale.yaml the tenants are sized for a 256-server site (2,048 H100): the
+operator takes that capacity and each tenant a share that fits. Beyond its capacity, the site's size
+enters the operator's work only through its tenants' pods (it reads the Node of a GPU pod for its
+model) and never through Slurm's nodes; the bench's tenants run no pods.
 
 - N tenants created at once: time until all are Ready (both sides applied), and p50/p90 of each
   tenant's time to Ready;
@@ -35,6 +40,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import kopf
@@ -68,7 +74,15 @@ def tenant_spec(gpus: int) -> dict:
     return {"displayName": "bench", "gpuQuota": {"h100": gpus}, "members": {"slurmUsers": ["root"]}}
 
 
-def create_tenant(kube: kside.Kube, name: str) -> dict:
+@dataclass(frozen=True)
+class Shape:
+    """The site the tenants are sized for: its GPU capacity per model and each tenant's H100 quota."""
+
+    capacity: dict[str, int]
+    quota: int
+
+
+def create_tenant(kube: kside.Kube, name: str, quota: int) -> dict:
     created = kube.request(
         "POST",
         TENANTS,
@@ -76,7 +90,7 @@ def create_tenant(kube: kside.Kube, name: str) -> dict:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Tenant",
             "metadata": {"name": name},
-            "spec": tenant_spec(8),
+            "spec": tenant_spec(quota),
         },
     )
     assert created is not None
@@ -130,11 +144,14 @@ def watch_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{list_fn.__name__}: not done in time")
         w = k8s_watch.Watch()
-        for event in w.stream(list_fn, deserialize=False, timeout_seconds=30, **kw):
-            seen(event["object"])
-            if done():
-                w.stop()
-                break
+        try:
+            for event in w.stream(list_fn, deserialize=False, timeout_seconds=30, **kw):
+                seen(event["object"])
+                if done():
+                    w.stop()
+                    break
+        except KeyError:  # an ERROR event (its resourceVersion compacted away under load): list anew
+            continue
 
 
 def wait_namespaces_gone(kube: kside.Kube, names: list[str]) -> None:
@@ -147,8 +164,27 @@ def wait_namespaces_gone(kube: kside.Kube, names: list[str]) -> None:
         time.sleep(1)
 
 
-def run_operator(site, kube: kside.Kube, kubeconfig: Path, runner, names: list[str], log: Path) -> dict:
+def delete_all(kube: kside.Kube, names: list[str]) -> float:
+    """Force-delete the tenants through the operator (its finalizers); seconds until all are gone."""
+    start = time.monotonic()
+    wanted = set(names)
+    there = [t["metadata"]["name"] for t in kube.list(TENANTS) if t["metadata"]["name"] in wanted]
+    ann = {"metadata": {"annotations": {FORCE_DELETE_ANNOTATION: "true"}}}
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(lambda n: merge_patch(kube, n, ann), there))
+        list(pool.map(lambda n: kube.delete(f"{TENANTS}/{n}"), there))
+    while any(t["metadata"]["name"] in wanted for t in kube.list(TENANTS)):
+        if time.monotonic() - start > 1800:
+            raise TimeoutError("tenants not deleted after 30 min")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def run_operator(
+    site, kube: kside.Kube, kubeconfig: Path, runner, names: list[str], log: Path, shape: Shape
+) -> dict:
     env = install.operator_env(site.path, kubeconfig, drift_interval=3600, metrics_port=0)
+    env["AIFACTORY_GPU_CAPACITY"] = ",".join(f"{m}={n}" for m, n in sorted(shape.capacity.items()))
     with open(log, "wb") as out:
         proc = subprocess.Popen(install.kopf_command(), env=env, stdout=out, stderr=out)
     figures: dict = {}
@@ -156,7 +192,7 @@ def run_operator(site, kube: kside.Kube, kubeconfig: Path, runner, names: list[s
         time.sleep(5)  # started and watching (excluded: a long-running operator is already up)
         start = time.monotonic()
         with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(lambda n: create_tenant(kube, n), names))
+            list(pool.map(lambda n: create_tenant(kube, n, shape.quota), names))
         wanted = set(names)
         ready: set[str] = set()
         ready_at: list[float] = []  # seconds from the start, per tenant
@@ -228,19 +264,12 @@ def run_operator(site, kube: kside.Kube, kubeconfig: Path, runner, names: list[s
         figures["rss_mib"] = memory_mib(proc.pid, "VmRSS")
 
         # Clean up through the operator (finalizers), timed for information.
-        start = time.monotonic()
-        ann = {"metadata": {"annotations": {FORCE_DELETE_ANNOTATION: "true"}}}
-        with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(lambda n: merge_patch(kube, n, ann), names))
-            list(pool.map(lambda n: kube.delete(f"{TENANTS}/{n}"), names))
-        while any(t["metadata"]["name"] in wanted for t in kube.list(TENANTS)):
-            if time.monotonic() - start > 1800:
-                raise TimeoutError("tenants not deleted after 30 min")
-            time.sleep(0.5)
-        figures["all_deleted_s"] = time.monotonic() - start
+        figures["all_deleted_s"] = delete_all(kube, names)
         figures["peak_rss_deleting_mib"] = memory_mib(proc.pid, "VmHWM")
         wait_namespaces_gone(kube, names)
     finally:
+        if "all_deleted_s" not in figures:  # a failed run leaves nothing behind either
+            delete_all(kube, names)
         proc.terminate()
         try:
             proc.wait(30)
@@ -262,12 +291,12 @@ def operator_status(t: TenantSpec, created: dict, ledger: capacity.Ledger) -> di
 
 
 def run_floor(
-    site, kubeconfig: Path, kube: kside.Kube, runner: slurm.Runner, names: list[str], tenants: bool
+    kubeconfig: Path, kube: kside.Kube, runner: slurm.Runner, names: list[str], tenants: bool, shape: Shape
 ) -> float:
     """The same Kubernetes objects and sacctmgr commands, written directly: no operator. With
     `tenants`, also each Tenant's create and, once both sides are applied, its status write."""
-    specs = [parse(n, tenant_spec(8)) for n in names]
-    ledger = capacity.Ledger(capacity.site_capacity(site), "warn")
+    specs = [parse(n, tenant_spec(shape.quota)) for n in names]
+    ledger = capacity.Ledger(shape.capacity, "warn")
     status_kube = install.kube(kubeconfig)
     kueue = kube.has_kueue()  # the operator writes each tenant's queues too where Kueue runs
     start = time.monotonic()
@@ -292,7 +321,7 @@ def run_floor(
             kside.write(kube, t.name, kside.desired_objects(t, kueue), fresh=True)
 
         def tenant(t: TenantSpec) -> None:
-            created = create_tenant(kube, t.name)
+            created = create_tenant(kube, t.name, shape.quota)
             ledger.put(handlers.tenant_quota(t.name, t.gpu_quota, created["metadata"]))
             objects(t)
             statuses.append(status_pool.submit(status, t, created))
@@ -348,6 +377,12 @@ def main() -> int:
     ap.add_argument("--site", type=Path, required=True, help="a configured site (Slurm + Kubernetes)")
     ap.add_argument("--tenants", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3, help="floors + operator rounds; ratios are medians")
+    ap.add_argument(
+        "--capacity-of",
+        type=Path,
+        help="size the tenants for this site file's GPUs instead (e.g. sites/scale.yaml, 256 servers): "
+        "the operator takes its capacity, and each tenant a share of it (1-8 H100) so that all fit",
+    )
     args = ap.parse_args()
     if args.tenants < 1 or args.rounds < 1:
         ap.error("--tenants and --rounds must be at least 1")
@@ -362,6 +397,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    if args.capacity_of:
+        cap = capacity.site_capacity(load_site(args.capacity_of))
+        shape = Shape(cap, max(1, min(8, cap.get("h100", 0) // args.tenants)))
+    else:  # the deployed site's own capacity, every tenant 8 H100 (over-committed: policy warn)
+        shape = Shape(capacity.site_capacity(site), 8)
     install.install_crd(kubeconfig, sorted(capacity.site_capacity(site)))
     kube = install.kube(kubeconfig)
     runner = slurm.SshRunner(paths.ssh_config(site.name), site.with_role("head")[0].name)
@@ -373,10 +413,10 @@ def main() -> int:
     with site_operator_paused(kube):
         for r in range(args.rounds):
             names = [f"bench-{run}-{r}-{i:03d}" for i in range(args.tenants)]
-            objects_floor = run_floor(site, kubeconfig, kube, runner, [f"{n}j" for n in names], tenants=False)
-            floor = run_floor(site, kubeconfig, kube, runner, [f"{n}f" for n in names], tenants=True)
+            objects_floor = run_floor(kubeconfig, kube, runner, [f"{n}j" for n in names], False, shape)
+            floor = run_floor(kubeconfig, kube, runner, [f"{n}f" for n in names], True, shape)
             log = Path(tempfile.mkdtemp()) / "operator.log"
-            op = run_operator(site, kube, kubeconfig, runner, [f"{n}o" for n in names], log)
+            op = run_operator(site, kube, kubeconfig, runner, [f"{n}o" for n in names], log, shape)
             rounds.append((floor, objects_floor, op, log))
             print(
                 f"  round {r + 1}: floor {floor:5.1f} s (objects + sacctmgr only {objects_floor:4.1f} s),"
@@ -395,6 +435,12 @@ def main() -> int:
     _, _, op, log = rounds[-1]
     n = args.tenants
     print(f"tenant operator, {n} tenants created at once (site {site.name}; last operator log {log})")
+    gpus = ", ".join(f"{n} {m}" for m, n in sorted(shape.capacity.items()))
+    print(
+        f"  capacity {gpus}"
+        + (f" ({args.capacity_of})" if args.capacity_of else "")
+        + f"; quota {shape.quota} H100 each"
+    )
     ready = statistics.median(readies)
     print(f"  all Ready (median of {len(rounds)} rounds):  {ready:7.1f} s")
     print(f"  each tenant Ready (last round): p50 {op['ready_p50_s']:.1f} s, p90 {op['ready_p90_s']:.1f} s")

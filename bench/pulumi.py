@@ -6,8 +6,8 @@
   (`site up --bmc-only`; --machines-per-bmc servers share one BMC process, each its own system;
   stack with configure=false and waitForSsh=false): `pulumi up` from nothing and a no-change
   `pulumi preview`;
-- the engine's floor: the same resource tree whose provider does nothing (bench/floor), and the
-  ratio of our no-change preview to it;
+- the engine's floor: the same resource tree whose provider does nothing (bench/floor), `up` from
+  nothing (also without intermediate checkpoints) and a no-change preview, and our ratios to it;
 - with --local, the seven-machine local-site shape deployed in full (power-on, Ansible, Kubernetes).
 """
 
@@ -68,27 +68,40 @@ def pulumi_times(stack: str, template: Path) -> dict[str, float]:
     }
 
 
-def floor_preview(machines: int) -> float:
+def floor_times(machines: int) -> dict[str, float]:
+    """The engine's floor at the site's resource count: `up` from nothing, a no-change preview, and
+    `up` from nothing again with PULUMI_SKIP_CHECKPOINTS (the state written once at the end rather
+    than after every step): the difference is what writing the growing checkpoint costs."""
     floor = REPO / "bench" / "floor"
     env = deploy.env()
     exe = str(toolchain.BY_NAME["pulumi"].path)
 
-    def pulumi(*args: str) -> None:
+    def pulumi(*args: str, **extra_env: str) -> None:
         cmd = [exe, *args, "--non-interactive"]
-        r = subprocess.run(cmd, cwd=floor, env=env, capture_output=True, text=True)
+        r = subprocess.run(cmd, cwd=floor, env={**env, **extra_env}, capture_output=True, text=True)
         if r.returncode:
             raise SystemExit(f"floor: pulumi {' '.join(args)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
 
     pulumi("stack", "init", "floor", "--secrets-provider", "passphrase")
     try:
         pulumi("config", "set", "machines", str(machines), "--stack", "floor")
-        pulumi("up", "--stack", "floor", "--yes", "--skip-preview")
-        secs, _ = timed(lambda: pulumi("preview", "--stack", "floor", "--expect-no-changes"))
+        up, _ = timed(lambda: pulumi("up", "--stack", "floor", "--yes", "--skip-preview"))
+        preview, _ = timed(lambda: pulumi("preview", "--stack", "floor", "--expect-no-changes"))
+        pulumi("destroy", "--stack", "floor", "--yes", "--skip-preview")
+        unsaved, _ = timed(
+            lambda: pulumi(
+                "up", "--stack", "floor", "--yes", "--skip-preview", PULUMI_SKIP_CHECKPOINTS="true"
+            )
+        )
         pulumi("destroy", "--stack", "floor", "--yes", "--skip-preview")
     finally:
         pulumi("stack", "rm", "floor", "--yes", "--force")
         (floor / "Pulumi.floor.yaml").unlink(missing_ok=True)
-    return secs
+    return {
+        "up_from_nothing_s": round(up, 1),
+        "no_change_preview_s": round(preview, 1),
+        "up_from_nothing_skip_checkpoints_s": round(unsaved, 1),
+    }
 
 
 def main() -> int:
@@ -110,10 +123,14 @@ def main() -> int:
             ours = pulumi_times("benchbmc", tpl)
         finally:
             localsite.down(big, progress=quiet)
-        floor = floor_preview(len(big.machines))
+        floor = floor_times(len(big.machines))
         figures[f"bmc_only_{args.machines}_machines"] = ours
-        figures["floor_no_change_preview_s"] = round(floor, 1)
-        figures["preview_to_floor_ratio"] = round(ours["no_change_preview_s"] / floor, 2)
+        figures["floor"] = floor
+        figures["floor_no_change_preview_s"] = floor["no_change_preview_s"]
+        figures["preview_to_floor_ratio"] = round(
+            ours["no_change_preview_s"] / floor["no_change_preview_s"], 2
+        )
+        figures["up_to_floor_ratio"] = round(ours["up_from_nothing_s"] / floor["up_from_nothing_s"], 2)
         if args.local:
             local = load_site(write_scratch_site(tmp, "benchlocal", 6))
             assert localsite.up(local, progress=quiet) == 0

@@ -9,8 +9,9 @@ Layers (--layers, comma-separated, or `all`):
 - `pulumi`: `pulumi up` from nothing and a no-change preview of a BMC-only site at --pulumi-sizes
   machines against the engine's floor (bench/pulumi.py). Each emulated BMC is a process of about
   50 MiB: 256 machines need some 13 GiB.
-- `operator`: the tenant operator at --operator-sizes tenants created at once (bench/operator.py:
-  all Ready, memory, ratio to its floor). Needs a deployed site; stop its `operator start` first.
+- `operator`: the tenant operator at --operator-sizes tenants created at once, sized for the
+  256-server sites/scale.yaml (bench/operator.py --capacity-of: all Ready, memory, ratio to its
+  floor). Needs a deployed site; stop its `operator start` first.
 - `kueue`: Kueue's admission of --kueue-jobs one-GPU Jobs for each of --kueue-tenants tenants
   (bench/kueue.py). Needs a deployed site.
 - `quick`: `aifactory validate --level quick` of one host and of all the site's hosts, and the cost
@@ -25,6 +26,7 @@ for linear growth, above 1 superlinear; the sub-benchmarks print their ratios to
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -69,10 +71,23 @@ def sub_bench(script: str, *argv: str) -> str:
     return proc.stdout
 
 
+SCALE_SITE = REPO / "sites" / "scale.yaml"  # 256 GPU servers: the operator's tenants are sized for it
+
+
 def operator_curve(site: str, sizes: list[int]) -> None:
     points = []
     for n in sizes:
-        out = sub_bench("operator.py", "--site", site, "--tenants", str(n), "--rounds", "1")
+        out = sub_bench(
+            "operator.py",
+            "--site",
+            site,
+            "--tenants",
+            str(n),
+            "--rounds",
+            "1",
+            "--capacity-of",
+            str(SCALE_SITE),
+        )
         ready = re.search(r"all Ready \(median of \d+ rounds\):\s+([\d.]+) s", out)
         if ready:
             points.append((n, float(ready.group(1))))
@@ -81,14 +96,30 @@ def operator_curve(site: str, sizes: list[int]) -> None:
 
 
 def pulumi_curve(sizes: list[int]) -> None:
-    points = []
+    figures = {}
     for n in sizes:
         out = sub_bench("pulumi.py", "--machines", str(n))
-        preview = re.search(r'"no_change_preview_s": ([\d.]+)', out)
-        if preview:
-            points.append((n, float(preview.group(1))))
-    if points:
-        curve("pulumi: no-change preview of a BMC-only site", points)
+        if found := re.search(r"^\{$.*", out, re.M | re.S):  # the figures: JSON after pulumi's output
+            figures[n] = json.loads(found.group(0))
+    curves = {
+        "pulumi: up from nothing, BMC-only site": lambda f, n: f[f"bmc_only_{n}_machines"][
+            "up_from_nothing_s"
+        ],
+        "pulumi engine floor: up from nothing": lambda f, n: f["floor"]["up_from_nothing_s"],
+        "pulumi engine floor: up from nothing, PULUMI_SKIP_CHECKPOINTS": lambda f, n: f["floor"][
+            "up_from_nothing_skip_checkpoints_s"
+        ],
+        "pulumi: no-change preview of a BMC-only site": lambda f, n: f[f"bmc_only_{n}_machines"][
+            "no_change_preview_s"
+        ],
+        "pulumi engine floor: no-change preview": lambda f, n: f["floor"]["no_change_preview_s"],
+    }
+    if figures:
+        for title, get in curves.items():
+            curve(title, [(n, get(f, n)) for n, f in sorted(figures.items())])
+        print("\n  machines  up / floor  preview / floor")
+        for n, f in sorted(figures.items()):
+            print(f"  {n:>8}  {f['up_to_floor_ratio']:>10.2f}  {f['preview_to_floor_ratio']:>15.2f}")
 
 
 def validate_curve(sizes: list[int], repeat: int) -> None:

@@ -597,7 +597,7 @@ def series_kwh(site: Site, machine: str, t0: float, t1: float, share: float) -> 
 def test_the_energy_report_gives_each_tenant_its_gpus_share_of_the_measured_energy(
     operator, kube, head, request, configured_site, tmp_path
 ):
-    """One tenant's 2-GPU Slurm job and another's 1-GPU Kueue Job, 60 s each: `aifactory energy
+    """One tenant's 2-GPU Slurm job and another's 1-GPU Kueue Job, 30 s each: `aifactory energy
     report` gives each within 5% of its node's energy over its run time (Prometheus' samples, sacct's
     start and end, the pod's) times its share of the node's 8 GPUs, CO2e and water from the site
     file's factors, and the rest of the site as overhead; its HTML renders with its plots; each
@@ -609,8 +609,8 @@ def test_the_energy_report_gives_each_tenant_its_gpus_share_of_the_measured_ener
         wait_ready(kube, a)
         wait_ready(kube, b)
         wait_for("the LocalQueue", lambda: kube.get(f"{KUEUE_API}/namespaces/{b}/localqueues/default"))
-        job = head(f"sbatch --parsable -A {a} --gres=gpu:2 -o /dev/null --wrap 'sleep 60'").strip()
-        pod_job = queued_job(kube, b, "energy", 1, seconds=60)
+        job = head(f"sbatch --parsable -A {a} --gres=gpu:2 -o /dev/null --wrap 'sleep 30'").strip()
+        pod_job = queued_job(kube, b, "energy", 1, seconds=30)
         wait_for("the Slurm job done", lambda: job not in job_states(head, a), timeout=240)
         wait_for(
             "the pod done", lambda: (kube.get(pod_job) or {}).get("status", {}).get("succeeded") == 1, 240
