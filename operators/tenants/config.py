@@ -9,7 +9,7 @@ AIFACTORY_GPU_CAPACITY      `h100=16,...`: capacity without a site file (in-clus
 AIFACTORY_OVERCOMMIT_POLICY `warn` (default) or `reject`
 AIFACTORY_DRIFT_INTERVAL    seconds between drift checks of each tenant (default 60)
 AIFACTORY_METRICS_PORT      Prometheus port (default 9108, 0 = off)
-AIFACTORY_WORKERS           deletion handler threads (default 256; bounds deletions per Slurm batch)
+AIFACTORY_WORKERS           deletion handler threads (default 64; bounds deletions per Slurm batch)
 AIFACTORY_KUBE_CONCURRENCY  tenants writing Kubernetes objects at a time (default 32)
 """
 
@@ -33,6 +33,12 @@ class Config:
 
 # Measured with 200 new tenants on the local site: all Ready in 10.0 s with 32, 10.6 s with 16.
 KUBE_CONCURRENCY = 32
+
+
+# Measured with 1,000 tenants deleted at once on the local site: 64 threads peak at 169 MiB and take
+# 241 s, 256 threads 270 MiB and 190 s (each thread's allocations spread over glibc's arenas, and
+# what is freed stays with them).
+DELETION_THREADS = 64
 
 
 def kube_concurrency() -> int:

@@ -107,8 +107,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
     settings.persistence.finalizer = FINALIZER
     # The deletion handler is sync: its thread waits for the Slurm batch it joined (GroupCommit), so
-    # the thread count bounds how many deletions one sacctmgr call serves.
-    workers = int(os.environ.get("AIFACTORY_WORKERS", "256"))
+    # the thread count bounds how many deletions one sacctmgr call serves (config.DELETION_THREADS).
+    workers = int(os.environ.get("AIFACTORY_WORKERS", str(config.DELETION_THREADS)))
     settings.execution.max_workers = workers
     # kopf's own log lines ("Handler succeeded") become events only from warnings up: at INFO they
     # are two extra API writes per reconcile. Our Normal events go through `normal` (kopf.event).
