@@ -184,7 +184,7 @@ def run_operator(
     site, kube: kside.Kube, kubeconfig: Path, runner, names: list[str], log: Path, shape: Shape
 ) -> dict:
     env = install.operator_env(site.path, kubeconfig, drift_interval=3600, metrics_port=0)
-    env["AIFACTORY_GPU_CAPACITY"] = ",".join(f"{m}={n}" for m, n in sorted(shape.capacity.items()))
+    env["AIFACTORY_GPU_CAPACITY"] = capacity.format_capacity(shape.capacity)
     with open(log, "wb") as out:
         proc = subprocess.Popen(install.kopf_command(), env=env, stdout=out, stderr=out)
     figures: dict = {}
@@ -397,12 +397,13 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    own = capacity.site_capacity(site)
     if args.capacity_of:
         cap = capacity.site_capacity(load_site(args.capacity_of))
         shape = Shape(cap, max(1, min(8, cap.get("h100", 0) // args.tenants)))
     else:  # the deployed site's own capacity, every tenant 8 H100 (over-committed: policy warn)
-        shape = Shape(capacity.site_capacity(site), 8)
-    install.install_crd(kubeconfig, sorted(capacity.site_capacity(site)))
+        shape = Shape(own, 8)
+    install.install_crd(kubeconfig, sorted(own))
     kube = install.kube(kubeconfig)
     runner = slurm.SshRunner(paths.ssh_config(site.name), site.with_role("head")[0].name)
     run = uuid.uuid4().hex[:4]

@@ -160,9 +160,8 @@ class TenantOperator(pulumi.ComponentResource):
             subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=NAME, namespace=NAMESPACE)],
             opts=child,
         )
-        cap = ",".join(f"{m}={n}" for m, n in sorted(capacity.site_capacity(args.site).items()))
         env = {
-            "AIFACTORY_GPU_CAPACITY": cap,
+            "AIFACTORY_GPU_CAPACITY": capacity.format_capacity(capacity.site_capacity(args.site)),
             "AIFACTORY_OVERCOMMIT_POLICY": args.overcommit_policy,
             "AIFACTORY_DRIFT_INTERVAL": str(args.drift_interval_s),
             "AIFACTORY_METRICS_PORT": str(METRICS_PORT),

@@ -26,6 +26,11 @@ def site_capacity(site: Site) -> dict[str, int]:
     return cap
 
 
+def format_capacity(cap: dict[str, int]) -> str:
+    """The inverse of parse_capacity: what an operator without the site file is given."""
+    return ",".join(f"{model}={count}" for model, count in sorted(cap.items()))
+
+
 def parse_capacity(text: str) -> dict[str, int]:
     """`h100=16,a100=8` (the operator's AIFACTORY_GPU_CAPACITY when it runs without a site file)."""
     cap: dict[str, int] = {}

@@ -315,7 +315,7 @@ class Kube:
             yield from out.get("items", [])
             if not (token := out.get("metadata", {}).get("continue")):
                 return
-            query = {"limit": str(size), "continue": token}
+            query["continue"] = token
 
     def has_kueue(self) -> bool:
         return (

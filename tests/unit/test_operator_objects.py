@@ -230,6 +230,11 @@ def test_a_model_the_site_lacks_is_overcommitted_by_any_quota():
 
 def test_capacity_from_text():
     assert capacity.parse_capacity("h100=16, a100=8") == {"h100": 16, "a100": 8}
+    assert capacity.format_capacity({"h100": 16, "a100": 8}) == "a100=8,h100=16"
+    assert capacity.parse_capacity(capacity.format_capacity({"h100": 16, "a100": 8})) == {
+        "h100": 16,
+        "a100": 8,
+    }
     with pytest.raises(ValueError, match="'h100' is not MODEL=COUNT"):
         capacity.parse_capacity("h100")
 
