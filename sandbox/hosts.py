@@ -29,6 +29,16 @@ from sandbox.daemons import pid_of
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 NSPAWN_REBOOT = 133
+# A stopped host's network namespace, and its veth with it, lives on in the kernel while its TCP
+# connections finish without it: FIN_WAIT2 for tcp_fin_timeout (60 s), retransmissions to a peer
+# that is gone for minutes (110 s seen in CI, after a control-plane machine was forced off). Until
+# then nspawn booting the machine again fails at once ("Failed to add new veth interfaces: File
+# exists") while its BMC reports On. A power cut leaves no connection to finish: before stopping a
+# host, power_off gives its connections CUT_CONNECTIONS, then waits LINK_TEARDOWN_S for its link
+# to go; a power-on tries nspawn again for BOOT_RETRY_S.
+CUT_CONNECTIONS = {"net/ipv4/tcp_fin_timeout": 1, "net/ipv4/tcp_orphan_retries": 1}
+LINK_TEARDOWN_S = 30
+BOOT_RETRY_S = 240
 
 
 @dataclass(frozen=True)
@@ -216,11 +226,18 @@ def power_on(site: Site, machine: Machine) -> bool:
         # containers may lock memory, and the kubelet reads the kernel log.
         "--capability=CAP_MKNOD,CAP_NET_ADMIN,CAP_SYS_ADMIN,CAP_IPC_LOCK,CAP_SYSLOG",
     ]
-    # nspawn exits 133 when the host reboots: start it again, as a machine would power-cycle.
+    # nspawn exits 133 when the host reboots: start it again, as a machine would power-cycle. An
+    # nspawn that fails at once is tried again for BOOT_RETRY_S, as a BMC retries a failed boot: see
+    # BOOT_RETRY_S for why.
     join = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}; " for d in dirs)
+    pid_file = shlex.quote(str(hp.nspawn_pid))
     script = join + (
-        f"while :; do {shlex.join(nspawn)} </dev/null & echo $! > {shlex.quote(str(hp.nspawn_pid))}; "
-        f"wait $!; rc=$?; [ $rc -eq {NSPAWN_REBOOT} ] || break; done; rm -f {shlex.quote(str(hp.nspawn_pid))}"
+        f"until=$((SECONDS + {BOOT_RETRY_S})); while :; do started=$SECONDS; "
+        f"{shlex.join(nspawn)} </dev/null & echo $! > {pid_file}; wait $!; rc=$?; "
+        f"[ $rc -eq {NSPAWN_REBOOT} ] && continue; "
+        f"if [ $rc -ne 0 ] && [ $((SECONDS - started)) -lt 5 ] && [ $SECONDS -lt $until ]; then "
+        'echo "power-on: nspawn failed at once (exit $rc), trying again in 2 s"; sleep 2; continue; fi; '
+        f"break; done; rm -f {pid_file}"
     )
     log = open(hp.log, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
@@ -238,13 +255,16 @@ def power_on(site: Site, machine: Machine) -> bool:
 
 
 def power_off(site: Site, machine: Machine, force: bool = False, timeout: float = 20) -> None:
-    """Orderly poweroff (SIGTERM to nspawn); force, or a host that does not stop in time, is killed."""
+    """Orderly poweroff (SIGTERM to nspawn); force, or a host that does not stop in time, is killed.
+    Then up to LINK_TEARDOWN_S for the kernel to remove the host's network link."""
     hp = host_paths(site, machine.name)
     sup = pid_of(hp.supervisor_pid)
     if sup is None:
         return
     nspawn = pid_of(hp.nspawn_pid)
-    link = _host_link(nspawn)
+    init = _container_init(nspawn)
+    link, netns = _host_link(init), _netns(init)
+    _cut_connections(init)
     if nspawn and not force:
         # nspawn turns SIGTERM into an orderly poweroff; it then exits 0 and the supervisor ends.
         with contextlib.suppress(ProcessLookupError):
@@ -256,29 +276,86 @@ def power_off(site: Site, machine: Machine, force: bool = False, timeout: float 
         kill_cgroup(cgroup_dirs(site, machine.name))
     hp.supervisor_pid.unlink(missing_ok=True)
     hp.nspawn_pid.unlink(missing_ok=True)
-    _wait_link_gone(link)
+    if not _wait_link_gone(link, LINK_TEARDOWN_S):
+        # The BMC's log: which processes, if any, still hold the host's network namespace.
+        print(
+            f"{machine.name}: its network link (index {link}) is still there {LINK_TEARDOWN_S} s after "
+            f"power-off; threads in its network namespace: {', '.join(_in_netns(netns)) or 'none'}",
+            flush=True,
+        )
 
 
-def _host_link(nspawn: int | None) -> int | None:
+def _cut_connections(init: int | None) -> None:
+    """Set CUT_CONNECTIONS in the host's network namespace (/proc/sys/net is per namespace)."""
+    if init is None:
+        return
+    writes = "; ".join(f"echo {v} > /proc/sys/{k}" for k, v in CUT_CONNECTIONS.items())
+    nsenter = ["nsenter", f"--target={init}", "--net", "sh", "-c", writes]
+    subprocess.run(nsenter, capture_output=True, check=False)
+
+
+def _container_init(nspawn: int | None) -> int | None:
+    """The host's init: nspawn's one child."""
+    try:
+        (init,) = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()
+        return int(init)
+    except (OSError, ValueError):
+        return None
+
+
+def _host_link(init: int | None) -> int | None:
     """The host side of the machine's veth, by index (nspawn shortens long names with a hash): the
     peer of host0, read from the sysfs the container mounted for its own network namespace."""
     try:
-        (init,) = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()
         return int(Path(f"/proc/{init}/root/sys/class/net/host0/iflink").read_text())
     except (OSError, ValueError):
         return None
 
 
-def _wait_link_gone(index: int | None, timeout: float = 30) -> None:
-    """A killed machine's network namespace, and its veth with it, is torn down by the kernel after
-    its processes are gone, asynchronously: a power-on before that fails with "File exists"."""
+def _netns(init: int | None) -> int | None:
+    """The inode of the host's network namespace, to name what holds it if it lingers."""
+    try:
+        return os.stat(f"/proc/{init}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def _in_netns(inode: int | None) -> list[str]:
+    """'pid/tid command (state)' of every thread in the network namespace with this inode."""
+    found = set()
+    # Threads too: a killed process whose main thread has exited is held by a thread still in the
+    # kernel (an fsync to a busy disk), and its own /proc/PID/ns is unreadable.
+    for ns in Path("/proc").glob("[0-9]*/task/[0-9]*/ns/net"):
+        with contextlib.suppress(OSError):
+            if inode is not None and ns.stat().st_ino == inode:
+                pid = ns.parent.parent.parent.parent
+                state = (ns.parent.parent / "stat").read_text().rpartition(")")[2].split()[0]
+                comm = (ns.parent.parent / "comm").read_text().strip()
+                found.add(f"{pid.name}/{ns.parent.parent.name} {comm} ({state})")
+    return sorted(found)
+
+
+def _wait_link_gone(index: int | None, timeout: float) -> bool:
+    """Whether the link with this index is gone within timeout (see LINK_TEARDOWN_S)."""
     deadline = time.monotonic() + timeout
     while index is not None and time.monotonic() < deadline:
         try:
             socket.if_indextoname(index)
         except OSError:
-            return
+            return True
         time.sleep(0.2)
+    return index is None
+
+
+def wait_bridge_ports_gone(bridge: str, timeout: float) -> list[str]:
+    """With every host stopped: wait for the kernel to remove their links from the bridge (see
+    LINK_TEARDOWN_S); the names of those still there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ports = sorted(p.name for p in Path(f"/sys/class/net/{bridge}/brif").glob("*"))
+        if not ports or time.monotonic() > deadline:
+            return ports
+        time.sleep(0.5)
 
 
 def cgroup_pids(dirs: list[Path]) -> set[int]:
