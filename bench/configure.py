@@ -11,6 +11,11 @@ that it is as the first left it: site.yml is skipped) each after the floor it is
 last run that runs every task anyway (AIFACTORY_CONFIGURE_FULL: its change count is the playbooks'
 idempotence, 0 expected); then how they grow from the smallest site: the ratio of the times and
 the seconds each extra worker adds. Site up/down are not timed (bench/site.py times those).
+
+Every run's CPU time is printed beside its wall time: the controller's (this process and the
+ansible processes it waited for) and the hosts' (their cgroups, less what the idle hosts' own
+services used over as long a time, measured before). The hosts share this machine's cores with the
+controller here, unlike a real site's servers: the CPU figures show how much of the growth that is.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -31,7 +40,8 @@ sys.path.insert(0, str(REPO))
 
 from aifactory import configure  # noqa: E402
 from aifactory.site.validate import load_site  # noqa: E402
-from sandbox import localsite  # noqa: E402
+from sandbox import hosts, localsite  # noqa: E402
+from sandbox.power_meter import cpu_seconds  # noqa: E402
 from sandbox.scratch import scratch_site  # noqa: E402
 
 
@@ -53,18 +63,57 @@ def shape(name: str, index: int, workers: int | None) -> dict:
 REPEAT = 5
 
 
-def setup_floor(site) -> float:
+def hosts_cpu_s(site) -> float:
+    return sum(cpu_seconds(hosts.cpu_cgroup(site, m.name)) or 0.0 for m in site.machines)
+
+
+def controller_cpu_s() -> float:
+    """User + system seconds of this process and of the children it has waited for (ansible-playbook,
+    and through it its forks)."""
+    return sum(
+        u.ru_utime + u.ru_stime
+        for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
+def idle_cores(site, seconds: float = 5.0) -> float:
+    """The cores the idle hosts' own services (kubelet, etcd, slurmd...) use, on average over `seconds`."""
+    before = hosts_cpu_s(site)
+    time.sleep(seconds)
+    return (hosts_cpu_s(site) - before) / seconds
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Timed:
+    seconds: float
+    controller_cpu_s: float
+    hosts_cpu_s: float  # less the idle hosts' own use over as long
+
+    def cpu(self) -> dict[str, float]:
+        return {"controller": round(self.controller_cpu_s, 2), "hosts": round(self.hosts_cpu_s, 2)}
+
+
+def timed(site, idle: float, run: Callable[[], T]) -> tuple[T, Timed]:
+    cpu, on_hosts, start = controller_cpu_s(), hosts_cpu_s(site), time.monotonic()
+    value = run()
+    seconds = time.monotonic() - start
+    spent = Timed(seconds, controller_cpu_s() - cpu, hosts_cpu_s(site) - on_hosts - idle * seconds)
+    return value, spent
+
+
+def setup_floor(site) -> None:
     """`ansible all -m setup` on the site: one module on every host, what an idempotent run is held to."""
     ansible = Path(sys.executable).parent / "ansible"
     env = {**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_FORKS": "16"}
-    start = time.monotonic()
     subprocess.run(
         [str(ansible), "all", "-i", str(configure.inventory_for(site)), "-m", "setup"],
         check=True,
         capture_output=True,
         env=env,
     )
-    return time.monotonic() - start
 
 
 def spread(times: list[float]) -> str:
@@ -79,11 +128,15 @@ def measure(data: dict, directory: Path, full: bool) -> dict[str, object]:
     try:
         assert localsite.up(site, power_on=True, progress=quiet) == 0, f"site up {site.name} failed"
         first = configure.run_playbook(site, "site.yml", progress=quiet)
+        idle = idle_cores(site)
         floors, seconds = [], []
         for _ in range(REPEAT):  # interleaved, so that both see the same machine
-            floors.append(setup_floor(site))
-            seconds.append(configure.run_playbook(site, "site.yml", progress=quiet))
-        floor, second = min(floors), min(seconds, key=lambda r: r.seconds)
+            floors.append(timed(site, idle, lambda: setup_floor(site))[1])
+            seconds.append(
+                timed(site, idle, lambda: configure.run_playbook(site, "site.yml", progress=quiet))
+            )
+        floor = min(floors, key=lambda t: t.seconds)
+        spent = min((t for _, t in seconds), key=lambda t: t.seconds)
         third = configure.run_playbook(site, "site.yml", full=True, progress=quiet) if full else None
     finally:
         localsite.down(site, progress=quiet)
@@ -93,12 +146,15 @@ def measure(data: dict, directory: Path, full: bool) -> dict[str, object]:
         "gpu_workers": workers,
         "first_s": round(first.seconds, 1),
         "first_changes": first.changed,
-        "setup_floor_s": round(floor, 2),
-        "setup_floor_spread_s": spread(floors),
-        "idempotent_s": round(second.seconds, 2),
-        "idempotent_spread_s": spread([r.seconds for r in seconds]),
-        "idempotent_changes": max(r.changed for r in seconds),
-        "idempotent_over_setup_floor": round(second.seconds / floor, 2),
+        "setup_floor_s": round(floor.seconds, 2),
+        "setup_floor_spread_s": spread([t.seconds for t in floors]),
+        "setup_floor_cpu_s": floor.cpu(),
+        "idempotent_s": round(spent.seconds, 2),
+        "idempotent_spread_s": spread([t.seconds for _, t in seconds]),
+        "idempotent_changes": max(r.changed for r, _ in seconds),
+        "idempotent_cpu_s": spent.cpu(),
+        "idle_hosts_cores": round(idle, 2),
+        "idempotent_over_setup_floor": round(spent.seconds / floor.seconds, 2),
     }
     if third:
         figures["every_task_s"] = round(third.seconds, 1)
@@ -121,12 +177,18 @@ def main() -> int:
     small = runs[0]
 
     def growth(big: dict[str, object]) -> dict[str, object]:
+        def ratio(key: str, part: str) -> float:
+            return round(big[key][part] / small[key][part], 2)  # type: ignore[index]
+
         extra = big["gpu_workers"] - small["gpu_workers"]  # type: ignore[operator]
         return {
             "gpu_workers": f"{small['gpu_workers']} -> {big['gpu_workers']}",
             "first_ratio": round(big["first_s"] / small["first_s"], 2),  # type: ignore[operator]
             "idempotent_ratio": round(big["idempotent_s"] / small["idempotent_s"], 2),  # type: ignore[operator]
             "setup_floor_ratio": round(big["setup_floor_s"] / small["setup_floor_s"], 2),  # type: ignore[operator]
+            "idempotent_controller_cpu_ratio": ratio("idempotent_cpu_s", "controller"),
+            "idempotent_hosts_cpu_ratio": ratio("idempotent_cpu_s", "hosts"),
+            "idle_hosts_cores_ratio": round(big["idle_hosts_cores"] / small["idle_hosts_cores"], 2),  # type: ignore[operator]
             "first_s_per_extra_worker": round((big["first_s"] - small["first_s"]) / extra, 1),  # type: ignore[operator]
             "idempotent_s_per_extra_worker": round(
                 (big["idempotent_s"] - small["idempotent_s"]) / extra,  # type: ignore[operator]
