@@ -177,23 +177,31 @@ def main() -> int:
     small = runs[0]
 
     def growth(big: dict[str, object]) -> dict[str, object]:
-        def ratio(key: str, part: str) -> float:
-            return round(big[key][part] / small[key][part], 2)  # type: ignore[index]
+        def value(run: dict[str, object], *path: str) -> float:
+            found: object = run
+            for key in path:
+                found = found[key]  # type: ignore[index]
+            return float(found)  # type: ignore[arg-type]
 
-        extra = big["gpu_workers"] - small["gpu_workers"]  # type: ignore[operator]
+        def ratio(*path: str) -> float | None:
+            """big / small at this key (several keys: a nested one); none where small rounded to 0."""
+            below = value(small, *path)
+            return round(value(big, *path) / below, 2) if below > 0 else None
+
+        def per_extra_worker(key: str, digits: int) -> float:
+            extra = value(big, "gpu_workers") - value(small, "gpu_workers")
+            return round((value(big, key) - value(small, key)) / extra, digits)
+
         return {
             "gpu_workers": f"{small['gpu_workers']} -> {big['gpu_workers']}",
-            "first_ratio": round(big["first_s"] / small["first_s"], 2),  # type: ignore[operator]
-            "idempotent_ratio": round(big["idempotent_s"] / small["idempotent_s"], 2),  # type: ignore[operator]
-            "setup_floor_ratio": round(big["setup_floor_s"] / small["setup_floor_s"], 2),  # type: ignore[operator]
+            "first_ratio": ratio("first_s"),
+            "idempotent_ratio": ratio("idempotent_s"),
+            "setup_floor_ratio": ratio("setup_floor_s"),
             "idempotent_controller_cpu_ratio": ratio("idempotent_cpu_s", "controller"),
             "idempotent_hosts_cpu_ratio": ratio("idempotent_cpu_s", "hosts"),
-            "idle_hosts_cores_ratio": round(big["idle_hosts_cores"] / small["idle_hosts_cores"], 2),  # type: ignore[operator]
-            "first_s_per_extra_worker": round((big["first_s"] - small["first_s"]) / extra, 1),  # type: ignore[operator]
-            "idempotent_s_per_extra_worker": round(
-                (big["idempotent_s"] - small["idempotent_s"]) / extra,  # type: ignore[operator]
-                2,
-            ),
+            "idle_hosts_cores_ratio": ratio("idle_hosts_cores"),
+            "first_s_per_extra_worker": per_extra_worker("first_s", 1),
+            "idempotent_s_per_extra_worker": per_extra_worker("idempotent_s", 2),
         }
 
     figures: dict[str, object] = {

@@ -14,14 +14,20 @@ import time
 from pathlib import Path
 
 
+def task_state(stat: Path) -> str:
+    """The state letter (R, S, D, Z...) in a /proc/PID[/task/TID]/stat file: the field after the
+    command, which is in parentheses and may itself contain them."""
+    return stat.read_text().rpartition(")")[2].split()[0]
+
+
 def pid_of(pid_file: Path) -> int | None:
     """The pid in the file if that process runs (a zombie waiting for its parent counts as gone)."""
     try:
         pid = int(pid_file.read_text())
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        state = task_state(Path(f"/proc/{pid}/stat"))
     except (OSError, ValueError):
         return None
-    return None if stat.rpartition(")")[2].split()[0] == "Z" else pid
+    return None if state == "Z" else pid
 
 
 def start(argv: list[str], pid_file: Path, log: Path, env: dict[str, str] | None = None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from aifactory import paths
 from aifactory.site.model import Machine, Site
 from sandbox import hardware
-from sandbox.daemons import pid_of
+from sandbox.daemons import pid_of, task_state
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 NSPAWN_REBOOT = 133
@@ -232,10 +232,10 @@ def power_on(site: Site, machine: Machine) -> bool:
     join = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}; " for d in dirs)
     pid_file = shlex.quote(str(hp.nspawn_pid))
     script = join + (
-        f"until=$((SECONDS + {BOOT_RETRY_S})); while :; do started=$SECONDS; "
+        f"retry_until=$((SECONDS + {BOOT_RETRY_S})); while :; do started=$SECONDS; "
         f"{shlex.join(nspawn)} </dev/null & echo $! > {pid_file}; wait $!; rc=$?; "
         f"[ $rc -eq {NSPAWN_REBOOT} ] && continue; "
-        f"if [ $rc -ne 0 ] && [ $((SECONDS - started)) -lt 5 ] && [ $SECONDS -lt $until ]; then "
+        f"if [ $rc -ne 0 ] && [ $((SECONDS - started)) -lt 5 ] && [ $SECONDS -lt $retry_until ]; then "
         'echo "power-on: nspawn failed at once (exit $rc), trying again in 2 s"; sleep 2; continue; fi; '
         f"break; done; rm -f {pid_file}"
     )
@@ -322,29 +322,32 @@ def _netns(init: int | None) -> int | None:
 
 def _in_netns(inode: int | None) -> list[str]:
     """'pid/tid command (state)' of every thread in the network namespace with this inode."""
+    if inode is None:
+        return []
     found = set()
-    # Threads too: a killed process whose main thread has exited is held by a thread still in the
-    # kernel (an fsync to a busy disk), and its own /proc/PID/ns is unreadable.
+    # Threads, not processes: a killed process's thread can outlive its main thread, whose
+    # /proc/PID/ns is then unreadable.
     for ns in Path("/proc").glob("[0-9]*/task/[0-9]*/ns/net"):
-        with contextlib.suppress(OSError):
-            if inode is not None and ns.stat().st_ino == inode:
-                pid = ns.parent.parent.parent.parent
-                state = (ns.parent.parent / "stat").read_text().rpartition(")")[2].split()[0]
-                comm = (ns.parent.parent / "comm").read_text().strip()
-                found.add(f"{pid.name}/{ns.parent.parent.name} {comm} ({state})")
+        task = ns.parent.parent
+        with contextlib.suppress(OSError, IndexError):
+            if ns.stat().st_ino == inode:
+                comm = (task / "comm").read_text().strip()
+                found.add(f"{task.parent.parent.name}/{task.name} {comm} ({task_state(task / 'stat')})")
     return sorted(found)
 
 
 def _wait_link_gone(index: int | None, timeout: float) -> bool:
     """Whether the link with this index is gone within timeout (see LINK_TEARDOWN_S)."""
+    if index is None:
+        return True
     deadline = time.monotonic() + timeout
-    while index is not None and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         try:
             socket.if_indextoname(index)
         except OSError:
             return True
         time.sleep(0.2)
-    return index is None
+    return False
 
 
 def wait_bridge_ports_gone(bridge: str, timeout: float) -> list[str]:

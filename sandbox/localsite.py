@@ -295,14 +295,16 @@ def down(site: Site, progress: Progress = print) -> int:
     with ThreadPoolExecutor(max_workers=len(site.machines)) as pool:
         list(pool.map(lambda m: hosts.power_off(site, m, timeout=15), site.machines))
     progress(f"  hosts stopped ({time.monotonic() - t0:.1f}s)")
-    # A site brought up right after this must find no link of these hosts left (hosts.LINK_TEARDOWN_S).
+    # A site brought up right after this must find no link of these hosts left (hosts.LINK_TEARDOWN_S);
+    # waited for as long as a power-on would retry.
     t1 = time.monotonic()
     bridge = site.management.bridge
     lingering = hosts.wait_bridge_ports_gone(bridge, timeout=hosts.BOOT_RETRY_S) if bridge else []
+    waited = time.monotonic() - t1
     if lingering:
         progress(f"  network links of stopped hosts still there: {', '.join(lingering)}")
-    elif time.monotonic() - t1 > 1:
-        progress(f"  network links of stopped hosts torn down by the kernel ({time.monotonic() - t1:.1f}s)")
+    elif waited > 1:
+        progress(f"  network links of stopped hosts torn down by the kernel ({waited:.1f}s)")
     bmc.stop_bmcs(bmc_state_dir(site))
     mirror.stop(site)
     if ssh.config_path(site).exists():
