@@ -240,6 +240,40 @@ def test_pod_routes_reach_every_other_worker(configured_site, all_workers, contr
                 assert want in routes, f"{m.name} lacks the route {want}:\n{routes}"
 
 
+def test_the_idempotence_probe_reads_a_hosts_services_and_pod_routes(configured_site, all_workers):
+    """fingerprint.py's `state` and `converged` (what an idempotent `aifactory configure` asks each
+    host) on a real host: systemd's answer for the services, the kernel's route table, a route gone."""
+    from infra.configuration import FINGERPRINT
+
+    worker, peer = all_workers[0], all_workers[1]
+    host, cidr = _host(configured_site, worker.name), inventory.render(configured_site)["all"]["hosts"]
+    cidr = cidr[peer.name]["k8s_pod_cidr"]
+    spec = {
+        "patterns": [],
+        "trees": [],
+        "units": ["kubelet.service", "containerd*.service", "no-such-unit-*.service"],
+        "sysctl_conf": "/etc/sysctl.d/90-kubernetes.conf",
+        "modules_conf": "/etc/modules-load.d/kubernetes.conf",
+    }
+    record = "/run/aifactory-test-probe.json"
+
+    def fingerprint(*args: str) -> dict:
+        argv = " ".join(f"'{a}'" for a in args)
+        out = host.check_output(f"python3 - {argv} <<'EOF'\n{FINGERPRINT.read_text()}\nEOF")
+        return json.loads(out)
+
+    fingerprint("state", record, "d1", json.dumps(spec))
+    state = json.loads(host.check_output(f"cat {record}"))["state"]
+    assert state["units"] == {"kubelet.service": "active enabled", "containerd.service": "active enabled"}
+    assert any(r.startswith(f"{cidr} via {peer.address} dev ") for r in state["routes"]), state["routes"]
+    assert fingerprint("converged", record, "d1", json.dumps(spec)) == {"converged": True, "differs": []}
+    host.run_expect([0], f"ip route del {cidr}")
+    try:
+        assert fingerprint("converged", record, "d1", json.dumps(spec))["differs"] == ["routes"]
+    finally:
+        host.run_expect([0], f"ip route replace {cidr} via {peer.address}; rm -f {record}")
+
+
 # --- the cluster, through the official client -------------------------------------------------
 
 

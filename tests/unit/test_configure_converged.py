@@ -2,7 +2,9 @@
 each host with the record the last run left (configuration_fingerprint role, fingerprint.py `state`
 and `converged`), and site.yml runs only when some host differs (aifactory/configure.py)."""
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,6 @@ def host(tmp_path) -> dict:
         "units": ["no-such-unit-*.service"],
         "sysctl_conf": str(tmp_path / "sysctl.conf"),
         "modules_conf": str(tmp_path / "modules.conf"),
-        "bundle": "",
         "slurm": False,
         "kubernetes": None,
     }
@@ -78,19 +79,56 @@ def test_the_verdicts_of_the_hosts_failures_and_silence_are_not_converged():
     }
 
 
-def test_the_inputs_digest_follows_the_inventory_and_the_extra_variables(tmp_path, monkeypatch):
+class Site:
+    name = "citest"
+    bundle_url: str | None = None
+
+
+@pytest.fixture
+def mirror():
+    """A bundle mirror on loopback: `mirror.manifest` is what GET <url>/manifest.json answers."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = server.manifest if self.path == "/bundle/manifest.json" else None
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.manifest = b'{"kubelet": "sha256:1"}'  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_the_inputs_digest_follows_the_inventory_the_extra_variables_and_the_bundle(
+    tmp_path, monkeypatch, mirror
+):
     monkeypatch.setenv("AIFACTORY_STATE", str(tmp_path / "state"))
     inventory = tmp_path / "inventory.yml"
     inventory.write_text("all: {hosts: {gpu-01: {pool: slurm}}}\n")
-    first = inputs_digest(inventory, {}, "citest")
-    assert inputs_digest(inventory, {}, "citest") == first
-    assert inputs_digest(inventory, {"probe": 1}, "citest") != first
+    site = Site()
+    first = inputs_digest(inventory, {}, site)  # type: ignore[arg-type]
+    assert inputs_digest(inventory, {}, site) == first  # type: ignore[arg-type]
+    assert inputs_digest(inventory, {"probe": 1}, site) != first  # type: ignore[arg-type]
     secrets = tmp_path / "state" / "sites" / "citest" / "secrets"
     secrets.mkdir(parents=True)
     (secrets / "slurmdbd-password").write_text("s3cret\n")
-    assert inputs_digest(inventory, {}, "citest") != first
+    assert inputs_digest(inventory, {}, site) != first  # type: ignore[arg-type]
     inventory.write_text("all: {hosts: {gpu-01: {pool: kubernetes}}}\n")
-    assert inputs_digest(inventory, {}, "citest") != first
+    assert inputs_digest(inventory, {}, site) != first  # type: ignore[arg-type]
+    # The bundle's manifest, read once by the controller: a new bundle is a new input.
+    site.bundle_url = f"http://127.0.0.1:{mirror.server_port}/bundle"
+    published = inputs_digest(inventory, {}, site)  # type: ignore[arg-type]
+    assert inputs_digest(inventory, {}, site) == published  # type: ignore[arg-type]
+    mirror.manifest = b'{"kubelet": "sha256:2"}'
+    assert inputs_digest(inventory, {}, site) != published  # type: ignore[arg-type]
+    assert configure.bundle_manifest(site.bundle_url) == b'{"kubelet": "sha256:2"}'
+    assert configure.bundle_manifest(site.bundle_url + "/gone") == b"unreadable: HTTPError"
 
 
 @pytest.fixture
@@ -123,10 +161,6 @@ def runs(tmp_path, monkeypatch) -> list:
     monkeypatch.setattr(configure, "_runner", runner)
     calls.append(verdicts)  # runs[0]: the verdicts to change
     return calls
-
-
-class Site:
-    name = "citest"
 
 
 def test_site_yml_is_skipped_when_every_host_is_converged_and_run_when_one_is_not(runs):
