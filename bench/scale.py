@@ -7,8 +7,7 @@ Layers (--layers, comma-separated, or `all`):
 - `validate`: `site validate` of a generated site file (`aifactory site generate`) in-process at
   --sizes servers, best of --repeat, and the CLI end to end at the largest size. Needs nothing.
 - `pulumi`: `pulumi up` from nothing and a no-change preview of a BMC-only site at --pulumi-sizes
-  machines against the engine's floor (bench/pulumi.py). Each emulated BMC is a process of about
-  50 MiB: 256 machines need some 13 GiB.
+  machines against the engine's floor (bench/pulumi.py; 16 machines share an emulated BMC process).
 - `operator`: the tenant operator at --operator-sizes tenants created at once, sized for the
   256-server sites/scale.yaml (bench/operator.py --capacity-of: all Ready, memory, ratio to its
   floor). Needs a deployed site; stop its `operator start` first.
@@ -148,7 +147,7 @@ def main() -> int:
     ap.add_argument("--site", default=str(REPO / "sites" / "local.yaml"), help="the deployed site to use")
     ap.add_argument("--sizes", default="64,256,1024", help="GPU servers per site file (comma-separated)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per size; the best is kept")
-    ap.add_argument("--pulumi-sizes", default="64,256", help="machines of the BMC-only sites")
+    ap.add_argument("--pulumi-sizes", default="64,256,512", help="machines of the BMC-only sites")
     ap.add_argument("--operator-sizes", default="200,1000", help="tenants created at once")
     ap.add_argument("--kueue-tenants", default="10,50", help="tenants of the admission runs")
     ap.add_argument("--kueue-jobs", default="20", help="one-GPU Jobs per tenant")
