@@ -49,9 +49,9 @@ def best_of(repeat: int, fn) -> float:
     return min(times)
 
 
-def curve(title: str, points: list[tuple[int, float]]) -> None:
+def curve(title: str, points: list[tuple[int, float]], unit: str = "machine") -> None:
     print(f"\n{title}")
-    print(f"  {'machines':>8}  {'seconds':>8}  {'ms/machine':>10}  {'growth vs ' + str(points[0][0]):>14}")
+    print(f"  {unit + 's':>8}  {'seconds':>8}  {'ms/' + unit:>10}  {'growth vs ' + str(points[0][0]):>14}")
     n0, t0 = points[0]
     for n, t in points:
         growth = (t / t0) / (n / n0)
@@ -74,7 +74,7 @@ SCALE_SITE = REPO / "sites" / "scale.yaml"  # 256 GPU servers: the operator's te
 
 
 def operator_curve(site: str, sizes: list[int]) -> None:
-    points = []
+    points, floors = [], []
     for n in sizes:
         out = sub_bench(
             "operator.py",
@@ -88,10 +88,13 @@ def operator_curve(site: str, sizes: list[int]) -> None:
             str(SCALE_SITE),
         )
         ready = re.search(r"all Ready \(median of \d+ rounds\):\s+([\d.]+) s", out)
-        if ready:
+        floor = re.search(r"floor \(the run's requests, direct\):\s+([\d.]+) s", out)
+        if ready and floor:
             points.append((n, float(ready.group(1))))
+            floors.append((n, float(floor.group(1))))
     if points:
-        curve("tenant operator: all tenants Ready", points)
+        curve("tenant operator: all tenants Ready", points, unit="tenant")
+        curve("tenant operator floor: the same requests, made directly", floors, unit="tenant")
 
 
 def pulumi_curve(sizes: list[int]) -> None:
