@@ -151,6 +151,11 @@ def _kernel(sysctl_conf, modules_conf):
     return values, modules
 
 
+def _ipv4(field):
+    """/proc/net/route's address: 8 hex digits, least significant byte first."""
+    return ".".join(str(b) for b in int(field, 16).to_bytes(4, "little"))
+
+
 def _routes():
     """The main table's routes through a gateway but the default ("<net>/<bits> via <gw> dev <if>
     metric <n>"): the pod routes. From /proc, not `ip route`: a process fewer on every probe."""
@@ -163,12 +168,8 @@ def _routes():
     for iface, dest, gateway, flags, _refs, _use, metric, mask, *_ in rows:
         if not int(flags, 16) & 0x2 or int(mask, 16) == 0:  # RTF_GATEWAY; the default route
             continue
-
-        def address(field):
-            return ".".join(str(b) for b in int(field, 16).to_bytes(4, "little"))
-
         bits = bin(int(mask, 16)).count("1")
-        routes.append(f"{address(dest)}/{bits} via {address(gateway)} dev {iface} metric {metric}")
+        routes.append(f"{_ipv4(dest)}/{bits} via {_ipv4(gateway)} dev {iface} metric {metric}")
     return sorted(routes)
 
 
