@@ -101,8 +101,8 @@ def forget_earlier_inputs(data_dir: Path) -> None:
 
 
 def bundle_manifest(bundle_url: str | None) -> bytes:
-    """The bundle's manifest.json as the controller reads it (a new bundle, a new run); once per run
-    here rather than once per host. Unreadable: the reason, which an earlier run's digest never
+    """The bundle's manifest.json as the controller reads it (a new bundle, a new run); once per run,
+    here, rather than once per host. Unreadable: the reason, which an earlier run's digest never
     matches unless it was unreadable then too (a site whose controller cannot reach its mirror:
     AIFACTORY_CONFIGURE_FULL=1 after publishing a bundle)."""
     if not bundle_url:
@@ -114,19 +114,19 @@ def bundle_manifest(bundle_url: str | None) -> bytes:
         return f"unreadable: {type(e).__name__}".encode()
 
 
-def inputs_digest(inventory_file: Path, extravars: dict[str, Any], site: Site) -> str:
+def inputs_digest(inventory_file: Path, extravars: dict[str, Any], site_name: str, manifest: bytes) -> str:
     """What a run's outcome depends on, on the controller's side: every file under playbooks/, the
     inventory (the site file, rendered), the extra variables, the site's generated secrets and the
-    bundle's manifest."""
+    bundle's `manifest` (bundle_manifest)."""
     h = hashlib.sha256()
-    secrets = paths.site_state_dir(site.name) / "secrets"
+    secrets = paths.site_state_dir(site_name) / "secrets"
     for top in (PLAYBOOKS, secrets):
         for path in sorted(top.rglob("*")) if top.is_dir() else []:
             if path.is_file() and "__pycache__" not in path.parts:
                 h.update(f"{path.relative_to(top.parent)}\0".encode() + path.read_bytes() + b"\0")
     h.update(inventory_file.read_bytes() + b"\0")
     h.update(json.dumps(extravars, sort_keys=True, default=str).encode() + b"\0")
-    h.update(bundle_manifest(site.bundle_url))
+    h.update(manifest)
     return h.hexdigest()
 
 
@@ -258,7 +258,9 @@ def run_playbook(
         full = os.environ.get(FULL_ENV, "") not in ("", "0")
     start = time.monotonic()
     given, inv = dict(extravars), inventory_for(site)
-    digest = inputs_digest(inv, given, site)
+    # Read once: the record names the bundle this run was given, even if another is published meanwhile.
+    manifest = bundle_manifest(site.bundle_url)
+    digest = inputs_digest(inv, given, site.name, manifest)
     extravars["configuration_fingerprint_inputs"] = digest
     data_dir = paths.site_state_dir(site.name) / "ansible"
     unverified_file = data_dir / "unverified.json"
@@ -293,7 +295,7 @@ def run_playbook(
     if not check:
         # A first run creates the secrets the digest covers: record the digest with them, or the
         # next run would find other inputs than the record's and run in full once more.
-        after = inputs_digest(inv, given, site)
+        after = inputs_digest(inv, given, site.name, manifest)
         if after != digest:
             extravars["configuration_fingerprint_inputs"] = after
             _runner(site, RECORD, limit, False, extravars, lambda _: None)

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import time
 import urllib.request
 import uuid
@@ -246,30 +247,31 @@ def test_the_idempotence_probe_reads_a_hosts_services_and_pod_routes(configured_
     from infra.configuration import FINGERPRINT
 
     worker, peer = all_workers[0], all_workers[1]
-    host, cidr = _host(configured_site, worker.name), inventory.render(configured_site)["all"]["hosts"]
-    cidr = cidr[peer.name]["k8s_pod_cidr"]
-    spec = {
-        "patterns": [],
-        "trees": [],
-        "units": ["kubelet.service", "containerd*.service", "no-such-unit-*.service"],
-        "sysctl_conf": "/etc/sysctl.d/90-kubernetes.conf",
-        "modules_conf": "/etc/modules-load.d/kubernetes.conf",
-    }
+    host = _host(configured_site, worker.name)
+    cidr = inventory.render(configured_site)["all"]["hosts"][peer.name]["k8s_pod_cidr"]
+    spec = json.dumps(
+        {
+            "patterns": [],
+            "trees": [],
+            "units": ["kubelet.service", "containerd*.service", "no-such-unit-*.service"],
+            "sysctl_conf": "/etc/sysctl.d/90-kubernetes.conf",
+            "modules_conf": "/etc/modules-load.d/kubernetes.conf",
+        }
+    )
     record = "/run/aifactory-test-probe.json"
+    script = FINGERPRINT.read_text()
 
     def fingerprint(*args: str) -> dict:
-        argv = " ".join(f"'{a}'" for a in args)
-        out = host.check_output(f"python3 - {argv} <<'EOF'\n{FINGERPRINT.read_text()}\nEOF")
-        return json.loads(out)
+        return json.loads(host.check_output(f"python3 - {shlex.join(args)} <<'EOF'\n{script}\nEOF"))
 
-    fingerprint("state", record, "d1", json.dumps(spec))
+    fingerprint("state", record, "d1", spec)
     state = json.loads(host.check_output(f"cat {record}"))["state"]
     assert state["units"] == {"kubelet.service": "active enabled", "containerd.service": "active enabled"}
     assert any(r.startswith(f"{cidr} via {peer.address} dev ") for r in state["routes"]), state["routes"]
-    assert fingerprint("converged", record, "d1", json.dumps(spec)) == {"converged": True, "differs": []}
+    assert fingerprint("converged", record, "d1", spec) == {"converged": True, "differs": []}
     host.run_expect([0], f"ip route del {cidr}")
     try:
-        assert fingerprint("converged", record, "d1", json.dumps(spec))["differs"] == ["routes"]
+        assert fingerprint("converged", record, "d1", spec)["differs"] == ["routes"]
     finally:
         host.run_expect([0], f"ip route replace {cidr} via {peer.address}; rm -f {record}")
 

@@ -111,24 +111,23 @@ def test_the_inputs_digest_follows_the_inventory_the_extra_variables_and_the_bun
     monkeypatch.setenv("AIFACTORY_STATE", str(tmp_path / "state"))
     inventory = tmp_path / "inventory.yml"
     inventory.write_text("all: {hosts: {gpu-01: {pool: slurm}}}\n")
-    site = Site()
-    first = inputs_digest(inventory, {}, site)  # type: ignore[arg-type]
-    assert inputs_digest(inventory, {}, site) == first  # type: ignore[arg-type]
-    assert inputs_digest(inventory, {"probe": 1}, site) != first  # type: ignore[arg-type]
+    first = inputs_digest(inventory, {}, "citest", b"")
+    assert inputs_digest(inventory, {}, "citest", b"") == first
+    assert inputs_digest(inventory, {"probe": 1}, "citest", b"") != first
     secrets = tmp_path / "state" / "sites" / "citest" / "secrets"
     secrets.mkdir(parents=True)
     (secrets / "slurmdbd-password").write_text("s3cret\n")
-    assert inputs_digest(inventory, {}, site) != first  # type: ignore[arg-type]
+    assert inputs_digest(inventory, {}, "citest", b"") != first
     inventory.write_text("all: {hosts: {gpu-01: {pool: kubernetes}}}\n")
-    assert inputs_digest(inventory, {}, site) != first  # type: ignore[arg-type]
+    assert inputs_digest(inventory, {}, "citest", b"") != first
     # The bundle's manifest, read once by the controller: a new bundle is a new input.
-    site.bundle_url = f"http://127.0.0.1:{mirror.server_port}/bundle"
-    published = inputs_digest(inventory, {}, site)  # type: ignore[arg-type]
-    assert inputs_digest(inventory, {}, site) == published  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{mirror.server_port}/bundle"
+    published = inputs_digest(inventory, {}, "citest", configure.bundle_manifest(url))
+    assert inputs_digest(inventory, {}, "citest", configure.bundle_manifest(url)) == published
     mirror.manifest = b'{"kubelet": "sha256:2"}'
-    assert inputs_digest(inventory, {}, site) != published  # type: ignore[arg-type]
-    assert configure.bundle_manifest(site.bundle_url) == b'{"kubelet": "sha256:2"}'
-    assert configure.bundle_manifest(site.bundle_url + "/gone") == b"unreadable: HTTPError"
+    assert inputs_digest(inventory, {}, "citest", configure.bundle_manifest(url)) != published
+    assert configure.bundle_manifest(url) == b'{"kubelet": "sha256:2"}'
+    assert configure.bundle_manifest(url + "/gone") == b"unreadable: HTTPError"
 
 
 @pytest.fixture
@@ -205,8 +204,11 @@ def test_a_run_that_creates_secrets_records_the_digest_with_them(runs, tmp_path,
         return real_runner(site, playbook, *args, **kwargs)
 
     monkeypatch.setattr(configure, "_runner", first_run)
+    reads: list[str | None] = []
+    monkeypatch.setattr(configure, "bundle_manifest", lambda url: reads.append(url) or b"")
     configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
     assert [c[0] for c in runs[1:]] == ["converged.yml", "site.yml", "record.yml"]
+    assert reads == [None]  # the bundle read once, its manifest in both digests
     before, after = (runs[i][3]["configuration_fingerprint_inputs"] for i in (2, 3))
     assert before != after and runs[3][2] is False
     # The probe of the next run carries the recorded digest; a run that created nothing records once.
