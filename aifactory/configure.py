@@ -5,11 +5,11 @@ line per failed or unreachable host; at the end a per-host summary (ok/changed/f
 raises `PlaybookFailed` naming the task, the host and Ansible's message.
 
 site.yml first asks every host whether it is as the last run left it (playbooks/converged.yml, one
-command per host, in parallel: the digest of this run's inputs, the managed files, binaries, services,
-kernel settings, routes, Slurm and Kubernetes node states against the record the last run wrote).
-When all say yes, nothing would change and site.yml is not run: the idempotent run costs one round
-trip per host instead of some 300 tasks. `full=True` (or AIFACTORY_CONFIGURE_FULL=1) runs every task
-regardless.
+command per host, in parallel: the managed files, binaries, services, kernel settings, routes, Slurm
+and Kubernetes node states against the record the last run wrote, and the digest of the inputs that
+run had, which must be this run's). When all say yes, nothing would change and site.yml is not run:
+the idempotent run costs one round trip per host instead of some 300 tasks. `full=True` (or
+AIFACTORY_CONFIGURE_FULL=1) runs every task regardless.
 """
 
 from __future__ import annotations
@@ -138,9 +138,10 @@ def controller_files_missing(site_name: str) -> list[str]:
     return [str(p) for p in wanted if not p.exists()]
 
 
-def converged_verdicts(events: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """{host: what differs} from converged.yml's events: [] for a converged host; a host that
-    failed or never answered gets a reason too."""
+def converged_verdicts(events: list[dict[str, Any]], inputs: str) -> dict[str, list[str]]:
+    """{host: what differs} from converged.yml's events: [] for a host whose record names this run's
+    `inputs` digest and whose state is as recorded; a host that failed or never answered gets a
+    reason too."""
     verdicts: dict[str, list[str]] = {}
     for event in events:
         kind, data = str(event.get("event", "")), event.get("event_data", {})
@@ -153,9 +154,10 @@ def converged_verdicts(events: list[dict[str, Any]]) -> dict[str, list[str]]:
         try:
             out = str(data.get("res", {}).get("stdout", ""))  # a raw command: a tty's output
             answer = json.loads(out[out.find("{") : out.rfind("}") + 1])
-            verdicts[host] = (
-                [] if answer["converged"] is True else [str(d) for d in answer["differs"]] or ["?"]
-            )
+            differs = [str(d) for d in answer["differs"]]
+            if not inputs or answer["inputs"] != inputs:
+                differs.insert(0, "inputs (playbooks, inventory or bundle)")
+            verdicts[host] = differs
         except (ValueError, KeyError, TypeError):
             verdicts[host] = ["no verdict"]
     return verdicts
@@ -271,7 +273,7 @@ def run_playbook(
             probe = _runner(site, CONVERGED, limit, check, extravars, lambda _: None, events)
         except PlaybookFailed as e:
             probe = e.result
-        verdicts = converged_verdicts(events)
+        verdicts = converged_verdicts(events, digest)
         differ = {h: v for h, v in sorted(verdicts.items()) if v}
         if not missing and not differ and verdicts and probe.status == "successful":
             try:

@@ -243,7 +243,8 @@ def test_pod_routes_reach_every_other_worker(configured_site, all_workers, contr
 
 def test_the_idempotence_probe_reads_a_hosts_services_and_pod_routes(configured_site, all_workers):
     """fingerprint.py's `state` and `converged` (what an idempotent `aifactory configure` asks each
-    host) on a real host: systemd's answer for the services, the kernel's route table, a route gone."""
+    host) on a real host: systemd's answer for the services, the links that enable them, the kernel's
+    route table; a route gone and a service disabled are named."""
     from infra.configuration import FINGERPRINT
 
     worker, peer = all_workers[0], all_workers[1]
@@ -266,14 +267,25 @@ def test_the_idempotence_probe_reads_a_hosts_services_and_pod_routes(configured_
 
     fingerprint("state", record, "d1", spec)
     state = json.loads(host.check_output(f"cat {record}"))["state"]
-    assert state["units"] == {"kubelet.service": "active enabled", "containerd.service": "active enabled"}
+    assert state["units"] == {"kubelet.service": "active", "containerd.service": "active"}
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    assert state["unit_links"] == {
+        f"{wants}/kubelet.service": "/etc/systemd/system/kubelet.service",
+        f"{wants}/containerd.service": "/lib/systemd/system/containerd.service",
+    }
     assert any(r.startswith(f"{cidr} via {peer.address} dev ") for r in state["routes"]), state["routes"]
-    assert fingerprint("converged", record, "d1", spec) == {"converged": True, "differs": []}
+    assert fingerprint("converged", record) == {"inputs": "d1", "differs": []}
     host.run_expect([0], f"ip route del {cidr}")
     try:
-        assert fingerprint("converged", record, "d1", spec)["differs"] == ["routes"]
+        assert fingerprint("converged", record)["differs"] == ["routes"]
     finally:
-        host.run_expect([0], f"ip route replace {cidr} via {peer.address}; rm -f {record}")
+        host.run_expect([0], f"ip route replace {cidr} via {peer.address}")
+    host.run_expect([0], "systemctl disable --quiet kubelet.service")  # not stopped: only not at boot
+    try:
+        assert fingerprint("converged", record)["differs"] == [f"unit_links: {wants}/kubelet.service"]
+    finally:
+        host.run_expect([0], f"systemctl enable --quiet kubelet.service; rm -f {record}")
+    assert host.service("kubelet.service").is_enabled
 
 
 # --- the cluster, through the official client -------------------------------------------------

@@ -77,6 +77,7 @@ PLAYBOOK = """- hosts: localhost
       configuration_fingerprint_paths: {paths}
       configuration_fingerprint_record: {record}
       configuration_fingerprint_state_record: {record}.state
+      configuration_fingerprint_script: {record}.probe/fingerprint.py
 """
 
 
@@ -97,7 +98,10 @@ def test_the_role_records_once_and_never_in_check_mode(etc, tmp_path):
     (tmp_path / "fingerprint.yml").write_text(text)
     assert _run_role(tmp_path, check=True) > 0  # what it would do, on a host never fingerprinted
     assert not record.exists() and not record.parent.exists()
-    assert _run_role(tmp_path) == 2  # the directory and the record
+    assert _run_role(tmp_path) == 3  # the directories, the probe and the record
+    assert (tmp_path / "var" / "configuration.json.probe" / "fingerprint.py").read_bytes() == (
+        FINGERPRINT.read_bytes()
+    )
     assert fingerprint("compare", str(record)) == {"drifted": []}
     assert _run_role(tmp_path) == 0  # a second run changes nothing
     before = record.read_text()

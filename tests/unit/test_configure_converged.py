@@ -4,10 +4,12 @@ and `converged`), and site.yml runs only when some host differs (aifactory/confi
 
 import http.server
 import json
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aifactory import configure
 from aifactory.configure import PlaybookResult, converged_verdicts, inputs_digest
@@ -37,46 +39,74 @@ def host(tmp_path) -> dict:
 
 def test_a_host_as_the_last_run_left_it_is_converged_and_any_difference_is_named(host, tmp_path):
     record, spec = str(tmp_path / "var" / "converged.json"), json.dumps(host)
-    assert fingerprint("converged", record, "d1", spec) == {
-        "converged": False,
-        "differs": ["no record of an earlier run"],
-    }
+    assert fingerprint("converged", record) == {"inputs": "", "differs": ["no record of an earlier run"]}
     assert fingerprint("state", record, "d1", spec) == {"recorded": record}
     assert oct(Path(record).stat().st_mode & 0o777) == "0o600"
-    assert fingerprint("converged", record, "d1", spec) == {"converged": True, "differs": []}
-    # Other inputs (playbooks, inventory), or another spec: not converged.
-    assert fingerprint("converged", record, "d2", spec)["differs"] == [
-        "inputs (playbooks, inventory or bundle)"
-    ]
-    assert fingerprint("converged", record, "", spec)["converged"] is False  # ansible-playbook by hand
-    other = json.dumps({**host, "units": ["kubelet.service"]})
-    assert "what is compared" in fingerprint("converged", record, "d1", other)["differs"]
+    # The host answers the inputs digest of the run that recorded; the controller compares it.
+    assert fingerprint("converged", record) == {"inputs": "d1", "differs": []}
     # A managed file edited, a binary replaced: named.
     (tmp_path / "etc" / "slurm.conf").write_text("ClusterName=edited\n")
     (tmp_path / "bin" / "kubelet").write_bytes(b"\x7fELF, another build")
-    differs = fingerprint("converged", record, "d1", spec)["differs"]
+    differs = fingerprint("converged", record)["differs"]
     assert differs == [f"files: {tmp_path}/etc/slurm.conf", f"trees: {tmp_path}/bin/kubelet"]
     fingerprint("state", record, "d1", spec)
-    assert fingerprint("converged", record, "d1", spec)["converged"] is True
+    assert fingerprint("converged", record)["differs"] == []
+    Path(record).write_text("[]\n")  # not a record: said, not a traceback
+    assert fingerprint("converged", record)["differs"][0].startswith("record unreadable: ")
+
+
+def _ok(host: str, stdout: str) -> dict:
+    return {"event": "runner_on_ok", "event_data": {"host": host, "res": {"stdout": stdout}}}
 
 
 def test_the_verdicts_of_the_hosts_failures_and_silence_are_not_converged():
-    def ok(host: str, stdout: str) -> dict:
-        return {"event": "runner_on_ok", "event_data": {"host": host, "res": {"stdout": stdout}}}
-
     events = [
         {"event": "runner_on_start", "event_data": {"host": "gpu-01"}},
-        ok("gpu-01", json.dumps({"converged": True, "differs": []})),
-        ok("gpu-02", json.dumps({"converged": False, "differs": ["files: /etc/slurm/slurm.conf"]})),
-        ok("gpu-03", "Traceback (most recent call last):"),
+        _ok("gpu-01", json.dumps({"inputs": "d1", "differs": []})),
+        _ok("gpu-02", json.dumps({"inputs": "d1", "differs": ["files: /etc/slurm/slurm.conf"]})),
+        _ok("gpu-03", "Traceback (most recent call last):"),
         {"event": "runner_on_unreachable", "event_data": {"host": "gpu-04", "res": {"msg": "timed out"}}},
+        # Recorded by a run with other playbooks or inventory, or by ansible-playbook by hand.
+        _ok("gpu-05", json.dumps({"inputs": "d0", "differs": ["units: kubelet.service"]})),
+        _ok("gpu-06", json.dumps({"inputs": "", "differs": []})),
     ]
-    assert converged_verdicts(events) == {
+    inputs = "inputs (playbooks, inventory or bundle)"
+    assert converged_verdicts(events, "d1") == {
         "gpu-01": [],
         "gpu-02": ["files: /etc/slurm/slurm.conf"],
         "gpu-03": ["no verdict"],
         "gpu-04": ["unreachable: timed out"],
+        "gpu-05": [inputs, "units: kubelet.service"],
+        "gpu-06": [inputs],
     }
+
+
+def test_the_probe_command_is_the_roles_paths_written_out_and_answers_on_a_host(host, tmp_path):
+    """converged.yml's raw command, run by a shell here with its paths moved under tmp_path: the
+    installed probe on the record; no probe installed (a host an older version configured)."""
+    role = configure.PLAYBOOKS / "roles" / "configuration_fingerprint"
+    command = yaml.safe_load((role / "tasks" / "converged.yml").read_text())[0]["ansible.builtin.raw"]
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    script, record = (
+        defaults["configuration_fingerprint_script"],
+        defaults["configuration_fingerprint_state_record"],
+    )
+    assert script in command and record in command and "{{" not in command
+    assert "/usr/bin/python3 " in command  # the interpreter aifactory's inventories name
+
+    def probe(installed: Path) -> dict[str, list[str]]:
+        moved = command.replace(script, str(installed)).replace(record, str(tmp_path / "converged.json"))
+        out = subprocess.run(["sh", "-c", moved], capture_output=True, text=True, check=True).stdout
+        return converged_verdicts([_ok("gpu-01", out)], "d1")
+
+    assert probe(tmp_path / "none.py") == {
+        "gpu-01": [
+            "inputs (playbooks, inventory or bundle)",
+            "no probe installed: not configured by this version yet",
+        ]
+    }
+    fingerprint("state", str(tmp_path / "converged.json"), "d1", json.dumps(host))
+    assert probe(role / "files" / "fingerprint.py") == {"gpu-01": []}
 
 
 class Site:
@@ -145,11 +175,15 @@ def runs(tmp_path, monkeypatch) -> list:
     monkeypatch.setattr(configure, "inventory_for", lambda site: inventory)
     calls: list = []
     verdicts = {"head-01": [], "gpu-01": []}
+    # The digest the hosts' records name: as if the last run had these inputs.
+    recorded = {"inputs": configure.inputs_digest(inventory, {}, "citest", b"")}
 
     def runner(site, playbook, limit, check, extravars, progress, events=None):
         calls.append((playbook, limit, check, dict(extravars)))
+        if playbook in ("site.yml", "record.yml") and not check:
+            recorded["inputs"] = extravars["configuration_fingerprint_inputs"]
         for host, differs in verdicts.items():
-            stdout = json.dumps({"converged": not differs, "differs": differs})
+            stdout = json.dumps({"inputs": recorded["inputs"], "differs": differs})
             if events is not None:
                 events.append(
                     {"event": "runner_on_ok", "event_data": {"host": host, "res": {"stdout": stdout}}}
@@ -167,7 +201,7 @@ def test_site_yml_is_skipped_when_every_host_is_converged_and_run_when_one_is_no
     first = configure.run_playbook(Site(), "site.yml", progress=lines.append)  # type: ignore[arg-type]
     assert [c[0] for c in runs[1:]] == ["converged.yml"]
     assert first.changed == 0 and "nothing to do" in lines[-1]
-    assert runs[1][3]["configuration_fingerprint_inputs"]  # the digest travels to the probe and the record
+    assert runs[1][3]["configuration_fingerprint_inputs"]  # the digest travels to the record
     verdicts["gpu-01"] = ["files: /etc/slurm/slurm.conf"]
     second = configure.run_playbook(Site(), "site.yml", check=True, progress=lines.append)  # type: ignore[arg-type]
     assert [c[0] for c in runs[2:]] == ["converged.yml", "site.yml"]
@@ -211,10 +245,10 @@ def test_a_run_that_creates_secrets_records_the_digest_with_them(runs, tmp_path,
     assert reads == [None]  # the bundle read once, its manifest in both digests
     before, after = (runs[i][3]["configuration_fingerprint_inputs"] for i in (2, 3))
     assert before != after and runs[3][2] is False
-    # The probe of the next run carries the recorded digest; a run that created nothing records once.
+    # The next run's digest is the one recorded: nothing to do. A run that created nothing records once.
     runs[0]["gpu-01"] = []
     configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
-    assert runs[4][0] == "converged.yml" and runs[4][3]["configuration_fingerprint_inputs"] == after
+    assert [c[0] for c in runs[4:]] == ["converged.yml"]
     runs[0]["gpu-01"] = ["files: /etc/slurm/slurm.conf"]
     configure.run_playbook(Site(), "site.yml", progress=lambda _: None)  # type: ignore[arg-type]
     assert [c[0] for c in runs[5:]] == ["converged.yml", "site.yml"]

@@ -9,10 +9,13 @@
                                               write RECORD: the INPUTS digest `aifactory configure` gave,
                                               the SPEC of what to compare (JSON) and the host's state as a
                                               whole (see `state` below), for the next run to compare
-    python3 fingerprint.py converged RECORD INPUTS SPEC
-                                              print {"converged": bool, "differs": [...]}: whether RECORD
-                                              (written by `state` at the end of the last run) names the
-                                              same INPUTS digest, the same SPEC and the same state as now
+    python3 fingerprint.py converged RECORD   print {"inputs": ..., "differs": [...]}: the INPUTS digest
+                                              RECORD (written by `state` at the end of the last run) names,
+                                              and how the host's state now differs from the state it
+                                              recorded, by its own SPEC. The controller compares the
+                                              digest: the SPEC follows from those inputs, so the host
+                                              needs nothing from the controller (and the controller
+                                              templates nothing per host, its main cost per host).
 
 A pattern is a file, a directory (every file below it) or a glob. The configuration_fingerprint role
 records at the end of every run; infra/configuration.py compares over ssh on `pulumi refresh`
@@ -20,13 +23,18 @@ records at the end of every run; infra/configuration.py compares over ssh on `pu
 Standard library only: it runs on the hosts' own python3.
 """
 
+import fnmatch
 import glob
-import hashlib
 import json
 import os
 import stat
 import subprocess
 import sys
+
+try:  # the builtin module: hashlib loads OpenSSL, a tenth of what a probe costs a host
+    from _sha256 import sha256
+except ImportError:  # Python 3.12 and later: hashlib's
+    from hashlib import sha256
 
 
 def _digest(path):
@@ -36,7 +44,7 @@ def _digest(path):
             return "symlink:" + os.readlink(path)
         if not stat.S_ISREG(st.st_mode):
             return None  # sockets, devices: nothing a playbook writes
-        h = hashlib.sha256()
+        h = sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
@@ -106,27 +114,39 @@ def _trees(tops):
     return out
 
 
+# Where `systemctl enable`, `disable` and `mask` write: links in *.wants / *.requires directories,
+# and masks (a unit linked to /dev/null).
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system")
+
+
 def _units(patterns):
-    """{unit: "<active|inactive|failed|...> <enabled|disabled|...>"} for the loaded services matching
-    patterns: `list-units` names them, `show` of those names reads both states (list-unit-files would
-    read every unit file on disk; `show` of the patterns takes twice as long as both)."""
+    """{unit: "active" | "inactive" | "failed" | ...} for the loaded services matching patterns, from
+    `systemctl list-units`; their enablement is in _unit_links (reading it from systemd too, with
+    `systemctl show`, doubled the cost of a probe on a worker)."""
+    states = {}
     listed = _run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full", "--", *patterns])
-    names = [line.split()[0] for line in listed.splitlines() if line.strip()]
-    if not names:
-        return {}
-    out = _run(["systemctl", "show", "--property=Id,ActiveState,UnitFileState", "--", *names])
-    states, unit = {}, {}
-    for line in [*out.splitlines(), ""]:
-        if not line.strip():  # a blank line ends each unit's properties
-            if unit.get("Id"):
-                active = unit.get("ActiveState", "")
-                active = "active" if active in ("active", "activating", "reloading") else active
-                states[unit["Id"]] = f"{active} {unit.get('UnitFileState', '')}".strip()
-            unit = {}
-            continue
-        key, _, value = line.partition("=")
-        unit[key] = value
+    for line in listed.splitlines():
+        fields = line.split()  # UNIT LOAD ACTIVE SUB DESCRIPTION
+        if len(fields) >= 4:
+            states[fields[0]] = "active" if fields[2] in ("active", "activating", "reloading") else fields[2]
     return states
+
+
+def _unit_links(patterns):
+    """{link: target} of the links that enable or mask the units matching patterns."""
+    links = {}
+    for top in UNIT_DIRS:
+        parents = [top, *glob.glob(top + "/*.wants"), *glob.glob(top + "/*.requires")]
+        for parent in parents:
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(parent, name)
+                if any(fnmatch.fnmatchcase(name, p) for p in patterns) and os.path.islink(path):
+                    links[path] = os.readlink(path)
+    return links
 
 
 def _kernel(sysctl_conf, modules_conf):
@@ -210,14 +230,15 @@ def _kubernetes_nodes(api):
 
 def state(spec):
     """Everything a configure run converges on this host, as one comparable document: the managed
-    files (sha256), the installed binaries and archives (stat), the services' states, the kernel
-    settings and modules, the pod routes, and on the controllers the Slurm node states and the
-    Kubernetes Nodes' pool labels and cordons."""
+    files (sha256), the installed binaries and archives (stat), the services' states and the links
+    that enable them, the kernel settings and modules, the pod routes, and on the controllers the
+    Slurm node states and the Kubernetes Nodes' pool labels and cordons."""
     sysctls, modules = _kernel(spec["sysctl_conf"], spec["modules_conf"])
     out = {
         "files": digests([os.path.expanduser(p) for p in spec["patterns"]]),
         "trees": _trees(spec["trees"]),
         "units": _units(spec["units"]),
+        "unit_links": _unit_links(spec["units"]),
         "routes": _routes(),
         "sysctl": sysctls,
         "modules": modules,
@@ -229,20 +250,18 @@ def state(spec):
     return out
 
 
-def converged(record_path, inputs, spec):
+def converged(record_path):
+    """(the inputs digest the record names, what differs from the state it recorded)."""
     try:
         with open(record_path) as f:
             record = json.load(f)
+        inputs, spec, then = str(record.get("inputs") or ""), record["spec"], record["state"]
+        now = state(spec)
     except FileNotFoundError:
-        return ["no record of an earlier run"]
-    except (OSError, ValueError) as e:
-        return [f"record unreadable: {e}"]
+        return "", ["no record of an earlier run"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
+        return "", [f"record unreadable: {type(e).__name__}: {e}"]
     differs = []
-    if not inputs or record.get("inputs") != inputs:
-        differs.append("inputs (playbooks, inventory or bundle)")
-    if record.get("spec") != spec:
-        differs.append("what is compared")
-    now, then = state(spec), record.get("state") or {}
     for key in sorted(set(now) | set(then)):
         a, b = then.get(key), now.get(key)
         if a == b:
@@ -252,7 +271,7 @@ def converged(record_path, inputs, spec):
             differs.append(f"{key}: " + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
         else:
             differs.append(key)
-    return differs
+    return inputs, differs
 
 
 def main(argv):
@@ -269,9 +288,9 @@ def main(argv):
             json.dump(record, f, indent=2, sort_keys=True)
         os.replace(argv[1] + ".new", argv[1])
         out = {"recorded": argv[1]}
-    elif len(argv) == 4 and argv[0] == "converged":
-        differs = converged(argv[1], argv[2], json.loads(argv[3]))
-        out = {"converged": not differs, "differs": differs}
+    elif len(argv) == 2 and argv[0] == "converged":
+        inputs, differs = converged(argv[1])
+        out = {"inputs": inputs, "differs": differs}
     else:
         sys.stderr.write(__doc__)
         return 2
