@@ -61,6 +61,8 @@ def render(site: Site, ssh_config: Path | None = None) -> dict[str, Any]:
         "ansible_user": site.ssh_user,
         "ansible_python_interpreter": "/usr/bin/python3",
     }
+    if site.ssh_user == "root":  # the plays become root, which root is already: no sudo per task and host
+        all_vars["ansible_become"] = False
     all_vars["bmc_credentials_dir"] = str(paths.credentials_dir())  # the controller's store
     all_vars["power_feeds"] = [
         {

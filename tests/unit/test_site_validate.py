@@ -185,6 +185,15 @@ def test_pod_subnets_follow_the_management_address():
     assert len(set(cidrs)) == len(cidrs)
 
 
+def test_the_inventory_becomes_root_only_for_a_user_that_is_not(write_site):
+    """Root needs no sudo: every task on every host would pay a process for nothing."""
+    from aifactory import inventory
+
+    assert inventory.render(load_site(LOCAL))["all"]["vars"]["ansible_become"] is False
+    admin = load_site(mutate(write_site, lambda d: d.update(ssh_user="admin")))
+    assert "ansible_become" not in inventory.render(admin)["all"]["vars"]
+
+
 def test_pod_cidr_overlapping_services_or_too_small(write_site):
     p = mutate(write_site, lambda d: d["kubernetes"].update(pod_cidr="10.96.0.0/12"))
     assert (ERROR, "kubernetes.pod_cidr", "10.96.0.0/12 overlaps service_cidr 10.96.0.0/16") in messages(p)
