@@ -5,9 +5,11 @@
 Scratch sites of the local site's shape on scratch index --index (bridge aftest<index>,
 198.19.<index>.0/24, BMC ports 8201 + 100 * index onwards), one after the other: the head and each
 --workers count of GPU workers (half slurm pool, half kubernetes pool; 6 is the local site itself).
-For each: a first `configure` on freshly booted hosts, then five idempotent ones (every host answers
+For each: a first `configure` on freshly booted hosts, then seven idempotent ones (every host answers
 that it is as the first left it: site.yml is skipped) each after the floor it is compared with
-(`ansible all -m setup`, one module on every host), the best of each kept, and, unless --quick, a
+(`ansible all -m setup`, one module on every host) and the least Ansible does on every host
+(`ansible all -m raw -a true`: how any run over Ansible grows with the hosts, with nothing of ours
+in it), the best of each kept, and, unless --quick, a
 last run that runs every task anyway (AIFACTORY_CONFIGURE_FULL: its change count is the playbooks'
 idempotence, 0 expected); then how they grow from the smallest site: the ratio of the times and
 the seconds each extra worker adds. Site up/down are not timed (bench/site.py times those).
@@ -60,7 +62,7 @@ def shape(name: str, index: int, workers: int | None) -> dict:
 
 # Runs of a second or so vary by a third on a 2-core machine: the idempotent run and its floor are
 # each timed this many times, and the best is kept (the spread is printed too).
-REPEAT = 5
+REPEAT = 7
 
 
 def hosts_cpu_s(site) -> float:
@@ -104,16 +106,27 @@ def timed(site, idle: float, run: Callable[[], T]) -> tuple[T, Timed]:
     return value, spent
 
 
-def setup_floor(site) -> None:
-    """`ansible all -m setup` on the site: one module on every host, what an idempotent run is held to."""
+def ansible_floor(site, *module: str) -> None:
+    """`ansible all -m MODULE` on the site, with the settings configure runs with."""
     ansible = Path(sys.executable).parent / "ansible"
     env = {**os.environ, "ANSIBLE_PIPELINING": "True", "ANSIBLE_FORKS": "16"}
     subprocess.run(
-        [str(ansible), "all", "-i", str(configure.inventory_for(site)), "-m", "setup"],
+        [str(ansible), "all", "-i", str(configure.inventory_for(site)), "-m", *module],
         check=True,
         capture_output=True,
         env=env,
     )
+
+
+def setup_floor(site) -> None:
+    """`ansible all -m setup`: one module on every host, what an idempotent run is held to."""
+    ansible_floor(site, "setup")
+
+
+def raw_floor(site) -> None:
+    """`ansible all -m raw -a true`: the least Ansible can do on every host (no module, no Python),
+    the floor of how a run over Ansible grows with the hosts."""
+    ansible_floor(site, "raw", "-a", "true")
 
 
 def spread(times: list[float]) -> str:
@@ -129,13 +142,15 @@ def measure(data: dict, directory: Path, full: bool) -> dict[str, object]:
         assert localsite.up(site, power_on=True, progress=quiet) == 0, f"site up {site.name} failed"
         first = configure.run_playbook(site, "site.yml", progress=quiet)
         idle = idle_cores(site)
-        floors, seconds = [], []
-        for _ in range(REPEAT):  # interleaved, so that both see the same machine
+        floors, raws, seconds = [], [], []
+        for _ in range(REPEAT):  # interleaved, so that all see the same machine
             floors.append(timed(site, idle, lambda: setup_floor(site))[1])
+            raws.append(timed(site, idle, lambda: raw_floor(site))[1])
             seconds.append(
                 timed(site, idle, lambda: configure.run_playbook(site, "site.yml", progress=quiet))
             )
         floor = min(floors, key=lambda t: t.seconds)
+        raw = min(raws, key=lambda t: t.seconds)
         spent = min((t for _, t in seconds), key=lambda t: t.seconds)
         third = configure.run_playbook(site, "site.yml", full=True, progress=quiet) if full else None
     finally:
@@ -149,12 +164,16 @@ def measure(data: dict, directory: Path, full: bool) -> dict[str, object]:
         "setup_floor_s": round(floor.seconds, 2),
         "setup_floor_spread_s": spread([t.seconds for t in floors]),
         "setup_floor_cpu_s": floor.cpu(),
+        "raw_floor_s": round(raw.seconds, 2),
+        "raw_floor_spread_s": spread([t.seconds for t in raws]),
+        "raw_floor_cpu_s": raw.cpu(),
         "idempotent_s": round(spent.seconds, 2),
         "idempotent_spread_s": spread([t.seconds for _, t in seconds]),
         "idempotent_changes": max(r.changed for r, _ in seconds),
         "idempotent_cpu_s": spent.cpu(),
         "idle_hosts_cores": round(idle, 2),
         "idempotent_over_setup_floor": round(spent.seconds / floor.seconds, 2),
+        "idempotent_over_raw_floor": round(spent.seconds / raw.seconds, 2),
     }
     if third:
         figures["every_task_s"] = round(third.seconds, 1)
@@ -197,6 +216,8 @@ def main() -> int:
             "first_ratio": ratio("first_s"),
             "idempotent_ratio": ratio("idempotent_s"),
             "setup_floor_ratio": ratio("setup_floor_s"),
+            "raw_floor_ratio": ratio("raw_floor_s"),
+            "raw_floor_controller_cpu_ratio": ratio("raw_floor_cpu_s", "controller"),
             "idempotent_controller_cpu_ratio": ratio("idempotent_cpu_s", "controller"),
             "idempotent_hosts_cpu_ratio": ratio("idempotent_cpu_s", "hosts"),
             "idle_hosts_cores_ratio": ratio("idle_hosts_cores"),
