@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aifactory import configure
+from aifactory import configure, inventory, paths
 from aifactory.configure import PlaybookResult, converged_verdicts, inputs_digest
+from aifactory.site.validate import load_site
 from tests.unit.ansible_local import fingerprint
 
 pytestmark = pytest.mark.unit
@@ -92,7 +93,8 @@ def test_the_probe_command_is_the_roles_paths_written_out_and_answers_on_a_host(
         defaults["configuration_fingerprint_state_record"],
     )
     assert script in command and record in command and "{{" not in command
-    assert "/usr/bin/python3 " in command  # the interpreter aifactory's inventories name
+    local = inventory.render(load_site(paths.REPO / "sites" / "local.yaml"))
+    assert f"{local['all']['vars']['ansible_python_interpreter']} -S " in command  # the inventories' own
 
     def probe(installed: Path) -> dict[str, list[str]]:
         moved = command.replace(script, str(installed)).replace(record, str(tmp_path / "converged.json"))
