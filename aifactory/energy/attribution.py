@@ -24,6 +24,12 @@ from aifactory.site.model import PowerSettings
 J_PER_KWH = 3.6e6
 
 
+def significant(x: float, digits: int = 6) -> float:
+    """x to `digits` significant figures: a small tenant's figures keep their relative precision,
+    which a fixed number of decimals would round away (0.00035748 kg is not 0.000357)."""
+    return float(f"{x:.{digits}g}")
+
+
 @dataclass(frozen=True)
 class Holding:
     """GPUs a tenant held on one machine from `start` to `end` (epoch seconds)."""
@@ -72,6 +78,11 @@ class TenantEnergy:
     by_machine: dict[str, float] = field(default_factory=dict)  # IT kWh
     by_scheduler: dict[str, float] = field(default_factory=dict)  # IT kWh
     by_hour: dict[int, float] = field(default_factory=dict)  # hour start (epoch s) -> IT kWh
+
+    def totals(self, digits: int = 6) -> dict[str, float]:
+        """The four figures as machine-readable output names them, to `digits` significant figures."""
+        figures = {"itKWh": self.it_kwh, "facilityKWh": self.facility_kwh, "co2eKg": self.co2e_kg}
+        return {k: significant(v, digits) for k, v in (figures | {"waterL": self.water_l}).items()}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aifactory.energy.attribution import Attribution, Holding, TenantEnergy, attribute
+from aifactory.energy.attribution import Attribution, Holding, TenantEnergy, attribute, significant
 from aifactory.report import HTML_STYLE, csv_text, table
 from aifactory.site import power
 from aifactory.site.model import Feed, Site
@@ -133,31 +133,24 @@ def feed_rows(r: EnergyReport) -> list[dict[str, Any]]:
     ]
 
 
+def _figures(kwh: Mapping[str, float]) -> dict[str, float]:
+    return {k: significant(v) for k, v in sorted(kwh.items())}
+
+
 def as_json(r: EnergyReport) -> str:
     doc = {
         "site": r.site,
         "start": _stamp(r.start),
         "end": _stamp(r.end),
-        "itKWh": round(r.attribution.total_kwh, 4),
+        "itKWh": significant(r.attribution.total_kwh),
         "tenants": {
-            name: {
-                "itKWh": round(e.it_kwh, 6),
-                "bySchedulerKWh": {k: round(v, 6) for k, v in sorted(e.by_scheduler.items())},
-                "byMachineKWh": {k: round(v, 6) for k, v in sorted(e.by_machine.items())},
-                "facilityKWh": round(e.facility_kwh, 6),
-                "co2eKg": round(e.co2e_kg, 6),
-                "waterL": round(e.water_l, 6),
-            }
+            name: e.totals()
+            | {"bySchedulerKWh": _figures(e.by_scheduler), "byMachineKWh": _figures(e.by_machine)}
             for name, e in r.attribution.tenants.items()
         },
-        "overhead": {
-            "itKWh": round(r.attribution.overhead.it_kwh, 6),
-            "byMachineKWh": {k: round(v, 6) for k, v in sorted(r.attribution.overhead.by_machine.items())},
-            "facilityKWh": round(r.attribution.overhead.facility_kwh, 6),
-            "co2eKg": round(r.attribution.overhead.co2e_kg, 6),
-            "waterL": round(r.attribution.overhead.water_l, 6),
-        },
-        "machinesKWh": {k: round(v, 6) for k, v in sorted(r.attribution.machines_kwh.items())},
+        "overhead": r.attribution.overhead.totals()
+        | {"byMachineKWh": _figures(r.attribution.overhead.by_machine)},
+        "machinesKWh": _figures(r.attribution.machines_kwh),
         "feeds": feed_rows(r),
         "holdings": r.holdings,
     }

@@ -90,14 +90,7 @@ def env_for(es: EnergySettings) -> dict[str, str]:
 
 
 def status_of(period: str, e: TenantEnergy, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "period": period,
-        "itKWh": round(e.it_kwh, 4),
-        "facilityKWh": round(e.facility_kwh, 4),
-        "co2eKg": round(e.co2e_kg, 4),
-        "waterL": round(e.water_l, 2),
-        "updated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return {"period": period} | e.totals() | {"updated": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def moved(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

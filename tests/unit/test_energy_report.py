@@ -106,3 +106,20 @@ def test_the_cli_names_a_bad_period_and_an_unreachable_prometheus(tmp_path, monk
     monkeypatch.setattr(sources, "prometheus_url", lambda site: "http://127.0.0.1:9")  # discard: refused
     assert cli.main(["energy", "report", "--period", "2026-11"]) == cli.EXIT_FAILED
     assert "Prometheus at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_small_jobs_figures_keep_their_relative_precision():
+    """A 30 s job on one GPU is well under a Wh: JSON keeps six significant figures, so CO2e and water
+    stay in proportion to its kWh (a fixed six decimals once made 0.00035748 kg read 0.000357)."""
+    site = load_site(REPO / "sites" / "local.yaml")
+    steady = {m.name: [(T0 + t, 1234.5) for t in range(0, 601, 15)] for m in site.machines}
+    held = [Holding("tiny", "kubernetes", "gpu-02", 1, T0 + 100, T0 + 131, "t/uid")]
+    got = json.loads(report.render(report.build(site, T0, T0 + 600, steady, {}, held), site, "json"))
+    tiny = got["tenants"]["tiny"]
+    assert tiny["itKWh"] == pytest.approx(1234.5 * 31 / 8 / 3.6e6, rel=1e-5)
+    for key, factor in (
+        ("facilityKWh", site.power.pue),
+        ("co2eKg", site.power.carbon_g_per_kwh / 1000),
+        ("waterL", site.power.water_l_per_kwh),
+    ):
+        assert tiny[key] == pytest.approx(tiny["itKWh"] * factor, rel=1e-5), key
