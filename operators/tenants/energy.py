@@ -38,7 +38,6 @@ from operators.tenants.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("aifactory.tenants.energy")
 DEFAULT_INTERVAL_S = 300.0
-MOVED_KWH = 0.0001  # figures that moved less (0.1 Wh) are not written again
 
 
 @dataclass(frozen=True)
@@ -94,9 +93,12 @@ def status_of(period: str, e: TenantEnergy, now: dt.datetime) -> dict[str, Any]:
 
 
 def moved(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether a figure changed as written (six significant figures): a tenant that held nothing since
+    the last pass is not written again; one that did is, however small its figures (a fixed
+    threshold would leave a small tenant's figures behind by as much)."""
     if not old or old.get("period") != new["period"]:
         return True
-    return abs(float(old.get("itKWh", 0)) - new["itKWh"]) >= MOVED_KWH
+    return any(float(old.get(k, 0)) != v for k, v in new.items() if k not in ("period", "updated"))
 
 
 # Readings reach Prometheus some seconds after the fact (the exporter's interval, then a scrape):

@@ -6,6 +6,7 @@ import datetime as dt
 import pytest
 
 from aifactory.energy import sources
+from aifactory.energy.attribution import TenantEnergy
 from aifactory.site.model import PowerSettings
 from operators.tenants import budget, energy
 from operators.tenants.slurm import Result
@@ -115,6 +116,18 @@ def test_later_passes_add_only_the_interval_since_the_last_and_a_new_month_start
     january = dt.datetime(2027, 1, 1, 0, 5, tzinfo=dt.UTC)
     energy.one_pass(es, kube, StandInHead(), january, account)
     assert account.period == "2027-01" and sum(e.it_kwh for e in account.totals.values()) == 0
+
+
+def test_a_small_tenants_last_fraction_of_a_wh_is_written_and_an_idle_tenant_is_not():
+    """A 30 s one-GPU pod is 1.4 Wh: the pass that covers its last seconds adds well under 0.1 Wh, and
+    its status must still reach the report's figure (a fixed threshold once left it 7% behind)."""
+    small = TenantEnergy(it_kwh=0.00137, facility_kwh=0.001644)
+    before = energy.status_of("2026-12", TenantEnergy(it_kwh=0.00128, facility_kwh=0.001536), NOW)
+    after = energy.status_of("2026-12", small, NOW)
+    assert energy.moved(before, after) and after["itKWh"] == 0.00137
+    later = energy.status_of("2026-12", small, NOW + dt.timedelta(hours=1))
+    assert not energy.moved(after, later)  # only its time is new
+    assert energy.moved({**after, "period": "2026-11"}, later)
 
 
 def test_passes_run_when_due_one_at_a_time_in_their_own_thread(monkeypatch):
