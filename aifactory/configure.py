@@ -4,10 +4,10 @@ Used by `aifactory configure` and by the Pulumi program. Progress is one line pe
 line per failed or unreachable host; at the end a per-host summary (ok/changed/failed/...). A failure
 raises `PlaybookFailed` naming the task, the host and Ansible's message.
 
-site.yml first asks every host whether it is as the last run left it (playbooks/converged.yml, one
-command per host, in parallel: the managed files, binaries, services, kernel settings, routes, Slurm
-and Kubernetes node states against the record the last run wrote, and the digest of the inputs that
-run had, which must be this run's). When all say yes, nothing would change and site.yml is not run:
+site.yml first asks every host whether it is as the last run left it (aifactory/converged.py, one
+ssh command per host, in parallel: the managed files, binaries, services, kernel settings, routes,
+Slurm and Kubernetes node states against the record the last run wrote, and the digest of the inputs
+that run had, which must be this run's). When all say yes, nothing would change and site.yml is not run:
 the idempotent run costs one round trip per host instead of some 300 tasks. `full=True` (or
 AIFACTORY_CONFIGURE_FULL=1) runs every task regardless.
 """
@@ -27,17 +27,17 @@ from typing import Any
 
 import ansible_runner
 
-from aifactory import inventory, paths
+from aifactory import converged, inventory, paths
 from aifactory.site.model import Site
 
 PLAYBOOKS = paths.REPO / "playbooks"
 Progress = Callable[[str], None]
 
-# The playbook whose idempotent runs are skipped when every host is converged, the one that asks.
+# The playbook whose idempotent runs are skipped when every host is converged.
 SKIPPABLE = "site.yml"
-CONVERGED = "converged.yml"
 RECORD = "record.yml"
 FULL_ENV = "AIFACTORY_CONFIGURE_FULL"
+STATS = ("ok", "changed", "failures", "unreachable", "skipped")  # a host's counts, as Ansible keeps them
 
 
 @dataclass
@@ -138,31 +138,6 @@ def controller_files_missing(site_name: str) -> list[str]:
     return [str(p) for p in wanted if not p.exists()]
 
 
-def converged_verdicts(events: list[dict[str, Any]], inputs: str) -> dict[str, list[str]]:
-    """{host: what differs} from converged.yml's events: [] for a host whose record names this run's
-    `inputs` digest and whose state is as recorded; a host that failed or never answered gets a
-    reason too."""
-    verdicts: dict[str, list[str]] = {}
-    for event in events:
-        kind, data = str(event.get("event", "")), event.get("event_data", {})
-        host = data.get("host")
-        if not host or not kind.startswith("runner_on_") or kind == "runner_on_start":
-            continue
-        if kind != "runner_on_ok":
-            verdicts[host] = [f"{kind.removeprefix('runner_on_')}: {_message(data.get('res', {}))}"]
-            continue
-        try:
-            out = str(data.get("res", {}).get("stdout", ""))  # a raw command: a tty's output
-            answer = json.loads(out[out.find("{") : out.rfind("}") + 1])
-            differs = [str(d) for d in answer["differs"]]
-            if not inputs or answer["inputs"] != inputs:
-                differs.insert(0, "inputs (playbooks, inventory or bundle)")
-            verdicts[host] = differs
-        except (ValueError, KeyError, TypeError):
-            verdicts[host] = ["no verdict"]
-    return verdicts
-
-
 def _runner(
     site: Site,
     playbook: str,
@@ -170,7 +145,6 @@ def _runner(
     check: bool,
     extravars: dict[str, Any],
     progress: Progress,
-    events: list[dict[str, Any]] | None = None,
 ) -> PlaybookResult:
     inv = inventory_for(site)
     data_dir = paths.site_state_dir(site.name) / "ansible"
@@ -181,8 +155,6 @@ def _runner(
 
     def on_event(event: dict[str, Any]) -> bool:
         kind, data = event.get("event"), event.get("event_data", {})
-        if events is not None:
-            events.append(event)
         if kind == "playbook_on_task_start":
             counts["tasks"] += 1
             progress(f"  [{counts['tasks']:3d}] {data.get('task', '?')}")
@@ -224,9 +196,9 @@ def _runner(
     )
     stats = r.stats or {}
     per_host: dict[str, dict[str, int]] = {}
-    for key in ("ok", "changed", "failures", "unreachable", "skipped"):
+    for key in STATS:
         for host, n in (stats.get(key) or {}).items():
-            per_host.setdefault(host, {k: 0 for k in ("ok", "changed", "failures", "unreachable", "skipped")})
+            per_host.setdefault(host, dict.fromkeys(STATS, 0))
             per_host[host][key] = n
     # A failure inside a block whose rescue handled it is not a host failure (the stats agree).
     failures[:] = [
@@ -268,14 +240,9 @@ def run_playbook(
     unverified_file = data_dir / "unverified.json"
     if not full:
         missing = controller_files_missing(site.name)
-        events: list[dict[str, Any]] = []
-        try:
-            probe = _runner(site, CONVERGED, limit, check, extravars, lambda _: None, events)
-        except PlaybookFailed as e:
-            probe = e.result
-        verdicts = converged_verdicts(events, digest)
+        verdicts = converged.ask(converged.hosts(inv, limit), digest)
         differ = {h: v for h, v in sorted(verdicts.items()) if v}
-        if not missing and not differ and verdicts and probe.status == "successful":
+        if not missing and not differ and verdicts:
             try:
                 unverified = [str(u) for u in json.loads(unverified_file.read_text())]
             except (OSError, ValueError, TypeError):
@@ -286,9 +253,9 @@ def run_playbook(
                 + f": all {len(verdicts)} hosts as the last run left them, nothing to do"
                 + f" ({FULL_ENV}=1 runs every task)"
             )
-            return PlaybookResult(
-                playbook, "successful", time.monotonic() - start, probe.stats, [], unverified
-            )
+            # Each host answered the one check it was asked, and nothing changed.
+            stats = {h: {**dict.fromkeys(STATS, 0), "ok": 1} for h in verdicts}
+            return PlaybookResult(playbook, "successful", time.monotonic() - start, stats, [], unverified)
         for host, why in differ.items():
             progress(f"  {host}: " + "; ".join(why)[:300])
         for path in missing:

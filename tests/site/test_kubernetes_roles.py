@@ -28,7 +28,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from aifactory import images, inventory, paths
+from aifactory import configure, converged, images, inventory, paths
 from aifactory.site.model import Site
 from infra import registry
 from sandbox import mirror, ssh
@@ -286,6 +286,26 @@ def test_the_idempotence_probe_reads_a_hosts_services_and_pod_routes(configured_
     finally:
         host.run_expect([0], f"systemctl enable --quiet kubelet.service; rm -f {record}")
     assert host.service("kubelet.service").is_enabled
+
+
+def test_configure_asks_every_host_over_ssh_and_hears_what_changed(configured_site, all_workers):
+    """aifactory/converged.py through the site's own inventory, as `aifactory configure` asks: every
+    host answers its verdict (none unreachable or unanswered), a digest no run had is named on each,
+    and a file added where the playbooks manage files is named on that host alone."""
+    hostvars = converged.hosts(configure.inventory_for(configured_site), None)
+    assert set(hostvars) == {m.name for m in configured_site.machines}
+    before = converged.ask(hostvars, "no run had this digest")
+    assert all(v[:1] == [converged.INPUTS_DIFFER] for v in before.values()), before
+    worker = all_workers[0].name
+    added = f"/etc/aifactory/probe-test-{uuid.uuid4().hex[:8]}"
+    host = _host(configured_site, worker)
+    host.run_expect([0], f"touch {added}")
+    try:
+        after = converged.ask(hostvars, "no run had this digest")
+    finally:
+        host.run_expect([0], f"rm -f {added}")
+    assert [h for h in after if after[h] != before[h]] == [worker], after
+    assert any(added in d for d in after[worker]), after[worker]
 
 
 # --- the cluster, through the official client -------------------------------------------------

@@ -14,8 +14,8 @@
                                               and how the host's state now differs from the state it
                                               recorded, by its own SPEC. The controller compares the
                                               digest: the SPEC follows from those inputs, so the host
-                                              needs nothing from the controller (and the controller
-                                              templates nothing per host, its main cost per host).
+                                              needs nothing from the controller: `aifactory configure`
+                                              runs it over ssh (aifactory/converged.py).
 
 A pattern is a file, a directory (every file below it) or a glob. The configuration_fingerprint role
 records at the end of every run; infra/configuration.py compares over ssh on `pulumi refresh`
