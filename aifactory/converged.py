@@ -64,16 +64,18 @@ def verdict(answer: str, inputs: str) -> list[str]:
     return differs if inputs and recorded == inputs else [INPUTS_DIFFER, *differs]
 
 
-def ssh_argv(hostvars: Mapping[str, Any], command: str = COMMAND) -> list[str]:
-    """ssh as Ansible's ssh connection would run `command` on a host of the inventory."""
+def ssh_argv(hostvars: Mapping[str, Any]) -> list[str]:
+    """ssh as Ansible's ssh connection would run COMMAND on a host of the inventory."""
     user = hostvars.get("ansible_user")
+    command = COMMAND
     if hostvars.get("ansible_become", True) and user != "root":
         command = f"sudo -n -- /bin/sh -c {shlex.quote(command)}"
     return [
         "ssh",
         *shlex.split(str(hostvars.get("ansible_ssh_common_args", ""))),
         *SSH_OPTIONS,
-        *["-o", f"ControlPath={CONTROL_DIR}/%C"],
+        "-o",
+        f"ControlPath={CONTROL_DIR}/%C",
         *(["-o", f"User={user}"] if user else []),
         *(["-p", str(hostvars["ansible_port"])] if "ansible_port" in hostvars else []),
         str(hostvars.get("ansible_host", hostvars["inventory_hostname"])),
@@ -110,7 +112,8 @@ def _ask(hostvars: Mapping[str, Any], inputs: str, timeout: float) -> list[str]:
     except subprocess.TimeoutExpired:
         return [f"unreachable: no answer within {timeout:.0f} s"]
     if r.returncode == 255:  # ssh's own failure: no connection, refused key, unknown host key
-        return [f"unreachable: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'ssh failed'}"]
+        said = r.stderr.strip().splitlines()
+        return [f"unreachable: {said[-1] if said else 'ssh failed'}"]
     if r.returncode != 0:
         return [f"no verdict: exit {r.returncode}: {(r.stderr or r.stdout).strip()[-200:]}"]
     return verdict(r.stdout, inputs)

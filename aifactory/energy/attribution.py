@@ -79,10 +79,14 @@ class TenantEnergy:
     by_scheduler: dict[str, float] = field(default_factory=dict)  # IT kWh
     by_hour: dict[int, float] = field(default_factory=dict)  # hour start (epoch s) -> IT kWh
 
-    def totals(self, digits: int = 6) -> dict[str, float]:
-        """The four figures as machine-readable output names them, to `digits` significant figures."""
-        figures = {"itKWh": self.it_kwh, "facilityKWh": self.facility_kwh, "co2eKg": self.co2e_kg}
-        return {k: significant(v, digits) for k, v in (figures | {"waterL": self.water_l}).items()}
+    def totals(self) -> dict[str, float]:
+        """The four figures as machine-readable output names them, to six significant figures."""
+        return {
+            "itKWh": significant(self.it_kwh),
+            "facilityKWh": significant(self.facility_kwh),
+            "co2eKg": significant(self.co2e_kg),
+            "waterL": significant(self.water_l),
+        }
 
 
 @dataclass
