@@ -240,7 +240,9 @@ def test_tenant_operator_deploys_crd_rbac_and_one_recreate_replica():
         (rb,) = [i for _, i in _by_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")]
         assert rb["subjects"][0]["kind"] == "User" and rb["subjects"][0]["name"] == "aifactory:prometheus"
 
-    return op.deployment.urn.apply(check)
+    # The scrape RoleBinding registers only after its Role resolves, later than the Deployment: wait
+    # for the last resources too, or the check races them.
+    return pulumi.Output.all(op.deployment.urn, op.metrics_service.urn, op.scrape_binding.urn).apply(check)
 
 
 # Kueue
