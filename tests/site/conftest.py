@@ -71,6 +71,18 @@ def citest_file(tmp_path_factory):
     return path
 
 
+def clear_leftovers(site: Site) -> None:
+    """Take down what an earlier, interrupted run left of `site` (a CI run killed at its time limit):
+    `up` keeps what runs, so its hosts would start as that run left them, not from nothing."""
+    from aifactory import paths
+    from sandbox import localsite
+
+    left = localsite.leftovers(site)
+    if left or paths.site_state_dir(site.name).exists():
+        print(f"{site.name}: taking down what an earlier run left: {'; '.join(left)[:300] or 'its state'}")
+        assert localsite.down(site) == 0, f"what an earlier run left of {site.name} stays (see above)"
+
+
 @pytest.fixture(scope="session")
 def site_up(citest_file):
     """The citest site, up for the whole session (hosts powered off), taken down at the end."""
@@ -78,6 +90,7 @@ def site_up(citest_file):
     from sandbox import localsite
 
     site = load_site(citest_file)
+    clear_leftovers(site)
     try:
         assert localsite.up(site) == 0, "site up failed (see output above)"
         yield site

@@ -25,7 +25,14 @@ from aifactory.site.validate import load_site
 from sandbox import localsite, ssh
 from sandbox.scratch import scratch_site
 from tests.conftest import REPO
-from tests.site.conftest import etcd_request, pulumi_deployed, say, skip_unless_root, wait_until
+from tests.site.conftest import (
+    clear_leftovers,
+    etcd_request,
+    pulumi_deployed,
+    say,
+    skip_unless_root,
+    wait_until,
+)
 
 pytestmark = pytest.mark.site
 
@@ -37,6 +44,7 @@ def ha_site(tmp_path_factory, request):
     path = tmp / "ciha.yaml"
     path.write_text(yaml.safe_dump(scratch_site("ciha", 3, base=REPO / "sites" / "local-ha.yaml")))
     site = load_site(path)
+    clear_leftovers(site)
     try:
         assert localsite.up(site) == 0, "site up of the HA site failed (see output above)"
         with pulumi_deployed(site, tmp, request):

@@ -10,7 +10,7 @@ import yaml
 from aifactory import cli, credentials
 from aifactory.site.validate import load_site
 from sandbox import bmc, hosts, localsite, network, ssh
-from tests.site.conftest import site_yaml, skip_unless_root
+from tests.site.conftest import clear_leftovers, site_yaml, skip_unless_root
 
 pytestmark = pytest.mark.site
 
@@ -22,6 +22,7 @@ def hw(tmp_path_factory):
     path = tmp_path_factory.mktemp("cihw") / "cihw.yaml"
     path.write_text(site_yaml("cihw", 1, machines=3))
     site = load_site(path)
+    clear_leftovers(site)
     try:
         assert localsite.up(site) == 0
         yield site

@@ -14,7 +14,7 @@ from aifactory import bmcs, credentials, deploy, paths, toolchain
 from aifactory.site.validate import load_site
 from sandbox import bmc, hosts, localsite
 from tests.conftest import REPO
-from tests.site.conftest import site_yaml
+from tests.site.conftest import clear_leftovers, site_yaml
 
 pytestmark = [pytest.mark.site, pytest.mark.toolchain]
 
@@ -48,6 +48,7 @@ def bm(tmp_path_factory):
     mp.setenv("PULUMI_BACKEND_URL", f"file://{tmp / 'state'}")
     (tmp / "state").mkdir()
     site = load_site(site_file)
+    clear_leftovers(site)
     try:
         assert localsite.up(site) == 0
         yield site, config, tmp
